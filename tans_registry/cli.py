@@ -1,0 +1,175 @@
+"""The ``tans`` command line: a thin click layer over the package's public functions.
+
+Results go to stdout (``--json``: exactly one JSON document); logs and progress bars go to stderr.
+Every :class:`TansError` becomes a one-line message and exit status 1; usage errors exit with 2.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from .errors import TansError
+
+log = logging.getLogger("tans_registry")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def common_options(fn):
+    """--work-dir and --data-dir, on every command (environment variables as fallbacks)."""
+
+    @click.option("--work-dir", envvar="TANS_WORK_DIR", type=click.Path(file_okay=False), default=None,
+                  help="Work directory holding mlflow.db and the artifacts [env TANS_WORK_DIR; "
+                       "default ./tans-work]. MLFLOW_TRACKING_URI, when set, names the tracking store instead.")
+    @click.option("--data-dir", envvar="TANS_DATA_DIR", type=click.Path(file_okay=False), default=None,
+                  help="Folder of .npz datasets [env TANS_DATA_DIR; default: the demo set shipped "
+                       "with the package].")
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TansError as exc:
+            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages to stderr.")
+@click.version_option(package_name="tans-registry")
+def main(verbose: bool) -> None:
+    """tans: which network of our model zoo should we start from for this new dataset?
+
+    The zoo lives in MLflow (SQLite in ./tans-work by default; PostgreSQL or a tracking server via
+    MLFLOW_TRACKING_URI). Start with `tans data list`, then `tans zoo build --profile quick`.
+    """
+    _setup_logging(verbose)
+
+
+# ----------------------------------------------------------------------------------------- data
+@main.group()
+def data() -> None:
+    """Inspect the datasets of the data directory."""
+
+
+@data.command("list")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def data_list(work_dir, data_dir, as_json):
+    """List the datasets (.npz archives) of the data directory."""
+    from .data import list_datasets, resolve_data_dir
+
+    rows = list_datasets(resolve_data_dir(data_dir))
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    click.echo(f"{'dataset':<24}{'classes':>8}{'train':>8}{'test':>7}  licence")
+    for r in rows:
+        click.echo(f"{r['name']:<24}{r['n_classes']:>8}{r['n_train']:>8}{r['n_test']:>7}  {r.get('license', '')}")
+
+
+@data.command("show")
+@common_options
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def data_show(work_dir, data_dir, dataset, as_json):
+    """Load DATASET (a name, a .npz archive or an image folder) and describe it."""
+    import numpy as np
+
+    from .data import load_dataset
+
+    ds = load_dataset(dataset, data_dir=data_dir)
+    info = {"name": ds.name, "source": ds.source, "n_classes": ds.n_classes, "classes": list(ds.classes),
+            "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)), "input_size": ds.input_size,
+            "train_class_counts": np.bincount(ds.y_train, minlength=ds.n_classes).tolist(),
+            "skipped_files": ds.n_skipped, "fingerprint": ds.fingerprint()}
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for k, v in info.items():
+        if k == "classes" and len(v) > 20:
+            v = ", ".join(v[:20]) + f", ... ({len(v)} in all)"
+        click.echo(f"{k:>20}: {v}")
+
+
+# ------------------------------------------------------------------------------------------ zoo
+@main.group()
+def zoo() -> None:
+    """Build and browse the model zoo."""
+
+
+@zoo.command("build")
+@common_options
+@click.option("--profile", type=click.Choice(["quick", "bench"]), default="quick", show_default=True,
+              help="quick: 4 demo datasets x 10 networks, minutes on 2 cores. bench: every dataset of "
+                   "the data directory, 60 groups x 50 networks, hours.")
+@click.option("--datasets", default=None, help="Comma-separated dataset names, replacing the profile's list.")
+@click.option("--subnets", type=int, default=None, help="Networks cut out of each group's supernet.")
+@click.option("--groups", type=int, default=None,
+              help="Meta-training groups (class-subset tasks spread over the datasets).")
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Where groups are built (Ray fan-out arrives with the distributed extra).")
+@click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the build record as one JSON document.")
+def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, executor, resume, seed, as_json):
+    """Train one OFA supernet per group, cut out subnets, measure them, record them in MLflow.
+
+    Each group is a run of the experiment `tans/zoo`. A killed build loses at most the group in
+    progress: run again with --resume.
+    """
+    from dataclasses import asdict
+
+    from .zoo import ZooConfig, build_zoo
+
+    names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else None
+    rec = build_zoo(ZooConfig(profile=profile, datasets=names, subnets=subnets, groups=groups,
+                              resume=resume, data_dir=data_dir, work_dir=work_dir, seed=seed))
+    if as_json:
+        click.echo(json.dumps(asdict(rec) | {"n_networks": rec.n_networks}))
+        return
+    click.echo(f"zoo: {rec.n_networks} networks in {len(rec.groups)} groups -> {rec.tracking_uri}")
+    click.echo(f"{'group':<28}{'status':>8}{'nets':>6}{'best acc':>10}{'min acc':>9}{'logreg':>8}{'sec':>7}")
+    for g in rec.groups:
+        lr = f"{g.logreg_accuracy:.3f}" if g.logreg_accuracy is not None else "-"
+        click.echo(f"{g.group:<28}{g.status:>8}{g.n_networks:>6}{g.best_accuracy:>10.3f}"
+                   f"{g.min_accuracy:>9.3f}{lr:>8}{g.seconds:>7.0f}")
+
+
+@zoo.command("list")
+@common_options
+@click.option("--dataset", default=None, help="Only networks of this dataset or group.")
+@click.option("--max-params", type=click.IntRange(min=1), default=None, help="Only networks with at most N parameters.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (a list of networks).")
+def zoo_list(work_dir, data_dir, dataset, max_params, as_json):
+    """List the networks of the zoo (the latest complete build of each group)."""
+    from . import tracking
+    from .zoo import list_networks
+
+    wd, _ = tracking.setup(work_dir)
+    nets = list_networks(tracking.experiment_id("zoo", wd), dataset=dataset, max_params=max_params)
+    if as_json:
+        click.echo(json.dumps([n.to_dict() for n in nets]))
+        return
+    if not nets:
+        click.echo("the zoo is empty: build it with `tans zoo build --profile quick`", err=True)
+        return
+    click.echo(f"{'group':<28}{'#':>4}{'arch':>12}{'accuracy':>10}{'params':>11}{'MFLOPs':>9}")
+    for n in nets:
+        click.echo(f"{n.group:<28}{n.index:>4}{n.arch_hash:>12}{n.accuracy:>10.3f}{n.n_params:>11,}"
+                   f"{n.flops / 1e6:>9.1f}")
+    click.echo(f"{len(nets)} networks", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,39 @@
+"""The library's error tree.
+
+Every error a user can cause is a :class:`TansError` with a machine-readable ``code`` and a message
+that names the problem and the next step. The CLI catches the base class once and prints it cleanly.
+"""
+from __future__ import annotations
+
+
+class TansError(Exception):
+    """Base class of every error the product raises on purpose."""
+
+    code = "TANS_ERROR"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class DataError(TansError):
+    """A dataset could not be found, read or used."""
+
+    code = "BAD_DATA"
+
+
+class ConfigError(TansError):
+    """A setting, flag or profile is invalid."""
+
+    code = "BAD_CONFIG"
+
+
+class TrackingError(TansError):
+    """The MLflow tracking store could not be reached or used."""
+
+    code = "TRACKING"

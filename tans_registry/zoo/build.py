@@ -1,0 +1,261 @@
+"""``tans zoo build``: one OFA supernet per meta-training group, N subnets cut out and measured.
+
+Each group is one MLflow run in ``tans/zoo``: parameters, per-epoch metrics, the supernet weights and
+the zoo table as artifacts, and the tag ``tans.complete=true`` written last. ``resume`` skips groups
+whose complete run has the same configuration hash, so a killed build loses at most the group it was
+working on (that run stays RUNNING or FAILED and is rebuilt).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import tracking
+from ..data import ImageDataset, load_dataset, make_groups, resolve_data_dir
+from ..errors import ConfigError
+from . import store
+from .measure import accuracy, count_flops, functional_embedding, n_params, recalibrate_bn
+from .profiles import ZooProfile, get_profile
+from .space import SupernetSpec, arch_hash, bn_state, build_supernet, extract_subnet, sample_archs, topology
+from .tensors import DEFAULT_MEAN, DEFAULT_STD
+from .train import train_supernet
+
+log = logging.getLogger("tans_registry")
+PROBE_SEED = 777  # seed of the probe batch behind every functional embedding (TANS's seed)
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    profile: str = "quick"
+    datasets: tuple[str, ...] | None = None  # overrides the profile's list
+    subnets: int | None = None               # overrides the profile's count
+    groups: int | None = None                # overrides the profile's group count
+    resume: bool = False
+    data_dir: str | None = None
+    work_dir: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class GroupResult:
+    group: str
+    dataset: str
+    run_id: str
+    status: str  # "built" or "skipped"
+    n_networks: int
+    best_accuracy: float
+    min_accuracy: float
+    seconds: float
+    logreg_accuracy: float | None = None
+
+
+@dataclass
+class ZooBuildRecord:
+    profile: str
+    tracking_uri: str
+    experiment_id: str
+    groups: list[GroupResult] = field(default_factory=list)
+
+    @property
+    def n_networks(self) -> int:
+        return sum(g.n_networks for g in self.groups)
+
+
+def resolve_profile(cfg: ZooConfig) -> ZooProfile:
+    p = get_profile(cfg.profile)
+    if cfg.subnets is not None:
+        if cfg.subnets < 1:
+            raise ConfigError(f"--subnets must be an int >= 1; got {cfg.subnets}")
+        p = replace(p, subnets=cfg.subnets)
+    if cfg.groups is not None:
+        if cfg.groups < 1:
+            raise ConfigError(f"--groups must be an int >= 1; got {cfg.groups}")
+        p = replace(p, n_groups=cfg.groups)
+    if cfg.datasets:
+        p = replace(p, datasets=tuple(cfg.datasets))
+    return p
+
+
+def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
+    """Build (or resume) the zoo described by ``cfg``; returns what was built and skipped."""
+    profile = resolve_profile(cfg)
+    work_dir, uri = tracking.setup(cfg.work_dir)
+    exp_id = tracking.experiment_id("zoo", work_dir)
+    sources = _load_sources(profile, cfg)
+    groups = make_groups(sources, profile.n_groups or len(sources), seed=cfg.seed)
+    record = ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id)
+
+    done = store.finished_group_runs(exp_id) if cfg.resume else {}
+    base_state = None
+    if profile.base_epochs > 0:
+        base_state = _base_supernet(profile, cfg, sources, exp_id, done)
+
+    bar = tqdm(groups, desc="zoo groups", unit="group", disable=not cfg.progress)
+    for group in bar:
+        bar.set_postfix_str(group.name)
+        chash = _config_hash(profile, group, cfg.seed, base_state is not None)
+        prev = done.get(group.name)
+        if prev is not None and prev.data.tags.get("tans.config_hash") == chash:
+            table = store.read_table(prev.info.run_id)["networks"]
+            accs = [r["accuracy"] for r in table]
+            record.groups.append(GroupResult(group.name, group.parent or group.name, prev.info.run_id,
+                                             "skipped", len(table), max(accs), min(accs), 0.0,
+                                             prev.data.metrics.get("logreg_acc")))
+            continue
+        record.groups.append(_build_group(group, profile, cfg, exp_id, chash, base_state))
+    return record
+
+
+def _load_sources(profile: ZooProfile, cfg: ZooConfig) -> list[ImageDataset]:
+    from ..data import list_datasets
+
+    data_dir = resolve_data_dir(cfg.data_dir)
+    names = list(profile.datasets) if profile.datasets else [d["name"] for d in list_datasets(data_dir)]
+    if not names:
+        raise ConfigError(f"no datasets in {data_dir}; add .npz archives or pass --data-dir")
+    return [load_dataset(n, data_dir=data_dir, input_size=profile.input_size, seed=cfg.seed,
+                         max_train=profile.max_train, max_test=profile.max_test) for n in names]
+
+
+def _config_hash(profile: ZooProfile, group: ImageDataset, seed: int, with_base: bool) -> str:
+    blob = json.dumps({"profile": profile.to_params(), "data": group.fingerprint(), "seed": seed,
+                       "base": with_base}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _spec(profile: ZooProfile, n_classes: int) -> SupernetSpec:
+    return SupernetSpec(n_classes=n_classes, width_mult=profile.width_mult)
+
+
+def _base_supernet(profile, cfg, sources, exp_id, done) -> dict:
+    """The shared base supernet: trained once on all source datasets pooled (labels offset per
+    dataset, one joint head), then every group's supernet starts from it (its head re-initialised)."""
+    import mlflow
+
+    offsets = np.cumsum([0] + [s.n_classes for s in sources])
+    x = np.concatenate([s.x_train for s in sources])
+    y = np.concatenate([s.y_train + off for s, off in zip(sources, offsets)])
+    spec = _spec(profile, int(offsets[-1]))
+    blob = json.dumps({"profile": profile.to_params(), "data": [s.fingerprint() for s in sources],
+                       "seed": cfg.seed}, sort_keys=True, default=str)
+    chash = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    prev = done.get("__base__")
+    if prev is not None and prev.data.tags.get("tans.config_hash") == chash:
+        from safetensors.torch import load_file
+
+        return load_file(str(store.group_dir(prev.info.run_id) / "supernet.safetensors"))
+    train_cfg = replace(profile.train, epochs=profile.base_epochs)
+    net = build_supernet(spec)
+    tags = {"tans.kind": "zoo", "tans.group": "__base__", "tans.dataset": "__base__",
+            "tans.config_hash": chash, "tans.profile": profile.name}
+    with mlflow.start_run(experiment_id=exp_id, run_name="base-supernet", tags=tags):
+        mlflow.log_params({**profile.to_params(), "role": "base", "n_images": len(x), "n_classes": spec.n_classes})
+        total = _n_steps(len(x), train_cfg)
+        with tqdm(total=total, desc="base supernet", unit="step", leave=False, disable=not cfg.progress) as pb:
+            train_supernet(net, spec, x, y, train_cfg, DEFAULT_MEAN, DEFAULT_STD,
+                           on_epoch=lambda e, m: mlflow.log_metrics(m, step=e), progress=pb.update)
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            from safetensors.torch import save_file
+
+            save_file(state, str(Path(tmp) / "supernet.safetensors"))
+            (Path(tmp) / "zoo.json").write_text(json.dumps({"header": {"supernet": spec.to_dict()}, "networks": []}))
+            mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)
+        mlflow.set_tag(store.COMPLETE_TAG, "true")
+    return state
+
+
+def _n_steps(n: int, t) -> int:
+    return max(1, int(round(t.epochs * max(1, -(-n // t.batch_size)))))
+
+
+def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id: str, chash: str,
+                 base_state: dict | None) -> GroupResult:
+    import mlflow
+
+    t0 = time.time()
+    spec = _spec(profile, group.n_classes)
+    dataset = group.parent or group.name
+    tags = {"tans.kind": "zoo", "tans.group": group.name, "tans.dataset": dataset,
+            "tans.config_hash": chash, "tans.profile": profile.name, "tans.fingerprint": group.fingerprint()}
+    with mlflow.start_run(experiment_id=exp_id, run_name=group.name, tags=tags) as run:
+        mlflow.log_params({**profile.to_params(), "group": group.name, "dataset": dataset,
+                           "n_classes": group.n_classes, "n_train": len(group.x_train),
+                           "n_test": len(group.x_test), "seed": cfg.seed, "probe_seed": PROBE_SEED,
+                           "init": "base" if base_state is not None else "scratch"})
+        net = build_supernet(spec)
+        if base_state is not None:
+            own = net.state_dict()
+            net.load_state_dict({k: v for k, v in base_state.items() if not k.startswith("classifier.")}
+                                | {k: v for k, v in own.items() if k.startswith("classifier.")})
+        with tqdm(total=_n_steps(len(group.x_train), profile.train), desc=f"train {group.name}",
+                  unit="step", leave=False, disable=not cfg.progress) as pb:
+            train_supernet(net, spec, group.x_train, group.y_train, replace(profile.train, seed=cfg.seed),
+                           DEFAULT_MEAN, DEFAULT_STD, group.x_test, group.y_test,
+                           on_epoch=lambda e, m: mlflow.log_metrics(m, step=e), progress=pb.update)
+        rows, bn, embs = _measure_all(net, spec, group, profile, cfg)
+        accs = [r["accuracy"] for r in rows]
+        metrics = {"best_acc": max(accs), "min_acc": min(accs), "largest_acc": rows[-1]["accuracy"],
+                   "smallest_acc": rows[0]["accuracy"], "acc_spread": max(accs) - min(accs),
+                   "n_networks": len(rows)}
+        logreg = _logreg_baseline(group) if profile.baseline else None
+        if logreg is not None:
+            metrics["logreg_acc"] = logreg
+        header = {"group": group.name, "dataset": dataset, "classes": list(group.classes),
+                  "input_size": profile.input_size, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD),
+                  "supernet": spec.to_dict(), "probe_seed": PROBE_SEED, "fingerprint": group.fingerprint(),
+                  "supernet_run": run.info.run_id}
+        with tempfile.TemporaryDirectory() as tmp:
+            store.write_group(Path(tmp), header, rows, net.state_dict(), bn, embs)
+            mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)
+        metrics["seconds"] = time.time() - t0
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag(store.COMPLETE_TAG, "true")
+    return GroupResult(group.name, dataset, run.info.run_id, "built", len(rows), max(accs), min(accs),
+                       time.time() - t0, logreg)
+
+
+def _measure_all(net, spec, group, profile, cfg):
+    rows, bn, embs = [], {}, []
+    archs = sample_archs(spec, profile.subnets, seed=cfg.seed)
+    calib = group.x_train[: profile.calib_images]
+    for i, arch in enumerate(tqdm(archs, desc=f"measure {group.name}", unit="net", leave=False,
+                                  disable=not cfg.progress)):
+        sub = extract_subnet(net, arch)
+        recalibrate_bn(sub, calib, DEFAULT_MEAN, DEFAULT_STD)
+        rows.append({"index": i, "arch_hash": arch_hash(arch), "arch": arch, "topology": topology(arch),
+                     "accuracy": accuracy(sub, group.x_test, group.y_test, DEFAULT_MEAN, DEFAULT_STD),
+                     "n_params": n_params(sub), "flops": count_flops(sub, profile.input_size)})
+        bn.update({f"n{i}/{k}": v for k, v in bn_state(sub).items()})
+        embs.append(functional_embedding(sub, profile.input_size, PROBE_SEED))
+    return rows, bn, np.stack(embs)
+
+
+def _logreg_baseline(group: ImageDataset) -> float:
+    """Logistic regression on raw pixels, as in baselines.md (<= 5,000 train images, max_iter 200)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def feats(x):
+        gray = np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2])
+        return (x[..., :1] if gray else x).reshape(len(x), -1).astype(np.float32) / 255.0
+
+    xtr, ytr = feats(group.x_train[:5000]), group.y_train[:5000]
+    scaler = StandardScaler().fit(xtr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = LogisticRegression(max_iter=200).fit(scaler.transform(xtr), ytr)
+    return float(clf.score(scaler.transform(feats(group.x_test)), group.y_test))

@@ -1,0 +1,65 @@
+"""Zoo build profiles: ``quick`` (CI, tests, the README's main job) and ``bench`` (the benchmark)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ConfigError
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class ZooProfile:
+    name: str
+    datasets: tuple[str, ...] | None  # None: every dataset of the data directory
+    n_groups: int | None              # meta-training groups (class-subset tasks); None: one per dataset
+    subnets: int                      # networks cut out of each group's supernet
+    max_train: int                    # training images per source dataset (stratified cap)
+    max_test: int                     # test images per source dataset
+    calib_images: int                 # training images for each subnet's batch-norm recalibration
+    train: TrainConfig = field(default_factory=TrainConfig)
+    base_epochs: float = 0.0          # shared base supernet on the pooled data; 0: each group from scratch
+    baseline: bool = False            # also fit logistic regression on raw pixels, per group
+    input_size: int = 32
+    width_mult: float = 1.0
+
+    def to_params(self) -> dict:
+        d = asdict(self)
+        train = d.pop("train")
+        d.update({f"train_{k}": v for k, v in train.items()})
+        d["datasets"] = ",".join(self.datasets) if self.datasets else "all"
+        return d
+
+
+PROFILES: dict[str, ZooProfile] = {
+    # Minutes on 2 CPU cores: 4 demo datasets x 10 networks, a short sandwich training each.
+    "quick": ZooProfile(
+        name="quick",
+        datasets=("mnist", "sign_language_digits", "bccd_cells", "pneumoniamnist"),
+        n_groups=None,
+        subnets=10,
+        max_train=800,
+        max_test=300,
+        calib_images=200,
+        train=TrainConfig(epochs=2.0, eval_images=200),
+    ),
+    # Every dataset of the data directory, 60 groups x 50 networks, base supernet + per-group tuning.
+    "bench": ZooProfile(
+        name="bench",
+        datasets=None,
+        n_groups=60,
+        subnets=50,
+        max_train=5000,
+        max_test=1000,
+        calib_images=500,
+        train=TrainConfig(epochs=4.0, eval_images=500),
+        base_epochs=3.0,
+        baseline=True,
+    ),
+}
+
+
+def get_profile(name: str) -> ZooProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

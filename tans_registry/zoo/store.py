@@ -1,0 +1,131 @@
+"""A group's zoo on disk and in MLflow: the artifacts of one ``tans/zoo`` run, and reading them back.
+
+Each finished group run holds, under ``zoo/``:
+- ``supernet.safetensors``: the supernet's weights (no pickle);
+- ``bn.safetensors``: every network's recalibrated batch-norm buffers, keys ``n<index>/<buffer>``;
+- ``embeddings.safetensors``: ``functional`` [networks, dim] float32, the functional embeddings;
+- ``zoo.json``: the group header (dataset, classes, preprocessing, supernet spec) and one row per
+  network (arch, topology, accuracy, n_params, flops, ...).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TansError
+from .space import SupernetSpec, materialize
+
+ARTIFACT_DIR = "zoo"
+COMPLETE_TAG = "tans.complete"
+
+
+@dataclass(frozen=True)
+class ZooNetwork:
+    """One row of the zoo: a network by reference to its group's supernet."""
+
+    group: str
+    dataset: str
+    index: int
+    arch_hash: str
+    arch: dict
+    topology: list[int]
+    accuracy: float
+    n_params: int
+    flops: int
+    run_id: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def write_group(out: Path, header: dict, rows: list[dict], supernet_state: dict,
+                bn: dict[str, torch.Tensor], f_emb: np.ndarray) -> Path:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in supernet_state.items()}, str(out / "supernet.safetensors"))
+    save_file({k: v.contiguous() for k, v in bn.items()}, str(out / "bn.safetensors"))
+    save_file({"functional": torch.from_numpy(np.ascontiguousarray(f_emb, dtype=np.float32))},
+              str(out / "embeddings.safetensors"))
+    (out / "zoo.json").write_text(json.dumps({"header": header, "networks": rows}, indent=1))
+    return out
+
+
+def group_dir(run_id: str) -> Path:
+    """Local folder of a group run's zoo artifacts (downloaded when the store is remote)."""
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_DIR))
+    except Exception as exc:
+        raise TansError(f"cannot read the zoo artifacts of run {run_id}: {exc}. "
+                        "Rebuild the group with `tans zoo build`.", code="ZOO_ARTIFACTS") from exc
+
+
+def read_table(run_id: str) -> dict:
+    import mlflow
+
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{ARTIFACT_DIR}/zoo.json")
+    except Exception as exc:
+        raise TansError(f"cannot read the zoo table of run {run_id}: {exc}. "
+                        "Rebuild the group with `tans zoo build`.", code="ZOO_ARTIFACTS") from exc
+
+
+def load_network(run_id: str, index: int) -> nn.Module:
+    """Materialize network ``index`` of a group run as an eval-mode ``nn.Module``."""
+    from safetensors.torch import load_file
+
+    folder = group_dir(run_id)
+    table = json.loads((folder / "zoo.json").read_text())
+    rows = {r["index"]: r for r in table["networks"]}
+    if index not in rows:
+        raise TansError(f"run {run_id} has no zoo network {index}; it has {sorted(rows)}",
+                        code="ZOO_NETWORK")
+    spec = SupernetSpec.from_dict(table["header"]["supernet"])
+    prefix = f"n{index}/"
+    bn = {k[len(prefix):]: v for k, v in load_file(str(folder / "bn.safetensors")).items() if k.startswith(prefix)}
+    return materialize(spec, load_file(str(folder / "supernet.safetensors")), rows[index]["arch"], bn)
+
+
+def load_functional_embeddings(run_id: str) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(str(group_dir(run_id) / "embeddings.safetensors"))["functional"]
+
+
+def finished_group_runs(experiment_id: str) -> dict[str, object]:
+    """The latest complete run of every group in the zoo experiment, by group name."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{COMPLETE_TAG}` = 'true' and tags.`tans.kind` = 'zoo'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5000,
+    )
+    latest: dict[str, object] = {}
+    for run in runs:
+        latest.setdefault(run.data.tags.get("tans.group"), run)
+    return latest
+
+
+def list_networks(experiment_id: str, dataset: str | None = None, max_params: int | None = None) -> list[ZooNetwork]:
+    out = []
+    for group, run in sorted(finished_group_runs(experiment_id).items()):
+        header_dataset = run.data.tags.get("tans.dataset", group)
+        if dataset is not None and dataset not in (group, header_dataset):
+            continue
+        for r in read_table(run.info.run_id)["networks"]:
+            if max_params is not None and r["n_params"] > max_params:
+                continue
+            out.append(ZooNetwork(group=group, dataset=header_dataset, index=r["index"],
+                                  arch_hash=r["arch_hash"], arch=r["arch"], topology=r["topology"],
+                                  accuracy=r["accuracy"], n_params=r["n_params"], flops=r["flops"],
+                                  run_id=run.info.run_id))
+    return out
