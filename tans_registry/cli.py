@@ -117,12 +117,16 @@ def zoo() -> None:
 @click.option("--subnets", type=int, default=None, help="Networks cut out of each group's supernet.")
 @click.option("--groups", type=int, default=None,
               help="Meta-training groups (class-subset tasks spread over the datasets).")
+@click.option("--epochs", type=float, default=None, help="Training epochs per group (profile default otherwise).")
+@click.option("--base-epochs", type=float, default=None,
+              help="Epochs of the shared base supernet on the pooled datasets; 0 trains each group from scratch.")
 @click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
               help="Where groups are built (Ray fan-out arrives with the distributed extra).")
 @click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as one JSON document.")
-def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, executor, resume, seed, as_json):
+def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, executor, resume, seed,
+              as_json):
     """Train one OFA supernet per group, cut out subnets, measure them, record them in MLflow.
 
     Each group is a run of the experiment `tans/zoo`. A killed build loses at most the group in
@@ -133,7 +137,8 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, executor, 
     from .zoo import ZooConfig, build_zoo
 
     names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else None
-    rec = build_zoo(ZooConfig(profile=profile, datasets=names, subnets=subnets, groups=groups,
+    rec = build_zoo(ZooConfig(profile=profile, datasets=names, subnets=subnets, groups=groups, epochs=epochs,
+                              base_epochs=base_epochs,
                               resume=resume, data_dir=data_dir, work_dir=work_dir, seed=seed))
     if as_json:
         click.echo(json.dumps(asdict(rec) | {"n_networks": rec.n_networks}))

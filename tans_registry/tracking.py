@@ -17,6 +17,7 @@ log = logging.getLogger("tans_registry")
 DEFAULT_WORK_DIR = "tans-work"
 EXPERIMENTS = {"zoo": "tans/zoo", "encoders": "tans/encoders", "queries": "tans/queries", "bench": "tans/bench"}
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+PROJECT_RUN_ID: str | None = None  # the enclosing `mlflow run`, when there is one
 
 
 def resolve_work_dir(work_dir: str | Path | None = None) -> Path:
@@ -42,12 +43,34 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     """Point MLflow at the project's store; returns ``(work_dir, tracking_uri)``."""
     import mlflow
 
+    global PROJECT_RUN_ID
     wd = resolve_work_dir(work_dir)
+    # Inside `mlflow run`, MLFLOW_RUN_ID names the project's run; left set, every start_run() would
+    # resume that run instead of opening the stage's own runs in the tans/* experiments. Keep it as a
+    # lineage link instead (tag `tans.project_run`).
+    PROJECT_RUN_ID = os.environ.pop("MLFLOW_RUN_ID", None) or PROJECT_RUN_ID
     uri = tracking_uri(wd)
+    if is_database_uri(uri) and not uri.startswith("sqlite"):
+        check_database(uri)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite"):
         mlflow.set_registry_uri(uri)
     return wd, uri
+
+
+def check_database(uri: str, timeout_s: int = 5) -> None:
+    """Fail fast with a clear message when a database store is unreachable (MLflow itself retries
+    with exponential back-off for minutes before giving up)."""
+    import sqlalchemy
+
+    args = {"connect_timeout": timeout_s} if uri.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=args)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        raise TrackingError(_explain(uri, exc)) from exc
 
 
 def experiment_id(key: str, work_dir: Path) -> str:

@@ -39,6 +39,8 @@ class ZooConfig:
     datasets: tuple[str, ...] | None = None  # overrides the profile's list
     subnets: int | None = None               # overrides the profile's count
     groups: int | None = None                # overrides the profile's group count
+    epochs: float | None = None              # overrides the per-group training epochs
+    base_epochs: float | None = None         # overrides the base supernet's epochs (0: no base)
     resume: bool = False
     data_dir: str | None = None
     work_dir: str | None = None
@@ -81,6 +83,14 @@ def resolve_profile(cfg: ZooConfig) -> ZooProfile:
         if cfg.groups < 1:
             raise ConfigError(f"--groups must be an int >= 1; got {cfg.groups}")
         p = replace(p, n_groups=cfg.groups)
+    if cfg.epochs is not None:
+        if cfg.epochs <= 0:
+            raise ConfigError(f"--epochs must be > 0; got {cfg.epochs}")
+        p = replace(p, train=replace(p.train, epochs=cfg.epochs))
+    if cfg.base_epochs is not None:
+        if cfg.base_epochs < 0:
+            raise ConfigError(f"--base-epochs must be >= 0; got {cfg.base_epochs}")
+        p = replace(p, base_epochs=cfg.base_epochs)
     if cfg.datasets:
         p = replace(p, datasets=tuple(cfg.datasets))
     return p
@@ -96,14 +106,14 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     record = ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id)
 
     done = store.finished_group_runs(exp_id) if cfg.resume else {}
-    base_state = None
+    base_state, base_hash = None, None
     if profile.base_epochs > 0:
-        base_state = _base_supernet(profile, cfg, sources, exp_id, done)
+        base_state, base_hash = _base_supernet(profile, cfg, sources, exp_id, done)
 
     bar = tqdm(groups, desc="zoo groups", unit="group", disable=not cfg.progress)
     for group in bar:
         bar.set_postfix_str(group.name)
-        chash = _config_hash(profile, group, cfg.seed, base_state is not None)
+        chash = _config_hash(profile, group, cfg.seed, base_hash)
         prev = done.get(group.name)
         if prev is not None and prev.data.tags.get("tans.config_hash") == chash:
             table = store.read_table(prev.info.run_id)["networks"]
@@ -127,9 +137,14 @@ def _load_sources(profile: ZooProfile, cfg: ZooConfig) -> list[ImageDataset]:
                          max_train=profile.max_train, max_test=profile.max_test) for n in names]
 
 
-def _config_hash(profile: ZooProfile, group: ImageDataset, seed: int, with_base: bool) -> str:
-    blob = json.dumps({"profile": profile.to_params(), "data": group.fingerprint(), "seed": seed,
-                       "base": with_base}, sort_keys=True, default=str)
+def _config_hash(profile: ZooProfile, group: ImageDataset, seed: int, base: str | None) -> str:
+    """What a group's networks depend on: its data, the training settings, the seed, the base.
+
+    The dataset list and group count are left out (the group's own data fingerprint covers them),
+    so adding a dataset to a build does not rebuild the groups already there."""
+    settings = {k: v for k, v in profile.to_params().items() if k not in ("datasets", "n_groups", "name")}
+    blob = json.dumps({"profile": settings, "data": group.fingerprint(), "seed": seed,
+                       "base": base}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -137,7 +152,7 @@ def _spec(profile: ZooProfile, n_classes: int) -> SupernetSpec:
     return SupernetSpec(n_classes=n_classes, width_mult=profile.width_mult)
 
 
-def _base_supernet(profile, cfg, sources, exp_id, done) -> dict:
+def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str]:
     """The shared base supernet: trained once on all source datasets pooled (labels offset per
     dataset, one joint head), then every group's supernet starts from it (its head re-initialised)."""
     import mlflow
@@ -153,7 +168,7 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> dict:
     if prev is not None and prev.data.tags.get("tans.config_hash") == chash:
         from safetensors.torch import load_file
 
-        return load_file(str(store.group_dir(prev.info.run_id) / "supernet.safetensors"))
+        return load_file(str(store.group_dir(prev.info.run_id) / "supernet.safetensors")), chash
     train_cfg = replace(profile.train, epochs=profile.base_epochs)
     net = build_supernet(spec)
     tags = {"tans.kind": "zoo", "tans.group": "__base__", "tans.dataset": "__base__",
@@ -172,7 +187,7 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> dict:
             (Path(tmp) / "zoo.json").write_text(json.dumps({"header": {"supernet": spec.to_dict()}, "networks": []}))
             mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)
         mlflow.set_tag(store.COMPLETE_TAG, "true")
-    return state
+    return state, chash
 
 
 def _n_steps(n: int, t) -> int:
@@ -188,6 +203,8 @@ def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_i
     dataset = group.parent or group.name
     tags = {"tans.kind": "zoo", "tans.group": group.name, "tans.dataset": dataset,
             "tans.config_hash": chash, "tans.profile": profile.name, "tans.fingerprint": group.fingerprint()}
+    if tracking.PROJECT_RUN_ID:
+        tags["tans.project_run"] = tracking.PROJECT_RUN_ID
     with mlflow.start_run(experiment_id=exp_id, run_name=group.name, tags=tags) as run:
         mlflow.log_params({**profile.to_params(), "group": group.name, "dataset": dataset,
                            "n_classes": group.n_classes, "n_train": len(group.x_train),
@@ -198,10 +215,11 @@ def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_i
             own = net.state_dict()
             net.load_state_dict({k: v for k, v in base_state.items() if not k.startswith("classifier.")}
                                 | {k: v for k, v in own.items() if k.startswith("classifier.")})
+        probe = np.random.default_rng(cfg.seed).permutation(len(group.x_test))[: profile.train.eval_images]
         with tqdm(total=_n_steps(len(group.x_train), profile.train), desc=f"train {group.name}",
                   unit="step", leave=False, disable=not cfg.progress) as pb:
             train_supernet(net, spec, group.x_train, group.y_train, replace(profile.train, seed=cfg.seed),
-                           DEFAULT_MEAN, DEFAULT_STD, group.x_test, group.y_test,
+                           DEFAULT_MEAN, DEFAULT_STD, group.x_test[probe], group.y_test[probe],
                            on_epoch=lambda e, m: mlflow.log_metrics(m, step=e), progress=pb.update)
         rows, bn, embs = _measure_all(net, spec, group, profile, cfg)
         accs = [r["accuracy"] for r in rows]
@@ -228,7 +246,9 @@ def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_i
 def _measure_all(net, spec, group, profile, cfg):
     rows, bn, embs = [], {}, []
     archs = sample_archs(spec, profile.subnets, seed=cfg.seed)
-    calib = group.x_train[: profile.calib_images]
+    # archives are often ordered by class: calibrate on a seeded random sample, not the first rows
+    pick = np.random.default_rng(cfg.seed).permutation(len(group.x_train))[: profile.calib_images]
+    calib = group.x_train[np.sort(pick)]
     for i, arch in enumerate(tqdm(archs, desc=f"measure {group.name}", unit="net", leave=False,
                                   disable=not cfg.progress)):
         sub = extract_subnet(net, arch)

@@ -37,10 +37,10 @@ PROFILES: dict[str, ZooProfile] = {
         datasets=("mnist", "sign_language_digits", "bccd_cells", "pneumoniamnist"),
         n_groups=None,
         subnets=10,
-        max_train=800,
-        max_test=300,
-        calib_images=200,
-        train=TrainConfig(epochs=2.0, eval_images=200),
+        max_train=1200,
+        max_test=400,
+        calib_images=300,
+        train=TrainConfig(epochs=4.0, eval_images=200),
     ),
     # Every dataset of the data directory, 60 groups x 50 networks, base supernet + per-group tuning.
     "bench": ZooProfile(

@@ -78,7 +78,7 @@ def train_supernet(
             set_active(supernet, largest)
             loss = nn.functional.cross_entropy(supernet(xb), yb)
             loss.backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             loss_n += 1
             if step >= warmup:
                 for _ in range(cfg.n_random):

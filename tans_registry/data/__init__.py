@@ -1,0 +1,27 @@
+"""Datasets for the model zoo: loading (archives, image folders, names) and class-subset tasks."""
+from tans_registry.data.loading import (
+    DEFAULT_DATA_DIR,
+    ENV_DATA_DIR,
+    IMAGE_SUFFIXES,
+    ImageDataset,
+    list_datasets,
+    load_dataset,
+    resolve_data_dir,
+    stratified_split,
+    stratified_subsample,
+)
+from tans_registry.data.tasks import class_subset_tasks, make_groups
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "ENV_DATA_DIR",
+    "IMAGE_SUFFIXES",
+    "ImageDataset",
+    "class_subset_tasks",
+    "list_datasets",
+    "load_dataset",
+    "make_groups",
+    "resolve_data_dir",
+    "stratified_split",
+    "stratified_subsample",
+]

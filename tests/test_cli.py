@@ -1,0 +1,66 @@
+"""The `tans` command line: output contracts (one JSON document on stdout) and clean errors."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from tans_registry.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_names_the_commands():
+    res = run("--help")
+    assert res.exit_code == 0
+    assert "data" in res.output and "zoo" in res.output
+    res = run("zoo", "build", "--help")
+    assert "--profile" in res.output and "--resume" in res.output and "--work-dir" in res.output
+
+
+def test_data_list_json_lists_the_demo_set():
+    res = run("data", "list", "--json")
+    assert res.exit_code == 0
+    names = [d["name"] for d in json.loads(res.stdout)]
+    assert {"mnist", "bccd_cells", "sign_language_digits", "pneumoniamnist"} <= set(names)
+
+
+def test_data_show_describes_a_dataset():
+    res = run("data", "show", "bccd_cells", "--json")
+    assert res.exit_code == 0
+    info = json.loads(res.stdout)
+    assert info["n_classes"] == 3 and sum(info["train_class_counts"]) == info["n_train"]
+
+
+def test_unknown_dataset_is_a_clean_error(tmp_path):
+    res = run("zoo", "build", "--datasets", "no_such_set", "--work-dir", str(tmp_path / "w"))
+    assert res.exit_code == 1
+    assert "dataset 'no_such_set' not found" in res.stderr and "tans data list" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_bad_flag_values_exit_2_or_1(tmp_path):
+    assert run("zoo", "build", "--profile", "huge").exit_code == 2
+    res = run("zoo", "build", "--subnets", "0", "--work-dir", str(tmp_path / "w"))
+    assert res.exit_code == 1 and "--subnets must be an int >= 1" in res.stderr
+
+
+def test_bad_tracking_uri_is_a_clean_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    res = run("zoo", "list", "--work-dir", str(tmp_path / "w"))
+    assert res.exit_code == 1
+    assert "cannot use the MLflow tracking store" in res.stderr and "MLFLOW_TRACKING_URI" in res.stderr
+
+
+def test_zoo_build_json_then_list(tiny_data_dir, tmp_path):
+    work = str(tmp_path / "w")
+    res = run("zoo", "build", "--datasets", "cells", "--subnets", "2", "--epochs", "1",
+              "--data-dir", str(tiny_data_dir), "--work-dir", work, "--json")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(res.stdout)  # exactly one JSON document
+    assert rec["n_networks"] == 2 and rec["groups"][0]["status"] == "built"
+    listed = json.loads(run("zoo", "list", "--work-dir", work, "--json").stdout)
+    assert [(n["group"], n["index"]) for n in listed] == [("cells", 0), ("cells", 1)]
+    assert run("zoo", "list", "--work-dir", work, "--max-params", "1", "--json").stdout.strip() == "[]"

@@ -1,0 +1,135 @@
+"""Zoo building end to end on tiny real data: MLflow records, listing, loading, resume, PostgreSQL."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from tans_registry import tracking
+from tans_registry.data import load_dataset
+from tans_registry.zoo import ZooConfig, build_zoo, list_networks, load_network
+from tans_registry.zoo import build as build_mod
+from tans_registry.zoo.measure import accuracy
+from tans_registry.zoo.store import COMPLETE_TAG, load_functional_embeddings
+from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
+
+
+def tiny(data_dir, work_dir, datasets=("digits", "cells"), **kw):
+    return ZooConfig(profile="quick", datasets=datasets, subnets=3, epochs=1, data_dir=str(data_dir),
+                     work_dir=str(work_dir), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_data_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("zoo-work")
+    rec = build_zoo(tiny(tiny_data_dir, work))
+    return work, rec
+
+
+def test_build_records_every_group_as_a_run(built):
+    work, rec = built
+    assert [g.group for g in rec.groups] == ["digits", "cells"]
+    assert all(g.status == "built" and g.n_networks == 3 for g in rec.groups)
+    assert (work / "mlflow.db").exists()
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("tans/zoo")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[COMPLETE_TAG] == "true"
+        assert run.data.params["subnets"] == "3" and run.data.params["probe_seed"] == "777"
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert [m.step for m in history] == [1]  # one point per epoch
+        names = {f.path for f in client.list_artifacts(run.info.run_id, "zoo")}
+        assert names == {"zoo/supernet.safetensors", "zoo/bn.safetensors", "zoo/embeddings.safetensors",
+                         "zoo/zoo.json"}
+        assert 0.0 <= run.data.metrics["best_acc"] <= 1.0
+
+
+def test_zoo_rows_hold_measurements(built):
+    work, rec = built
+    tracking.setup(work)
+    exp_id = tracking.experiment_id("zoo", work)
+    nets = list_networks(exp_id)
+    assert len(nets) == 6
+    digits = [n for n in nets if n.group == "digits"]
+    assert [n.index for n in digits] == [0, 1, 2]
+    assert digits[0].n_params < digits[-1].n_params and digits[0].flops < digits[-1].flops
+    assert all(len(n.topology) == 45 for n in nets)
+    assert list_networks(exp_id, dataset="cells") == [n for n in nets if n.group == "cells"]
+    limit = digits[1].n_params
+    assert all(n.n_params <= limit for n in list_networks(exp_id, max_params=limit))
+    emb = load_functional_embeddings(digits[0].run_id)
+    assert emb.shape == (3, 1280) and np.isfinite(emb).all()
+
+
+def test_loaded_network_reproduces_its_recorded_accuracy(built, tiny_data_dir):
+    work, _ = built
+    tracking.setup(work)
+    nets = list_networks(tracking.experiment_id("zoo", work), dataset="digits")
+    ds = load_dataset("digits", data_dir=tiny_data_dir, max_train=800, max_test=300)
+    for net in nets:
+        module = load_network(net.run_id, net.index)
+        acc = accuracy(module, ds.x_test, ds.y_test, DEFAULT_MEAN, DEFAULT_STD)
+        assert acc == pytest.approx(net.accuracy, abs=1e-9)
+
+
+def test_resume_after_an_interrupted_build(tiny_data_dir, tmp_path, monkeypatch):
+    work = tmp_path / "w"
+    first = build_zoo(tiny(tiny_data_dir, work, datasets=("digits",)))
+    digits_run = first.groups[0].run_id
+
+    real = build_mod._measure_all
+
+    def crash_on_cells(net, spec, group, profile, cfg):
+        if group.name == "cells":
+            raise KeyboardInterrupt("killed while measuring cells")
+        return real(net, spec, group, profile, cfg)
+
+    monkeypatch.setattr(build_mod, "_measure_all", crash_on_cells)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(tiny(tiny_data_dir, work, resume=True))
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    exp_id = tracking.experiment_id("zoo", work)
+    cells = client.search_runs([exp_id], "tags.`tans.group` = 'cells'")
+    assert len(cells) == 1 and cells[0].info.status in ("FAILED", "KILLED")
+    assert COMPLETE_TAG not in cells[0].data.tags
+    assert {n.group for n in list_networks(exp_id)} == {"digits"}  # nothing half-written is listed
+
+    monkeypatch.setattr(build_mod, "_measure_all", real)
+    again = build_zoo(tiny(tiny_data_dir, work, resume=True))
+    status = {g.group: (g.status, g.run_id) for g in again.groups}
+    assert status["digits"] == ("skipped", digits_run)
+    assert status["cells"][0] == "built"
+    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}
+
+
+def test_resume_rebuilds_a_group_whose_settings_changed(tiny_data_dir, tmp_path):
+    work = tmp_path / "w"
+    build_zoo(tiny(tiny_data_dir, work, datasets=("cells",)))
+    rec = build_zoo(tiny(tiny_data_dir, work, datasets=("cells",), resume=True, seed=1))
+    assert rec.groups[0].status == "built"
+
+
+@pytest.mark.postgres
+def test_build_and_list_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, pg_database):
+    import psycopg
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_database)
+    rec = build_zoo(tiny(tiny_data_dir, tmp_path / "w", datasets=("cells",)))
+    assert rec.tracking_uri.startswith("postgresql+psycopg://")
+    work, _ = tracking.setup(tmp_path / "w")
+    nets = list_networks(tracking.experiment_id("zoo", work))
+    assert [n.group for n in nets] == ["cells"] * 3
+    assert load_network(nets[0].run_id, 0) is not None
+    with psycopg.connect(pg_database.replace("+psycopg", "")) as conn:
+        (n_runs,) = conn.execute("select count(*) from runs where status = 'FINISHED'").fetchone()
+        (name,) = conn.execute("select name from experiments where name = 'tans/zoo'").fetchone()
+    assert n_runs == 1 and name == "tans/zoo"
+    table = json.loads((tmp_path / "w" / "artifacts").joinpath("tans-zoo").glob("*/artifacts/zoo/zoo.json").__next__().read_text())
+    assert table["header"]["dataset"] == "cells"
