@@ -17,8 +17,9 @@ from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
 
 
 def tiny(data_dir, work_dir, datasets=("digits", "cells"), **kw):
-    return ZooConfig(profile="quick", datasets=datasets, subnets=3, epochs=1, data_dir=str(data_dir),
-                     work_dir=str(work_dir), progress=False, **kw)
+    kw = {"subnets": 3, "epochs": 1, **kw}
+    return ZooConfig(profile="quick", datasets=datasets, data_dir=str(data_dir), work_dir=str(work_dir),
+                     progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,20 @@ def test_build_and_list_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, pg_d
     assert n_runs == 1 and name == "tans/zoo"
     table = json.loads((tmp_path / "w" / "artifacts").joinpath("tans-zoo").glob("*/artifacts/zoo/zoo.json").__next__().read_text())
     assert table["header"]["dataset"] == "cells"
+
+
+def test_groups_warm_start_from_a_shared_base_supernet(tiny_data_dir, tmp_path):
+    work = tmp_path / "w"
+    rec = build_zoo(tiny(tiny_data_dir, work, base_epochs=1))
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    exp_id = tracking.experiment_id("zoo", work)
+    base = client.search_runs([exp_id], "tags.`tans.group` = '__base__'")
+    assert len(base) == 1 and base[0].data.params["n_classes"] == "13"  # 10 digits + 3 cells, one head
+    for g in rec.groups:
+        assert client.get_run(g.run_id).data.params["init"] == "base"
+    # other per-group settings: the groups are rebuilt, the base is reused
+    again = build_zoo(tiny(tiny_data_dir, work, base_epochs=1, resume=True, subnets=2))
+    assert all(g.status == "built" and g.n_networks == 2 for g in again.groups)
+    assert len(client.search_runs([exp_id], "tags.`tans.group` = '__base__'")) == 1
+    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}

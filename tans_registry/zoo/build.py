@@ -161,7 +161,7 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str]:
     x = np.concatenate([s.x_train for s in sources])
     y = np.concatenate([s.y_train + off for s, off in zip(sources, offsets)])
     spec = _spec(profile, int(offsets[-1]))
-    blob = json.dumps({"profile": profile.to_params(), "data": [s.fingerprint() for s in sources],
+    blob = json.dumps({"settings": _base_settings(profile), "data": [s.fingerprint() for s in sources],
                        "seed": cfg.seed}, sort_keys=True, default=str)
     chash = hashlib.sha256(blob.encode()).hexdigest()[:16]
     prev = done.get("__base__")
@@ -188,6 +188,15 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str]:
             mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)
         mlflow.set_tag(store.COMPLETE_TAG, "true")
     return state, chash
+
+
+def _base_settings(profile: ZooProfile) -> dict:
+    """The settings the base supernet depends on (not the per-group ones: epochs, subnets, ...)."""
+    t = profile.train
+    return {"base_epochs": profile.base_epochs, "input_size": profile.input_size, "width_mult": profile.width_mult,
+            "max_train": profile.max_train, "batch_size": t.batch_size, "lr": t.lr, "momentum": t.momentum,
+            "weight_decay": t.weight_decay, "n_random": t.n_random, "warmup_fraction": t.warmup_fraction,
+            "crop_pad": t.crop_pad}
 
 
 def _n_steps(n: int, t) -> int:

@@ -1,0 +1,76 @@
+"""Summarise a built zoo for BENCHMARKS.md: per group accuracy range, logistic-regression floor, cost.
+
+    .venv/bin/python scripts/zoo_report.py --work-dir tans-work [--json]
+
+Reads the complete runs of experiment ``tans/zoo`` (the latest per group) and prints a Markdown table:
+group, source dataset, train images, best / smallest-net / largest-net test accuracy, spread, logistic
+regression on raw pixels (bench profile), whether the best network beats it, and seconds spent; then
+per-dataset totals and the time per step and per measured network, to extrapolate other budgets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tans_registry import tracking  # noqa: E402
+from tans_registry.zoo.store import finished_group_runs, read_table  # noqa: E402
+
+
+def collect(work_dir: str | None) -> list[dict]:
+    wd, _ = tracking.setup(work_dir)
+    rows = []
+    for group, run in sorted(finished_group_runs(tracking.experiment_id("zoo", wd)).items()):
+        m, p = run.data.metrics, run.data.params
+        if group == "__base__":
+            rows.append({"group": group, "dataset": "(pooled)", "n_train": int(p.get("n_images", 0)),
+                         "seconds": (run.info.end_time - run.info.start_time) / 1000.0, "base": True})
+            continue
+        nets = read_table(run.info.run_id)["networks"]
+        rows.append({
+            "group": group, "dataset": run.data.tags.get("tans.dataset", group),
+            "n_train": int(p.get("n_train", 0)), "n_classes": int(p.get("n_classes", 0)),
+            "networks": len(nets), "best": m.get("best_acc"), "smallest": m.get("smallest_acc"),
+            "largest": m.get("largest_acc"), "spread": m.get("acc_spread"), "logreg": m.get("logreg_acc"),
+            "seconds": m.get("seconds"), "init": p.get("init"),
+            "params_range": [min(n["n_params"] for n in nets), max(n["n_params"] for n in nets)],
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| group | dataset | classes | train | nets | best | smallest | largest | spread | logreg | beats | s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        if r.get("base"):
+            out.append(f"| base supernet | {r['dataset']} | | {r['n_train']} | | | | | | | | {r['seconds']:.0f} |")
+            continue
+        beats = "-" if r["logreg"] is None else ("yes" if r["best"] > r["logreg"] else "**no**")
+        out.append(f"| {r['group']} | {r['dataset']} | {r['n_classes']} | {r['n_train']} | {r['networks']} | "
+                   f"{f(r['best'])} | {f(r['smallest'])} | {f(r['largest'])} | {f(r['spread'])} | "
+                   f"{f(r['logreg'])} | {beats} | {r['seconds']:.0f} |")
+    groups = [r for r in rows if not r.get("base")]
+    total = sum(r["seconds"] for r in rows)
+    out.append("")
+    out.append(f"{len(groups)} groups, {sum(r['networks'] for r in groups)} networks, {total / 60:.1f} min of "
+               f"recorded build time; best network beats logistic regression on "
+               f"{sum(1 for r in groups if r['logreg'] is not None and r['best'] > r['logreg'])} of "
+               f"{sum(1 for r in groups if r['logreg'] is not None)} groups with a baseline.")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work-dir", default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rows = collect(args.work_dir)
+    print(json.dumps(rows) if args.json else markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
