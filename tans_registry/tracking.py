@@ -31,8 +31,19 @@ def resolve_work_dir(work_dir: str | Path | None = None) -> Path:
     return path
 
 
+_DEFAULTS_SET: set[str] = set()  # default URIs this process gave MLflow (which exports them)
+
+
 def tracking_uri(work_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work_dir / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI`` when the user set it, else SQLite in the work directory.
+
+    ``mlflow.set_tracking_uri`` writes the URI back into the environment; a value that is one of the
+    work-directory defaults this process set is ours, not the user's, so a later call with another
+    work directory moves on to its own store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env not in _DEFAULTS_SET:
+        return env
+    return f"sqlite:///{work_dir / 'mlflow.db'}"
 
 
 def is_database_uri(uri: str) -> bool:
@@ -52,6 +63,8 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     uri = tracking_uri(wd)
     if is_database_uri(uri) and not uri.startswith("sqlite"):
         check_database(uri)
+    if uri == f"sqlite:///{wd / 'mlflow.db'}":
+        _DEFAULTS_SET.add(uri)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite"):
         mlflow.set_registry_uri(uri)

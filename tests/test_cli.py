@@ -64,3 +64,14 @@ def test_zoo_build_json_then_list(tiny_data_dir, tmp_path):
     listed = json.loads(run("zoo", "list", "--work-dir", work, "--json").stdout)
     assert [(n["group"], n["index"]) for n in listed] == [("cells", 0), ("cells", 1)]
     assert run("zoo", "list", "--work-dir", work, "--max-params", "1", "--json").stdout.strip() == "[]"
+
+
+def test_each_call_uses_its_own_work_dir(tmp_path):
+    """MLflow exports the tracking URI it was given; a second work dir must still get its own store."""
+    from tans_registry import tracking
+
+    for name in ("a", "b"):
+        wd, uri = tracking.setup(tmp_path / name)
+        assert uri == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        tracking.experiment_id("zoo", wd)
+        assert (tmp_path / name / "mlflow.db").exists()
