@@ -56,6 +56,8 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
 
     global PROJECT_RUN_ID
     wd = resolve_work_dir(work_dir)
+    # our own progress bars go to stderr; MLflow's per-download bars would drown them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Inside `mlflow run`, MLFLOW_RUN_ID names the project's run; left set, every start_run() would
     # resume that run instead of opening the stage's own runs in the tans/* experiments. Keep it as a
     # lineage link instead (tag `tans.project_run`).
