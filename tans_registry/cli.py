@@ -151,6 +151,29 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
                    f"{g.min_accuracy:>9.3f}{lr:>8}{g.seconds:>7.0f}")
 
 
+@zoo.command("register")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the registration record as one JSON document.")
+def zoo_register(work_dir, data_dir, as_json):
+    """Register every zoo network in the MLflow Model Registry (idempotent).
+
+    One registered model per group (`zoo.<group>`), one version per network, tagged `tans.*`
+    (dataset, embeddings, accuracy, n_params, flops, arch, ...), loadable with
+    `mlflow.pyfunc.load_model("models:/zoo.<group>/<version>")`. A second run registers nothing.
+    """
+    from dataclasses import asdict
+
+    from .registry import register_zoo
+
+    rec = register_zoo(work_dir)
+    if as_json:
+        click.echo(json.dumps(asdict(rec)))
+        return
+    click.echo(f"registered {rec.created} new versions ({rec.existing} already there) -> {rec.tracking_uri}")
+    for name, n in rec.models.items():
+        click.echo(f"  {name}: +{n}")
+
+
 @zoo.command("list")
 @common_options
 @click.option("--dataset", default=None, help="Only networks of this dataset or group.")

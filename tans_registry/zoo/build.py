@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..data import ImageDataset, load_dataset, make_groups, resolve_data_dir
+from ..data.stats import pixel_descriptor
 from ..errors import ConfigError
 from . import store
 from .measure import accuracy, count_flops, functional_embedding, n_params, recalibrate_bn
@@ -241,7 +242,7 @@ def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_i
         header = {"group": group.name, "dataset": dataset, "classes": list(group.classes),
                   "input_size": profile.input_size, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD),
                   "supernet": spec.to_dict(), "probe_seed": PROBE_SEED, "fingerprint": group.fingerprint(),
-                  "supernet_run": run.info.run_id}
+                  "supernet_run": run.info.run_id, "descriptor": pixel_descriptor(group).tolist()}
         with tempfile.TemporaryDirectory() as tmp:
             store.write_group(Path(tmp), header, rows, net.state_dict(), bn, embs)
             mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)

@@ -79,13 +79,17 @@ def read_table(run_id: str) -> dict:
 
 def load_network(run_id: str, index: int) -> nn.Module:
     """Materialize network ``index`` of a group run as an eval-mode ``nn.Module``."""
+    return network_from_dir(group_dir(run_id), index, where=f"run {run_id}")
+
+
+def network_from_dir(folder: Path, index: int, where: str = "") -> nn.Module:
+    """Materialize network ``index`` from a local copy of a group's ``zoo/`` artifacts."""
     from safetensors.torch import load_file
 
-    folder = group_dir(run_id)
     table = json.loads((folder / "zoo.json").read_text())
     rows = {r["index"]: r for r in table["networks"]}
     if index not in rows:
-        raise TansError(f"run {run_id} has no zoo network {index}; it has {sorted(rows)}",
+        raise TansError(f"{where or folder} has no zoo network {index}; it has {sorted(rows)}",
                         code="ZOO_NETWORK")
     spec = SupernetSpec.from_dict(table["header"]["supernet"])
     prefix = f"n{index}/"

@@ -1,0 +1,117 @@
+"""The MLflow model behind every zoo version: a tiny folder that points at its group's supernet.
+
+A zoo version's source is ``registry/n<index>/`` inside its group run: an ``MLmodel`` (flavor
+``python_function`` with this module as loader, plus a ``tans_zoo`` flavor) and ``network.json`` (the
+arch config, preprocessing, classes, and the URI of the group's ``zoo/`` artifacts). Loading downloads
+the supernet weights (safetensors) and materializes the subnet; nothing is unpickled.
+
+    model = mlflow.pyfunc.load_model("models:/zoo.mnist/3")
+    probs = model.predict(images_uint8_NHWC)          # [N, n_classes] class probabilities
+    module = tans_registry.registry.load_module("models:/zoo.mnist/3")   # the nn.Module
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import torch
+from torch import nn
+
+FLAVOR = "tans_zoo"
+DATA_FILE = "network.json"
+
+
+def write_model_dir(out: Path, network: dict) -> Path:
+    """Write the MLmodel folder of one zoo network (``network`` becomes network.json)."""
+    import mlflow.pyfunc
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_FILE).write_text(json.dumps(network))
+    size, k = int(network["input_size"]), len(network["classes"])
+    model = Model()
+    model.signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "images")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k), "probabilities")]))
+    mlflow.pyfunc.add_to_model(model, loader_module=__name__, data=DATA_FILE)
+    model.add_flavor(FLAVOR, network=DATA_FILE, arch_hash=network["arch_hash"], index=network["index"])
+    model.save(str(out / "MLmodel"))
+    return out
+
+
+class ZooNetworkModel:
+    """What ``mlflow.pyfunc.load_model`` wraps: ``predict`` maps images to class probabilities."""
+
+    def __init__(self, module: nn.Module, network: dict):
+        self.module = module.eval()
+        self.network = network
+        self.classes = list(network["classes"])
+
+    def predict(self, model_input, params=None) -> np.ndarray:
+        from ..zoo.tensors import to_tensor
+
+        x = _as_images(model_input, int(self.network["input_size"]))
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), 256):
+                logits = self.module(to_tensor(x[start:start + 256], self.network["mean"], self.network["std"]))
+                out.append(torch.softmax(logits, dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def _as_images(model_input, size: int) -> np.ndarray:
+    x = model_input
+    if isinstance(x, dict):  # a named tensor input
+        x = next(iter(x.values()))
+    if hasattr(x, "to_numpy"):  # a pandas DataFrame of flattened images
+        x = x.to_numpy()
+    x = np.asarray(x)
+    if x.ndim == 2 and x.shape[1] in (size * size, size * size * 3):
+        x = x.reshape(len(x), size, size, -1)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[1:3] != (size, size) or x.shape[3] not in (1, 3):
+        raise ValueError(f"expected images [N, {size}, {size}, 3] (or 1 channel); got shape {x.shape}")
+    if x.shape[3] == 1:
+        x = np.repeat(x, 3, axis=3)
+    if x.dtype != np.uint8:
+        x = np.clip(x * 255.0 if x.max() <= 1.0 else x, 0, 255).astype(np.uint8)
+    return x
+
+
+def _local_zoo_dir(uri: str, scratch: Path) -> Path:
+    """A local folder with the group's supernet.safetensors, bn.safetensors, zoo.json."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    import mlflow
+
+    for name in ("supernet.safetensors", "bn.safetensors", "zoo.json"):
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{name}", dst_path=str(scratch))
+    return scratch
+
+
+def module_from_network(network: dict) -> nn.Module:
+    from ..zoo.store import network_from_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _local_zoo_dir(network["zoo_artifacts"], Path(tmp))
+        return network_from_dir(folder, int(network["index"]), where=network["zoo_artifacts"])
+
+
+def _load_pyfunc(data_path: str) -> ZooNetworkModel:
+    """MLflow's entry point (``loader_module``): ``data_path`` is the local network.json."""
+    network = json.loads(Path(data_path).read_text())
+    return ZooNetworkModel(module_from_network(network), network)
+
+
+def load_module(model_uri: str) -> nn.Module:
+    """The eval-mode ``nn.Module`` of a zoo version, e.g. ``models:/zoo.mnist/3``."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    return module_from_network(json.loads((local / DATA_FILE).read_text()))
