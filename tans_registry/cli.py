@@ -199,5 +199,32 @@ def zoo_list(work_dir, data_dir, dataset, max_params, as_json):
     click.echo(f"{len(nets)} networks", err=True)
 
 
+# ---------------------------------------------------------------------------------------- index
+@main.group()
+def index() -> None:
+    """The cached index of the registered zoo (what every query searches)."""
+
+
+@index.command("build")
+@common_options
+@click.option("--force", is_flag=True, help="Rebuild even when the cache matches the registry.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
+def index_build(work_dir, data_dir, force, as_json):
+    """Page through the registered zoo versions and cache them as arrays.
+
+    The cache is keyed by the registry's state and the encoder version; a query reuses it while
+    both are unchanged and rebuilds it otherwise.
+    """
+    from .registry.index import build_index
+
+    idx, rec = build_index(work_dir, force=force)
+    rec |= {"encoder_version": idx.encoder_version}
+    if as_json:
+        click.echo(json.dumps(rec))
+        return
+    click.echo(f"index {rec['cache']}: {rec['versions']} versions of {rec['models']} zoo models in "
+               f"{rec['seconds'] * 1000:.0f} ms -> {rec['path']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,239 @@
+"""The zoo index: every registered zoo version as arrays, cached, filtered, searched.
+
+Listing 14,000 versions through the registry's search API takes seconds, too slow for every query, so
+the index is built once by paging through the versions and cached (``.npz``, no pickle) under a key made
+of the registry's state (each zoo model's name and last-update time) and the encoder version. A query
+reads the state (one page of registered models), then loads the cache: under a second at 14,000.
+
+Constraint filters run before ranking; :meth:`ZooIndex.search` is exact cosine top-k over what passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import tracking
+from ..errors import ConfigError, TansError
+from .codec import decode_embedding
+from .naming import ZOO_PREFIX
+
+log = logging.getLogger("tans_registry")
+_ARRAYS = ("names", "versions", "groups", "datasets", "accuracy", "n_params", "flops", "model_emb", "dataset_emb")
+
+
+@dataclass
+class ZooIndex:
+    names: np.ndarray        # registered-model name per version
+    versions: np.ndarray     # version number (int64)
+    groups: np.ndarray
+    datasets: np.ndarray
+    accuracy: np.ndarray     # float32, source-dataset test accuracy
+    n_params: np.ndarray     # int64
+    flops: np.ndarray        # int64
+    model_emb: np.ndarray    # float32 [N, D]
+    dataset_emb: np.ndarray  # float32 [N, Dd]
+    encoder_version: str
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    # ------------------------------------------------------------------ constraints and search
+    def mask(self, max_params: int | None = None, max_flops: int | None = None,
+             min_accuracy: float | None = None, include_datasets=None, exclude_datasets=None) -> np.ndarray:
+        """Rows that satisfy every given constraint (a boolean array)."""
+        _check_limit("max_params", max_params, int)
+        _check_limit("max_flops", max_flops, int)
+        if min_accuracy is not None and not 0.0 <= float(min_accuracy) <= 1.0:
+            raise ConfigError(f"min_accuracy must be in [0, 1]; got {min_accuracy}")
+        keep = np.ones(len(self), dtype=bool)
+        if max_params is not None:
+            keep &= self.n_params <= max_params
+        if max_flops is not None:
+            keep &= self.flops <= max_flops
+        if min_accuracy is not None:
+            keep &= self.accuracy >= min_accuracy
+        if include_datasets:
+            keep &= np.isin(self.datasets, list(include_datasets))
+        if exclude_datasets:
+            keep &= ~np.isin(self.datasets, list(exclude_datasets))
+        return keep
+
+    def search(self, query: np.ndarray, k: int = 10, **constraints) -> list[dict]:
+        """Exact top-``k`` by cosine similarity between ``query`` and the model embeddings, among
+        the rows that pass ``constraints`` (see :meth:`mask`); best first."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"the 'k' parameter of search must be an int >= 1; got {k!r}")
+        q = np.asarray(query, dtype=np.float32).ravel()
+        if q.shape[0] != self.model_emb.shape[1]:
+            raise ConfigError(f"query has {q.shape[0]} dimensions; the index holds {self.model_emb.shape[1]}")
+        rows = np.flatnonzero(self.mask(**constraints))
+        if rows.size == 0:
+            return []
+        unit = self.unit_model_emb
+        qn = q / max(float(np.linalg.norm(q)), 1e-12)
+        scores = unit @ qn if rows.size == len(self) else unit[rows] @ qn
+        k = min(int(k), rows.size)
+        part = np.argpartition(-scores, k - 1)[:k]
+        order = part[np.argsort(-scores[part], kind="stable")]
+        return [self.row(int(rows[i]), score=float(scores[i])) for i in order]
+
+    @property
+    def unit_model_emb(self) -> np.ndarray:
+        """Row-normalised model embeddings, computed once per loaded index."""
+        if getattr(self, "_unit", None) is None or self._unit.shape != self.model_emb.shape:
+            norms = np.linalg.norm(self.model_emb, axis=1, keepdims=True)
+            self._unit = (self.model_emb / np.maximum(norms, 1e-12)).astype(np.float32)
+        return self._unit
+
+    def row(self, i: int, score: float | None = None) -> dict:
+        out = {"model": str(self.names[i]), "version": int(self.versions[i]), "group": str(self.groups[i]),
+               "dataset": str(self.datasets[i]), "accuracy": float(self.accuracy[i]),
+               "n_params": int(self.n_params[i]), "flops": int(self.flops[i])}
+        if score is not None:
+            out["score"] = score
+        return out
+
+    # ------------------------------------------------------------------ persistence (no pickle)
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{a: getattr(self, a) for a in _ARRAYS},
+                 meta=np.array(json.dumps({"encoder_version": self.encoder_version, "key": self.key})))
+        tmp.replace(path)  # atomic: a reader never sees half a cache
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "ZooIndex":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return cls(**{a: z[a] for a in _ARRAYS}, **meta)
+
+
+def _check_limit(name, value, typ) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (typ, np.integer)) or value < 1):
+        raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+
+
+# ---------------------------------------------------------------------- building from the registry
+def registry_state(client) -> tuple[str, list[str]]:
+    """A key of the zoo's registry state (names and last-update times of the zoo models)."""
+    items, token = [], None
+    while True:
+        page = client.search_registered_models(f"name LIKE '{ZOO_PREFIX}%'", max_results=1000, page_token=token)
+        items.extend((m.name, int(m.last_updated_timestamp or 0)) for m in page)
+        token = page.token
+        if not token:
+            break
+    items.sort()
+    blob = json.dumps({"models": items, "encoder": champion_encoder_version(client)})
+    return hashlib.sha256(blob.encode()).hexdigest()[:20], [n for n, _ in items]
+
+
+ENCODERS_MODEL = "tans-encoders"
+
+
+def champion_encoder_version(client) -> str:
+    """Version of `tans-encoders@champion`, or "raw" while no encoders are registered."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(ENCODERS_MODEL, "champion").version)
+    except MlflowException:
+        return "raw"
+
+
+def index_from_versions(versions, key: str) -> ZooIndex:
+    """Arrays from registry model versions (their ``tans.*`` tags)."""
+    cols = {a: [] for a in _ARRAYS}
+    encoders = set()
+    for v in versions:
+        t = v.tags
+        if "tans.model_embedding" not in t:
+            continue  # not a zoo version (or one being written)
+        cols["names"].append(v.name)
+        cols["versions"].append(int(v.version))
+        cols["groups"].append(t.get("tans.group", v.name))
+        cols["datasets"].append(t.get("tans.dataset", ""))
+        cols["accuracy"].append(float(t.get("tans.accuracy", "nan")))
+        cols["n_params"].append(int(t.get("tans.n_params", 0)))
+        cols["flops"].append(int(t.get("tans.flops", 0)))
+        cols["model_emb"].append(decode_embedding(t["tans.model_embedding"]))
+        cols["dataset_emb"].append(decode_embedding(t.get("tans.dataset_embedding", "f16:")))
+        encoders.add(t.get("tans.encoder_version", "raw"))
+    if len(encoders) > 1:
+        log.warning("zoo versions carry embeddings of several encoders %s; run `tans index build`", sorted(encoders))
+    return ZooIndex(
+        names=np.array(cols["names"], dtype=str), versions=np.array(cols["versions"], dtype=np.int64),
+        groups=np.array(cols["groups"], dtype=str), datasets=np.array(cols["datasets"], dtype=str),
+        accuracy=np.array(cols["accuracy"], dtype=np.float32), n_params=np.array(cols["n_params"], dtype=np.int64),
+        flops=np.array(cols["flops"], dtype=np.int64), model_emb=_stack(cols["model_emb"]),
+        dataset_emb=_stack(cols["dataset_emb"]), encoder_version=",".join(sorted(encoders)) or "none", key=key)
+
+
+def _stack(vectors: list[np.ndarray]) -> np.ndarray:
+    """Rows of equal length; shorter ones (e.g. a missing descriptor) are zero-padded."""
+    width = max((len(v) for v in vectors), default=0)
+    out = np.zeros((len(vectors), width), dtype=np.float32)
+    for i, v in enumerate(vectors):
+        out[i, : len(v)] = v
+    return out
+
+
+def all_zoo_versions(client, page_size: int = 1000) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(f"name LIKE '{ZOO_PREFIX}%'", max_results=page_size, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def cache_path(work_dir: Path, key: str) -> Path:
+    return work_dir / "cache" / f"zoo-index-{key}.npz"
+
+
+def build_index(work_dir: str | None = None, force: bool = False) -> tuple[ZooIndex, dict]:
+    """Build the index from the registry (or reuse the cache of the same state); returns it and
+    a record with timings and whether the cache was hit."""
+    import mlflow
+
+    wd, _ = tracking.setup(work_dir)
+    client = mlflow.MlflowClient()
+    t0 = time.perf_counter()
+    key, models = registry_state(client)
+    path = cache_path(wd, key)
+    if path.exists() and not force:
+        idx = ZooIndex.load(path)
+        return idx, {"cache": "hit", "versions": len(idx), "models": len(models), "seconds": time.perf_counter() - t0,
+                     "path": str(path), "key": key}
+    if not models:
+        raise TansError("no zoo models in the registry: run `tans zoo register` first", code="ZOO_EMPTY")
+    idx = index_from_versions(all_zoo_versions(client), key)
+    idx.save(path)
+    _log_index_artifact(wd, path, key, len(idx))
+    return idx, {"cache": "built", "versions": len(idx), "models": len(models),
+                 "seconds": time.perf_counter() - t0, "path": str(path), "key": key}
+
+
+def load_index(work_dir: str | None = None) -> ZooIndex:
+    """The index for the registry's current state: from the cache when fresh, else rebuilt."""
+    return build_index(work_dir)[0]
+
+
+def _log_index_artifact(wd: Path, path: Path, key: str, n: int) -> None:
+    """Keep each built index as an artifact of a run in tans/zoo (tag tans.kind=index)."""
+    import mlflow
+
+    exp_id = tracking.experiment_id("zoo", wd)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"index-{key[:8]}",
+                          tags={"tans.kind": "index", "tans.index_key": key}):
+        mlflow.log_metric("versions", n)
+        mlflow.log_artifact(str(path), "index")
