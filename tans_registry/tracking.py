@@ -68,8 +68,7 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     if uri == f"sqlite:///{wd / 'mlflow.db'}":
         _DEFAULTS_SET.add(uri)
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite"):
-        mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(uri)  # the registry always lives with the runs (else a stale one is used)
     return wd, uri
 
 

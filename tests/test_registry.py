@@ -1,0 +1,216 @@
+"""The zoo in the MLflow Model Registry: naming, tag codecs, registration, pyfunc loading, the index."""
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from tans_registry import tracking
+from tans_registry.errors import ConfigError
+from tans_registry.registry import decode_embedding, encode_embedding, load_module, register_zoo, zoo_model_name
+from tans_registry.registry.index import ZooIndex, build_index
+from tans_registry.registry.naming import quote
+from tans_registry.registry.register import version_tags
+from tans_registry.zoo import ZooConfig, build_zoo, list_networks, load_network
+from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD, to_tensor
+
+TAGS = ["dataset", "dataset_embedding", "model_embedding", "encoder_version", "accuracy", "n_params", "flops",
+        "arch", "input_size", "mean", "std", "classes", "supernet_run"]
+WEIRD = "x' OR name LIKE '%"
+
+
+def registry_dump(client):
+    """Everything a registration could change, as comparable data."""
+    out = {}
+    for m in client.search_registered_models(max_results=1000):
+        versions = client.search_model_versions(f"name = {quote(m.name)}")
+        out[m.name] = (m.description, dict(m.tags), m.last_updated_timestamp,
+                       sorted((v.version, v.source, v.description, tuple(sorted(v.tags.items()))) for v in versions))
+    return out
+
+
+@pytest.fixture(scope="module")
+def registered(tiny_data_dir, tmp_path_factory):
+    """A tiny zoo (digits, cells, and a dataset named like an injection) built and registered."""
+    data = tmp_path_factory.mktemp("reg-data")
+    for f in tiny_data_dir.glob("*.npz"):
+        shutil.copy(f, data / f.name)
+    shutil.copy(tiny_data_dir / "cells.npz", data / f"{WEIRD}.npz")
+    work = tmp_path_factory.mktemp("reg-work")
+    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells", WEIRD), subnets=3, epochs=1,
+                        data_dir=str(data), work_dir=str(work), progress=False))
+    first = register_zoo(str(work), progress=False)
+    return work, first, data
+
+
+def test_model_names_are_safe_and_distinct():
+    assert zoo_model_name("mnist-t3") == "zoo.mnist-t3"
+    weird = zoo_model_name(WEIRD)
+    assert weird.startswith("zoo.x-OR-name-LIKE") and "'" not in weird and "%" not in weird
+    assert zoo_model_name("a b") != zoo_model_name("a/b")  # same slug, different hash
+    with pytest.raises(ValueError, match="refusing"):
+        quote(WEIRD)
+
+
+def test_embedding_codec_round_trips_compactly():
+    vec = np.random.default_rng(0).normal(size=1325).astype(np.float32)
+    tag = encode_embedding(vec)
+    assert tag.startswith("f16:") and len(tag) < 5000
+    np.testing.assert_allclose(decode_embedding(tag), vec, rtol=1e-3, atol=1e-3)
+    assert decode_embedding(encode_embedding([])).size == 0
+    with pytest.raises(ValueError, match="prefix"):
+        decode_embedding("abc")
+    with pytest.raises(ValueError, match="tags hold"):
+        encode_embedding(np.zeros(4000))
+
+
+def test_every_network_is_a_version_with_all_tags(registered):
+    work, first, _ = registered
+    assert first.created == 9 and first.existing == 0
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    nets = list_networks(tracking.experiment_id("zoo", work))
+    assert len(nets) == 9
+    for net in nets:
+        name = zoo_model_name(net.group)
+        versions = {int(v.tags["tans.index"]): v for v in client.search_model_versions(f"name = {quote(name)}")}
+        v = versions[net.index]
+        for t in TAGS:
+            assert f"tans.{t}" in v.tags, t
+        assert float(v.tags["tans.accuracy"]) == pytest.approx(net.accuracy, abs=1e-6)
+        assert int(v.tags["tans.n_params"]) == net.n_params and int(v.tags["tans.flops"]) == net.flops
+        emb = decode_embedding(v.tags["tans.model_embedding"])
+        assert emb.shape == (45 + 1280,) and list(emb[:45]) == net.topology
+        assert decode_embedding(v.tags["tans.dataset_embedding"]).shape == (22,)
+        assert "How" not in v.description and "mlflow.pyfunc.load_model" in v.description
+        assert all(len(val) <= 5000 for val in v.tags.values())
+
+
+def test_registering_twice_changes_nothing(registered):
+    work, _, _ = registered
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    before = registry_dump(client)
+    again = register_zoo(str(work), progress=False)
+    assert again.created == 0 and again.existing == 9
+    assert registry_dump(client) == before
+
+
+def test_pyfunc_predicts_what_the_materialized_module_predicts(registered):
+    work, _, data = registered
+    tracking.setup(work)
+    from tans_registry.data import load_dataset
+
+    ds = load_dataset("digits", data_dir=data)
+    net = [n for n in list_networks(tracking.experiment_id("zoo", work)) if n.group == "digits"][1]
+    uri = f"models:/zoo.digits/{net.index + 1}"
+    probs = mlflow.pyfunc.load_model(uri).predict(ds.x_test[:20])
+    module = load_network(net.run_id, net.index)
+    with torch.no_grad():
+        expected = torch.softmax(module(to_tensor(ds.x_test[:20], DEFAULT_MEAN, DEFAULT_STD)), 1).numpy()
+    assert probs.shape == (20, 10)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    with torch.no_grad():
+        got = load_module(uri)(to_tensor(ds.x_test[:20], DEFAULT_MEAN, DEFAULT_STD))
+    np.testing.assert_allclose(torch.softmax(got, 1).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_weird_dataset_name_neither_breaks_nor_widens(registered):
+    work, _, _ = registered
+    idx, _ = build_index(str(work))
+    assert len(idx) == 9
+    hits = idx.search(idx.model_emb[0], k=50, include_datasets=[WEIRD])
+    assert len(hits) == 3 and {h["dataset"] for h in hits} == {WEIRD}
+    assert {h["model"] for h in hits} == {zoo_model_name(WEIRD)}
+    assert idx.search(idx.model_emb[0], k=50, include_datasets=["x"]) == []
+
+
+def test_index_cache_follows_the_registry(registered):
+    work, _, _ = registered
+    idx, rec = build_index(str(work))
+    idx2, rec2 = build_index(str(work))
+    assert rec2["cache"] == "hit" and rec2["key"] == rec["key"] and len(idx2) == len(idx)
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    # the registry changes: one version is deleted -> a new key, a rebuilt index without it
+    name = zoo_model_name("cells")
+    client.delete_model_version(name, "3")
+    idx3, rec3 = build_index(str(work))
+    assert rec3["cache"] == "built" and rec3["key"] != rec["key"] and len(idx3) == len(idx) - 1
+    assert register_zoo(str(work), progress=False).created == 1  # re-registered: idempotence is by network
+    assert build_index(str(work))[1]["cache"] == "built"
+
+
+def _synthetic_index(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    return ZooIndex(
+        names=np.array([f"zoo.g{i % 7}" for i in range(n)]), versions=np.arange(n, dtype=np.int64),
+        groups=np.array([f"g{i % 7}" for i in range(n)]), datasets=np.array([f"d{i % 5}" for i in range(n)]),
+        accuracy=rng.uniform(0, 1, n).astype(np.float32), n_params=rng.integers(1e6, 7e6, n),
+        flops=rng.integers(5e6, 3e7, n), model_emb=rng.normal(size=(n, 16)).astype(np.float32),
+        dataset_emb=np.zeros((n, 0), np.float32), encoder_version="raw", key="k")
+
+
+def test_constraint_filters_and_top_k_match_brute_force():
+    idx = _synthetic_index()
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        q = rng.normal(size=16).astype(np.float32)
+        c = {"max_params": int(rng.integers(2e6, 7e6)), "max_flops": int(rng.integers(1e7, 3e7)),
+             "min_accuracy": float(rng.uniform(0, 0.5)), "exclude_datasets": ["d1"] if trial % 2 else None,
+             "include_datasets": ["d0", "d1", "d2"] if trial % 3 == 0 else None}
+        ok = [i for i in range(len(idx))
+              if idx.n_params[i] <= c["max_params"] and idx.flops[i] <= c["max_flops"]
+              and idx.accuracy[i] >= c["min_accuracy"]
+              and (c["exclude_datasets"] is None or idx.datasets[i] not in c["exclude_datasets"])
+              and (c["include_datasets"] is None or idx.datasets[i] in c["include_datasets"])]
+        scores = {i: float(idx.model_emb[i] @ q / np.linalg.norm(idx.model_emb[i]) / np.linalg.norm(q)) for i in ok}
+        expected = sorted(ok, key=lambda i: -scores[i])[:10]
+        hits = idx.search(q, k=10, **c)
+        assert [h["version"] for h in hits] == [int(idx.versions[i]) for i in expected]
+        assert all(h["n_params"] <= c["max_params"] for h in hits)
+
+
+def test_search_rejects_bad_arguments():
+    idx = _synthetic_index(20)
+    with pytest.raises(ConfigError, match="'k' parameter"):
+        idx.search(np.zeros(16), k=0)
+    with pytest.raises(ConfigError, match="dimensions"):
+        idx.search(np.zeros(3))
+    with pytest.raises(ConfigError, match="max_params"):
+        idx.search(np.ones(16), max_params=-5)
+
+
+def test_index_survives_a_save_load_round_trip(tmp_path):
+    idx = _synthetic_index(50)
+    back = ZooIndex.load(idx.save(tmp_path / "i.npz"))
+    np.testing.assert_array_equal(back.model_emb, idx.model_emb)
+    assert list(back.names) == list(idx.names) and back.key == "k"
+
+
+def test_version_tags_fit_postgres_for_many_classes():
+    header = {"dataset": "omniglot", "group": "omniglot", "classes": [f"Alphabet_{i}/character{i:03d}" for i in range(242)],
+              "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "descriptor": [0.1] * 22}
+    row = {"index": 0, "arch_hash": "abc", "arch": {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5}, "topology": [3] * 45,
+           "accuracy": 0.5, "n_params": 1, "flops": 2}
+    tags = version_tags(header, row, "r" * 32, np.zeros(1280, np.float32))
+    assert all(len(v) <= 5000 for v in tags.values())
+    assert '"n":242' in tags["tans.classes"]
+
+
+@pytest.mark.postgres
+def test_register_and_index_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, pg_database):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_database)
+    work = tmp_path / "w"
+    build_zoo(ZooConfig(profile="quick", datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir),
+                        work_dir=str(work), progress=False))
+    assert register_zoo(str(work), progress=False).created == 2
+    assert register_zoo(str(work), progress=False).created == 0
+    idx, rec = build_index(str(work))
+    assert len(idx) == 2 and rec["cache"] == "built"
+    probs = mlflow.pyfunc.load_model("models:/zoo.cells/1").predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert probs.shape == (2, 3)
