@@ -95,11 +95,11 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def median_ms(fn: Callable[[], Any], n: int, warmup: int = 2) -> float:
+def time_ms(fn: Callable[[], Any], n: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of ``n`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = [timed(fn)[1] for _ in range(n)]
-    return 1000.0 * statistics.median(times)
+    return [1000.0 * timed(fn)[1] for _ in range(n)]
 
 
 def tree_bytes(root: Path, part: str) -> tuple[int, int]:
@@ -118,9 +118,9 @@ def db_bytes(store: str, wd: Path, db: str | None) -> int:
 
 
 def point_at(uri: str | None) -> None:
-    """Make the next `tracking.setup` pick this store. `setup` sets MLflow's registry URI for SQLite
-    only (globally and in MLFLOW_REGISTRY_URI), so a later PostgreSQL scenario in the same process would
-    keep registering into the old SQLite file: clear it between scenarios."""
+    """Make the next `tracking.setup` pick this store (``None``: SQLite in the work dir). The registry URI
+    is cleared too, so that no scenario can inherit the previous one's (setup sets it to the tracking URI;
+    the assert in bench_store checks that)."""
     import mlflow
 
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
@@ -148,7 +148,8 @@ def bench_store(store: str, size: int, seed: int) -> tuple[dict, ZooIndex]:
         n_groups = -(-size // PER_GROUP)
         log.info("%s %d: creating %d synthetic group runs in %s", store, size, n_groups, wd)
         _, t_setup = timed(lambda: create_zoo(wd, n_groups, seed))
-        assert mlflow.get_registry_uri() == mlflow.get_tracking_uri(), "registry and tracking stores differ"
+        if mlflow.get_registry_uri() != mlflow.get_tracking_uri():
+            raise RuntimeError(f"registry {mlflow.get_registry_uri()} != tracking {mlflow.get_tracking_uri()}")
         before = db_bytes(store, wd, db)
         log.info("%s %d: register_zoo", store, size)
         rec, t_reg = timed(lambda: register_zoo(wd, progress=False))
@@ -159,7 +160,7 @@ def bench_store(store: str, size: int, seed: int) -> tuple[dict, ZooIndex]:
         (idx, irec), t_build = timed(lambda: build_index(wd, force=True))
         (idx2, irec2), t_load = timed(lambda: build_index(wd))
         client = mlflow.MlflowClient()
-        page_ms = median_ms(lambda: client.search_registered_models(max_results=5), n=20)
+        page_ms = statistics.median(time_ms(lambda: client.search_registered_models(max_results=5), n=20))
         out = {
             "store": store, "size": size, "groups": n_groups, "setup_s": t_setup,
             "created": rec.created, "register_s": t_reg, "register_ms_per_version": 1000 * t_reg / max(rec.created, 1),
@@ -196,18 +197,24 @@ def synthetic_index(rows: int, dim: int, seed: int) -> ZooIndex:
 
 
 def bench_search(idx: ZooIndex, label: str, n: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    queries = rng.standard_normal((n + 2, idx.model_emb.shape[1])).astype(np.float32)
+    """Median of ``n`` top-10 queries, with and without a max_params constraint; also with BLAS held to
+    one thread, because on a busy 2-core machine a threaded matrix-vector product can wait ~8 ms for
+    its second thread."""
+    from threadpoolctl import threadpool_limits
+
+    queries = np.random.default_rng(seed).standard_normal((4 * (n + 2) + 1, idx.model_emb.shape[1])).astype(np.float32)
+    it = iter(queries)
     limit = int(np.median(idx.n_params))  # about half the rows pass
-    _, first = timed(lambda: idx.search(queries[0], k=10))  # includes the one-off row normalisation
+    _, first = timed(lambda: idx.search(next(it), k=10))  # includes the one-off row normalisation
     out = []
     for constraint in ({}, {"max_params": limit}):
-        it = iter(queries)
-        ms = median_ms(lambda: idx.search(next(it), k=10, **constraint), n=n)
+        ms = time_ms(lambda: idx.search(next(it), k=10, **constraint), n=n)
+        with threadpool_limits(1, "blas"):
+            ms1 = time_ms(lambda: idx.search(next(it), k=10, **constraint), n=n)
         out.append({"index": label, "rows": len(idx), "dim": int(idx.model_emb.shape[1]),
                     "constraint": f"max_params<={limit:,}" if constraint else "none",
-                    "passing": int(idx.mask(**constraint).sum()), "median_ms": ms, "queries": n,
-                    "first_query_ms": 1000 * first})
+                    "passing": int(idx.mask(**constraint).sum()), "queries": n, "median_ms": statistics.median(ms),
+                    "min_ms": min(ms), "median_ms_blas1": statistics.median(ms1), "first_query_ms": 1000 * first})
         log.info("search %s: %s", label, json.dumps(out[-1]))
     return out
 
@@ -224,11 +231,11 @@ def markdown(res: dict) -> str:
             f"({r['artifact_disk_bytes_per_version']:,.0f}) | {r['second_register_s']:.1f} ({r['second_created']}) "
             f"| {r['index_build_s']:.1f} | {r['index_load_s']:.2f} ({r['index_cache']}, {r['index_cache_mb']:.0f} MB) "
             f"| {r['search_registered_models_5_ms']:.1f} |")
-    lines += ["", "| index | rows | dims | constraint | rows passing | median ms (k=10) | first query ms |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| index | rows | dims | constraint | rows passing | median ms (k=10) | min ms "
+              "| median ms, BLAS 1 thread | first query ms |", "|---|---|---|---|---|---|---|---|---|"]
     for s in res["search"]:
         lines.append(f"| {s['index']} | {s['rows']:,} | {s['dim']} | {s['constraint']} | {s['passing']:,} "
-                     f"| {s['median_ms']:.2f} | {s['first_query_ms']:.1f} |")
+                     f"| {s['median_ms']:.2f} | {s['min_ms']:.2f} | {s['median_ms_blas1']:.2f} | {s['first_query_ms']:.1f} |")
     lines += ["", f"Setup (synthetic runs, not timed above): "
               + ", ".join(f"{r['store']} {r['size']:,}: {r['setup_s']:.0f} s" for r in res["stores"])
               + f". Total wall time {res['wall_s']:.0f} s."]

@@ -29,7 +29,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 echo "install_browser: installing chromium and chromium-driver via apt ..."
 $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
-$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+# fonts-liberation: Chromium's recommended fonts (without them pages render in whatever font is there)
+$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation >/dev/null \
     || fail "apt-get install chromium chromium-driver failed"
 
 [[ -x "$CHROMIUM" ]] || fail "$CHROMIUM is still missing after apt-get install"

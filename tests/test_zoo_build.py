@@ -151,3 +151,13 @@ def test_groups_warm_start_from_a_shared_base_supernet(tiny_data_dir, tmp_path):
     assert all(g.status == "built" and g.n_networks == 2 for g in again.groups)
     assert len(client.search_runs([exp_id], "tags.`tans.group` = '__base__'")) == 1
     assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}
+
+
+def test_a_build_is_reproducible_from_its_seed(tiny_data_dir, tmp_path):
+    a = build_zoo(tiny(tiny_data_dir, tmp_path / "a", datasets=("cells",), subnets=2))
+    b = build_zoo(tiny(tiny_data_dir, tmp_path / "b", datasets=("cells",), subnets=2))
+    tracking.setup(tmp_path / "a")
+    acc_a = [n.accuracy for n in list_networks(tracking.experiment_id("zoo", tmp_path / "a"))]
+    tracking.setup(tmp_path / "b")
+    acc_b = [n.accuracy for n in list_networks(tracking.experiment_id("zoo", tmp_path / "b"))]
+    assert acc_a == acc_b and a.groups[0].best_accuracy == b.groups[0].best_accuracy

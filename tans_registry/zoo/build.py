@@ -170,7 +170,8 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str]:
         from safetensors.torch import load_file
 
         return load_file(str(store.group_dir(prev.info.run_id) / "supernet.safetensors")), chash
-    train_cfg = replace(profile.train, epochs=profile.base_epochs)
+    train_cfg = replace(profile.train, epochs=profile.base_epochs, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
     net = build_supernet(spec)
     tags = {"tans.kind": "zoo", "tans.group": "__base__", "tans.dataset": "__base__",
             "tans.config_hash": chash, "tans.profile": profile.name}
@@ -220,6 +221,7 @@ def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_i
                            "n_classes": group.n_classes, "n_train": len(group.x_train),
                            "n_test": len(group.x_test), "seed": cfg.seed, "probe_seed": PROBE_SEED,
                            "init": "base" if base_state is not None else "scratch"})
+        torch.manual_seed(cfg.seed)  # the initial weights (and so the whole build) follow the seed
         net = build_supernet(spec)
         if base_state is not None:
             own = net.state_dict()
