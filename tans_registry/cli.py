@@ -24,6 +24,26 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _IntLike(click.ParamType):
+    """An integer that also accepts "20.0" (MLproject's numeric parameters are floats)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        if not f.is_integer():
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        return int(f)
+
+
+INT = _IntLike()
+
+
 def common_options(fn):
     """--work-dir and --data-dir, on every command (environment variables as fallbacks)."""
 
@@ -114,8 +134,8 @@ def zoo() -> None:
               help="quick: 4 demo datasets x 10 networks, minutes on 2 cores. bench: every dataset of "
                    "the data directory, 60 groups x 50 networks, hours.")
 @click.option("--datasets", default=None, help="Comma-separated dataset names, replacing the profile's list.")
-@click.option("--subnets", type=int, default=None, help="Networks cut out of each group's supernet.")
-@click.option("--groups", type=int, default=None,
+@click.option("--subnets", type=INT, default=None, help="Networks cut out of each group's supernet.")
+@click.option("--groups", type=INT, default=None,
               help="Meta-training groups (class-subset tasks spread over the datasets).")
 @click.option("--epochs", type=float, default=None, help="Training epochs per group (profile default otherwise).")
 @click.option("--base-epochs", type=float, default=None,
@@ -123,7 +143,7 @@ def zoo() -> None:
 @click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
               help="Where groups are built (Ray fan-out arrives with the distributed extra).")
 @click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=INT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as one JSON document.")
 def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, executor, resume, seed,
               as_json):
@@ -199,6 +219,57 @@ def zoo_list(work_dir, data_dir, dataset, max_params, as_json):
     click.echo(f"{len(nets)} networks", err=True)
 
 
+# ------------------------------------------------------------------------------------- encoders
+@main.group()
+def encoders() -> None:
+    """Train the meta-contrastive encoders on the zoo."""
+
+
+@encoders.command("train")
+@common_options
+@click.option("--steps", type=INT, default=300, show_default=True, help="Training steps (one batch of every training group each).")
+@click.option("--val-datasets", default=None,
+              help="Comma-separated source datasets held out for meta-validation [default: a seeded fifth].")
+@click.option("--pooling", type=click.Choice(["mean", "attention"]), default="mean", show_default=True,
+              help="Set pooling of the query encoder: mean (TANS) or attention (MetaD2A-style).")
+@click.option("--loss", type=click.Choice(["hinge", "infonce"]), default="hinge", show_default=True,
+              help="Contrastive loss: margin hinge over in-batch negatives (TANS) or InfoNCE.")
+@click.option("--k-per-class", type=INT, default=20, show_default=True, help="Images per class in a query set.")
+@click.option("--functional/--no-functional", default=True, show_default=True,
+              help="Feed the functional embedding to the model encoder (ablation: topology only).")
+@click.option("--predictor/--no-predictor", default=True, show_default=True, help="Train the accuracy predictor.")
+@click.option("--seed", type=INT, default=777, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training record as one JSON document.")
+def encoders_train(work_dir, data_dir, steps, val_datasets, pooling, loss, k_per_class, functional, predictor, seed,
+                   as_json):
+    """Train query encoder, model encoder and predictor; log them to `tans/encoders`; register them.
+
+    Validation holds out whole datasets. The encoders are registered as `tans-encoders` (and the
+    feature backbone as `tans-backbone`); the alias `champion` moves only when validation Recall@5
+    improves on the current champion's. Then run `tans index build` to embed the zoo with them.
+    """
+    from .encoders.train import EncoderTrainConfig, train_encoders
+
+    val = tuple(v.strip() for v in val_datasets.split(",") if v.strip()) if val_datasets else None
+    rec = train_encoders(EncoderTrainConfig(steps=steps, val_datasets=val, pooling=pooling, loss=loss,
+                                            k_per_class=k_per_class, use_functional=functional,
+                                            use_predictor=predictor, seed=seed, work_dir=work_dir,
+                                            data_dir=data_dir))
+    if as_json:
+        click.echo(json.dumps(rec, default=float))
+        return
+    b, u, h = rec["best"], rec["untrained"], rec["pixel_heuristic"]
+    click.echo(f"encoders run {rec['run_id']} (validation datasets: {', '.join(rec['val_datasets'])})")
+    click.echo(f"{'':<18}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mean rank':>11}{'w. tau':>8}")
+    for name, r in (("trained", b), ("untrained", u), ("pixel heuristic", h)):
+        tau = r.get("val_weighted_tau", float("nan"))
+        click.echo(f"{name:<18}{r['val_recall_at_1']:>7.3f}{r['val_recall_at_5']:>7.3f}{r['val_recall_at_10']:>7.3f}"
+                   f"{r['val_mean_rank']:>11.1f}{tau:>8.3f}")
+    if "encoders_version" in rec:
+        click.echo(f"registered tans-encoders v{rec['encoders_version']}"
+                   + (" as champion" if rec["champion"] else " (champion unchanged)"))
+
+
 # ---------------------------------------------------------------------------------------- index
 @main.group()
 def index() -> None:
@@ -210,15 +281,23 @@ def index() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when the cache matches the registry.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
 def index_build(work_dir, data_dir, force, as_json):
-    """Page through the registered zoo versions and cache them as arrays.
+    """Embed the zoo with the champion encoders, then cache the registered versions as arrays.
+
+    With `tans-encoders@champion` registered, every zoo version's `tans.model_embedding` and
+    `tans.dataset_embedding` tags are rewritten with learned embeddings (`tans.encoder_version`
+    names the encoder version); before that, they hold the raw descriptors.
 
     The cache is keyed by the registry's state and the encoder version; a query reuses it while
     both are unchanged and rebuilds it otherwise.
     """
+    from . import tracking
+    from .registry.embed import apply_encoders
     from .registry.index import build_index
 
+    tracking.setup(work_dir)
+    embedded = apply_encoders()
     idx, rec = build_index(work_dir, force=force)
-    rec |= {"encoder_version": idx.encoder_version}
+    rec |= {"encoder_version": idx.encoder_version, "embedded": embedded}
     if as_json:
         click.echo(json.dumps(rec))
         return

@@ -127,13 +127,15 @@ def registry_state(client) -> tuple[str, list[str]]:
     items, token = [], None
     while True:
         page = client.search_registered_models(f"name LIKE '{ZOO_PREFIX}%'", max_results=1000, page_token=token)
-        items.extend((m.name, int(m.last_updated_timestamp or 0)) for m in page)
+        # the model tag tans.encoder_version moves when `tans index build` re-embeds the versions
+        items.extend((m.name, int(m.last_updated_timestamp or 0), m.tags.get("tans.encoder_version", "raw"))
+                     for m in page)
         token = page.token
         if not token:
             break
     items.sort()
     blob = json.dumps({"models": items, "encoder": champion_encoder_version(client)})
-    return hashlib.sha256(blob.encode()).hexdigest()[:20], [n for n, _ in items]
+    return hashlib.sha256(blob.encode()).hexdigest()[:20], [n for n, *_ in items]
 
 
 ENCODERS_MODEL = "tans-encoders"

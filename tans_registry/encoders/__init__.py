@@ -1,0 +1,1 @@
+"""The meta-contrastive encoders: query encoder, model encoder, accuracy predictor."""

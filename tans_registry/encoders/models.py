@@ -1,0 +1,120 @@
+"""The three learned parts: query (dataset) encoder, model encoder, accuracy predictor.
+
+- Query encoder: backbone features of K images per class -> ``Linear`` -> pooled over the set (mean,
+  as TANS, or attention pooling with a learned seed query, as MetaD2A's set encoder) -> L2-normalised.
+- Model encoder: the 45-value depth-masked topology and the functional embedding, each L2-normalised
+  on its own (the reference normalised them jointly, so the functional part drowned the topology),
+  concatenated, then a two-layer MLP -> L2-normalised.
+- Predictor: an MLP on both embeddings -> sigmoid -> predicted accuracy.
+
+Everything needed to rebuild the modules is in :class:`EncoderConfig` (saved beside the safetensors).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..zoo.space import TOPOLOGY_DIM
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    feature_dim: int = 256        # backbone feature size
+    embed_dim: int = 128          # the shared space (TANS: 128)
+    hidden: int = 256
+    pooling: str = "mean"         # "mean" (TANS) or "attention" (MetaD2A-style set encoder)
+    functional_dim: int = 1280    # OFA MobileNetV3 width 1.0 penultimate size
+    use_functional: bool = True   # ablation: topology only
+    use_predictor: bool = True    # ablation: no accuracy predictor
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderConfig":
+        return cls(**json.loads(text))
+
+
+class QueryEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        if cfg.pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention'; got {cfg.pooling!r}")
+        self.pooling = cfg.pooling
+        self.proj = nn.Linear(cfg.feature_dim, cfg.embed_dim)
+        if cfg.pooling == "attention":
+            self.seed = nn.Parameter(torch.randn(1, 1, cfg.embed_dim) * 0.02)
+            self.attn = nn.MultiheadAttention(cfg.embed_dim, num_heads=4, batch_first=True)
+            self.out = nn.Sequential(nn.LayerNorm(cfg.embed_dim), nn.Linear(cfg.embed_dim, cfg.embed_dim))
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats`` [B, N, F] (N instances per dataset), ``mask`` [B, N] True where an instance is
+        real (sets of different sizes are padded); returns [B, D], unit length."""
+        h = self.proj(feats)
+        if mask is None:
+            mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        if self.pooling == "mean":
+            w = mask.unsqueeze(-1).float()
+            pooled = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+        else:
+            seed = self.seed.expand(h.shape[0], -1, -1)
+            pooled, _ = self.attn(seed, h, h, key_padding_mask=~mask)
+            pooled = self.out(pooled.squeeze(1))
+        return F.normalize(pooled, dim=-1)
+
+
+class ModelEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.use_functional = cfg.use_functional
+        d_in = TOPOLOGY_DIM + (cfg.functional_dim if cfg.use_functional else 0)
+        self.mlp = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.embed_dim))
+
+    def forward(self, topology: torch.Tensor, functional: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [F.normalize(topology.float(), dim=-1)]
+        if self.use_functional:
+            if functional is None:
+                raise ValueError("this model encoder uses the functional embedding; pass it")
+            parts.append(F.normalize(functional.float(), dim=-1))
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+
+class Predictor(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * cfg.embed_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+
+    def forward(self, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(torch.cat([q, m], dim=-1))).squeeze(-1)
+
+
+class TansEncoders(nn.Module):
+    """Query encoder + model encoder (+ predictor), rebuilt from their config alone."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.query = QueryEncoder(cfg)
+        self.model = ModelEncoder(cfg)
+        self.predictor = Predictor(cfg) if cfg.use_predictor else None
+
+    def save(self, folder: Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "encoders.safetensors"))
+        (folder / "config.json").write_text(self.cfg.to_json())
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> "TansEncoders":
+        from safetensors.torch import load_file
+
+        enc = cls(EncoderConfig.from_json((folder / "config.json").read_text()))
+        enc.load_state_dict(load_file(str(folder / "encoders.safetensors")))
+        return enc.eval()

@@ -1,0 +1,306 @@
+"""``tans encoders train``: meta-contrastive training of the encoders on the zoo, tracked in MLflow.
+
+Each step takes every training group once: a random half of its query set (instance dropout, so the
+encoder sees many sets per dataset) and one positive network, sampled among the group's networks with
+probability rising with measured accuracy (``positive_sharpness``: 0 = uniform, as TANS; the default
+prefers the better networks, since "near the dataset" should mean "does well on it"). The loss is the
+contrastive term (hinge over all in-batch negatives in both directions, or InfoNCE) plus the
+predictor's MSE on the positive and on one random other network of the same group (so the predictor
+also learns to rank within a dataset). Validation holds out whole datasets.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import tracking
+from ..errors import ConfigError
+from .backbone import extract_features, sample_per_class, save_backbone, train_backbone
+from .losses import hinge_loss, info_nce_loss, predictor_loss
+from .meta import MetaGroup, load_meta_groups, split_by_dataset
+from .metrics import mean_weighted_tau, predictor_errors, retrieval_report
+from .models import EncoderConfig, TansEncoders
+from ..registry.index import ENCODERS_MODEL
+
+log = logging.getLogger("tans_registry")
+BACKBONE_MODEL = "tans-backbone"
+SELECT_METRIC = "val_recall_at_5"
+
+
+@dataclass(frozen=True)
+class EncoderTrainConfig:
+    steps: int = 300
+    lr: float = 1e-3                 # Adam (the reference's 1e-2 diverged in our runs' early checks)
+    k_per_class: int = 20            # images per class in a query set (MetaD2A: 20)
+    pooling: str = "mean"
+    loss: str = "hinge"              # or "infonce"
+    margin: float = 0.2              # TANS
+    temperature: float = 0.1
+    predictor_weight: float = 1.0    # TANS: 1:1
+    use_functional: bool = True
+    use_predictor: bool = True
+    positive_sharpness: float = 5.0  # positive sampling ~ exp(sharpness * accuracy)
+    val_datasets: tuple[str, ...] | None = None
+    eval_every: int = 20
+    patience: int = 5                # evaluations without improvement before stopping
+    backbone_epochs: float = 2.0
+    seed: int = 777                  # TANS's seed
+    work_dir: str | None = None
+    data_dir: str | None = None
+    register: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be an int >= 1; got {self.steps}")
+        if self.loss not in ("hinge", "infonce"):
+            raise ConfigError(f"--loss must be 'hinge' or 'infonce'; got {self.loss!r}")
+        if self.pooling not in ("mean", "attention"):
+            raise ConfigError(f"--pooling must be 'mean' or 'attention'; got {self.pooling!r}")
+        if self.k_per_class < 1:
+            raise ConfigError(f"--k-per-class must be >= 1; got {self.k_per_class}")
+
+
+def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
+    """Groups with their query-set features, the backbone, and the train/val split."""
+    groups = load_meta_groups(exp_zoo, cfg.data_dir)
+    train, val, val_names = split_by_dataset(groups, list(cfg.val_datasets) if cfg.val_datasets else None, cfg.seed)
+    sources = {g.dataset: g.data for g in train if g.name == g.dataset} or {g.name: g.data for g in train}
+    backbone = train_backbone(list(sources.values()), epochs=cfg.backbone_epochs, seed=cfg.seed)
+    for g in groups:
+        g.features = extract_features(backbone, g.data.x_train[sample_per_class(g.data, cfg.k_per_class, cfg.seed)])
+    return train, val, val_names, backbone
+
+
+def _set_batch(groups: list[MetaGroup], rng: np.random.Generator | None, frac: float = 0.5):
+    """Padded [B, N, F] features and mask; with ``rng``, a random ``frac`` of each set."""
+    sets = []
+    for g in groups:
+        f = g.features
+        if rng is not None and len(f) > 2:
+            f = f[rng.permutation(len(f))[: max(2, int(len(f) * frac))]]
+        sets.append(f)
+    n = max(len(s) for s in sets)
+    x = np.zeros((len(sets), n, sets[0].shape[1]), np.float32)
+    mask = np.zeros((len(sets), n), bool)
+    for i, s in enumerate(sets):
+        x[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def embed_models(enc: TansEncoders, groups: list[MetaGroup]) -> tuple[torch.Tensor, np.ndarray]:
+    """Model embeddings of every network of ``groups`` and the group index of each."""
+    topo = torch.from_numpy(np.concatenate([g.topology for g in groups]))
+    func = torch.from_numpy(np.concatenate([g.functional for g in groups]))
+    owner = np.concatenate([[i] * len(g.accuracy) for i, g in enumerate(groups)])
+    return enc.model(topo, func if enc.cfg.use_functional else None), owner
+
+
+@torch.no_grad()
+def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
+    """Retrieval of each validation group's own networks among every zoo network, and the predictor's
+    ranking of the group's networks (weighted Kendall tau against measured accuracy)."""
+    enc.eval()
+    everyone = zoo + [g for g in val if g not in zoo]
+    m, owner = embed_models(enc, everyone)
+    x, mask = _set_batch(val, None)
+    q = enc.query(x, mask)
+    scores = (q @ m.T).numpy()
+    positives = [set(np.flatnonzero(owner == everyone.index(g)).tolist()) for g in val]
+    report = {f"val_{k.replace('@', '_at_')}": v for k, v in retrieval_report(scores, positives).items()}
+    if enc.predictor is not None:
+        taus, preds, targets = [], [], []
+        for i, g in enumerate(val):
+            rows = np.flatnonzero(owner == everyone.index(g))
+            p = enc.predictor(q[i].expand(len(rows), -1), m[rows]).numpy()
+            taus.append((p, g.accuracy))
+            preds.append(p)
+            targets.append(g.accuracy)
+        report["val_weighted_tau"] = mean_weighted_tau(taus)
+        report.update({f"val_pred_{k}": v for k, v in predictor_errors(np.concatenate(preds), np.concatenate(targets)).items()})
+    enc.train()
+    return report
+
+
+def pixel_heuristic(val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
+    """Baseline: rank networks by how close their source dataset's pixel statistics are to the
+    query's (computed on the query's test images, the zoo's on its training images)."""
+    from ..data.stats import pixel_descriptor
+    from ..data import ImageDataset
+
+    everyone = zoo + [g for g in val if g not in zoo]
+    owner = np.concatenate([[i] * len(g.accuracy) for i, g in enumerate(everyone)])
+    desc = np.stack([g.descriptor for g in everyone])
+    scores, positives = [], []
+    for g in val:
+        test_view = ImageDataset(g.name, g.data.x_test, g.data.y_test, g.data.x_test[:1], g.data.y_test[:1], g.data.classes)
+        d = -np.linalg.norm(desc - pixel_descriptor(test_view), axis=1)
+        scores.append(d[owner] + 1e-6 * np.concatenate([x.accuracy for x in everyone]))  # ties: better nets first
+        positives.append(set(np.flatnonzero(owner == everyone.index(g)).tolist()))
+    return {f"val_{k.replace('@', '_at_')}": v for k, v in retrieval_report(np.stack(scores), positives).items()}
+
+
+def train_encoders(cfg: EncoderTrainConfig) -> dict:
+    """Train, validate, log and (when it improves) register the encoders; returns the record."""
+    import mlflow
+
+    cfg.validate()
+    wd, uri = tracking.setup(cfg.work_dir)
+    exp_zoo = tracking.experiment_id("zoo", wd)
+    exp_enc = tracking.experiment_id("encoders", wd)
+    t0 = time.time()
+    train, val, val_names, backbone = prepare(cfg, exp_zoo)
+    torch.manual_seed(cfg.seed)
+    enc = TansEncoders(EncoderConfig(pooling=cfg.pooling, use_functional=cfg.use_functional,
+                                     use_predictor=cfg.use_predictor,
+                                     functional_dim=int(train[0].functional.shape[1])))
+    untrained = evaluate(enc, val, train)
+    baseline = pixel_heuristic(val, train)
+    tags = {"tans.kind": "encoders"} | ({"tans.project_run": tracking.PROJECT_RUN_ID} if tracking.PROJECT_RUN_ID else {})
+    with mlflow.start_run(experiment_id=exp_enc, run_name=f"encoders-{cfg.loss}-{cfg.pooling}", tags=tags) as run:
+        mlflow.log_params({k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+                           if k not in ("work_dir", "data_dir", "progress")}
+                          | {"val_datasets_used": ",".join(val_names), "n_train_groups": len(train),
+                             "n_val_groups": len(val)})
+        mlflow.log_metrics({f"untrained_{k}": v for k, v in untrained.items() if np.isfinite(v)}
+                           | {f"pixel_heuristic_{k}": v for k, v in baseline.items()}, step=0)
+        best_report = fit(enc, train, val, cfg, on_eval=lambda step, m: mlflow.log_metrics(
+            {k: v for k, v in m.items() if np.isfinite(v)}, step=step))
+        mlflow.log_metrics({f"best_{k}": v for k, v in best_report.items() if np.isfinite(v)})
+        with tempfile.TemporaryDirectory() as tmp:
+            enc.save(Path(tmp) / "encoders")
+            save_backbone(backbone, Path(tmp) / "backbone")
+            _save_query_sets(Path(tmp) / "query_sets.npz", train + val)
+            _embedding_map(enc, train + val, Path(tmp) / "embedding_map.png")
+            mlflow.log_artifacts(tmp)
+        record = {"run_id": run.info.run_id, "best": best_report, "untrained": untrained,
+                  "pixel_heuristic": baseline, "val_datasets": val_names, "seconds": time.time() - t0}
+        if cfg.register:
+            record |= _register(run.info.run_id, best_report)
+    return record
+
+
+def fit(enc: TansEncoders, train: list[MetaGroup], val: list[MetaGroup], cfg: EncoderTrainConfig,
+        on_eval=None) -> dict:
+    """The training loop: Adam, evaluation every ``eval_every`` steps, early stopping on the
+    validation metric; leaves ``enc`` at its best checkpoint and returns that checkpoint's report."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
+    best, best_state, best_report, since_best = -math.inf, None, {}, 0
+    for step in tqdm(range(1, cfg.steps + 1), desc="encoders", unit="step", disable=not cfg.progress):
+        loss = _train_step(enc, opt, train, cfg, rng)
+        if step % cfg.eval_every and step != cfg.steps:
+            continue
+        report = evaluate(enc, val, train) | {"train_loss": loss}
+        if on_eval:
+            on_eval(step, report)
+        score = report[SELECT_METRIC] + 1e-3 * float(np.nan_to_num(report.get("val_weighted_tau", 0.0)))
+        if score > best:
+            best, since_best, best_report = score, 0, report | {"step": step}
+            best_state = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= cfg.patience:
+                log.info("early stop at step %d (best at step %d)", step, best_report["step"])
+                break
+    enc.load_state_dict(best_state)
+    enc.eval()
+    return best_report
+
+
+def _train_step(enc, opt, train, cfg, rng) -> float:
+    x, mask = _set_batch(train, rng)
+    pos, other = [], []
+    for g in train:
+        w = np.exp(cfg.positive_sharpness * (g.accuracy - g.accuracy.max()))
+        pos.append(rng.choice(len(w), p=w / w.sum()))
+        other.append(rng.integers(len(w)))
+    topo = torch.from_numpy(np.stack([g.topology[i] for g, i in zip(train, pos)]))
+    func = torch.from_numpy(np.stack([g.functional[i] for g, i in zip(train, pos)]))
+    q = enc.query(x, mask)
+    m = enc.model(topo, func if cfg.use_functional else None)
+    loss = (hinge_loss(q, m, margin=cfg.margin) if cfg.loss == "hinge"
+            else info_nce_loss(q, m, temperature=cfg.temperature))
+    if enc.predictor is not None:
+        topo_o = torch.from_numpy(np.stack([g.topology[i] for g, i in zip(train, other)]))
+        func_o = torch.from_numpy(np.stack([g.functional[i] for g, i in zip(train, other)]))
+        m_o = enc.model(topo_o, func_o if cfg.use_functional else None)
+        pred = enc.predictor(torch.cat([q, q]), torch.cat([m, m_o]))
+        target = torch.from_numpy(np.concatenate([[g.accuracy[i] for g, i in zip(train, pos)],
+                                                  [g.accuracy[i] for g, i in zip(train, other)]]).astype(np.float32))
+        loss = loss + cfg.predictor_weight * predictor_loss(pred, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _save_query_sets(path: Path, groups: list[MetaGroup]) -> None:
+    np.savez(path, **{f"features/{g.name}": g.features for g in groups})
+
+
+def _embedding_map(enc: TansEncoders, groups: list[MetaGroup], path: Path) -> None:
+    """2-D PCA map of dataset embeddings (stars) and model embeddings (dots), coloured by dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        m, owner = embed_models(enc, groups)
+        x, mask = _set_batch(groups, None)
+        q = enc.query(x, mask)
+    pts = torch.cat([m, q]).numpy()
+    pts = pts - pts.mean(0)
+    _, _, vt = np.linalg.svd(pts, full_matrices=False)
+    xy = pts @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab20")
+    for i, g in enumerate(groups):
+        sel = owner == i
+        ax.scatter(xy[: len(owner)][sel, 0], xy[: len(owner)][sel, 1], s=8, color=cmap(i % 20), alpha=0.6)
+        ax.scatter(*xy[len(owner) + i], marker="*", s=160, color=cmap(i % 20), edgecolor="k", label=g.name)
+    ax.set_title("dataset (stars) and model (dots) embeddings, PCA")
+    if len(groups) <= 20:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _register(run_id: str, report: dict) -> dict:
+    """Register the encoders (and backbone); move `champion` only when validation improved."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    for name in (ENCODERS_MODEL, BACKBONE_MODEL):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+    run = client.get_run(run_id)
+    bb = client.create_model_version(BACKBONE_MODEL, f"{run.info.artifact_uri}/backbone", run_id=run_id)
+    v = client.create_model_version(ENCODERS_MODEL, f"{run.info.artifact_uri}/encoders", run_id=run_id,
+                                    tags={"tans.val_recall5": f"{report[SELECT_METRIC]:.6f}",
+                                          "tans.backbone_version": str(bb.version)})
+    try:
+        champ = client.get_model_version_by_alias(ENCODERS_MODEL, "champion")
+        champ_score = float(champ.tags.get("tans.val_recall5", "-1"))
+    except MlflowException:
+        champ, champ_score = None, -math.inf
+    promoted = report[SELECT_METRIC] > champ_score
+    if promoted:
+        client.set_registered_model_alias(ENCODERS_MODEL, "champion", v.version)
+    return {"encoders_version": int(v.version), "backbone_version": int(bb.version), "champion": promoted,
+            "previous_champion": int(champ.version) if champ else None}

@@ -1,0 +1,187 @@
+"""Encoder training: learning on a seeded synthetic meta-dataset, save/load, the real pipeline on a tiny zoo."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tans_registry.encoders.meta import MetaGroup, split_by_dataset
+from tans_registry.encoders.models import EncoderConfig, TansEncoders
+from tans_registry.encoders.train import EncoderTrainConfig, evaluate, fit
+
+
+def synthetic_groups(n_groups=24, nets=8, feat_dim=32, func_dim=48, seed=0):
+    """Each dataset has a latent vector; its images' features and its networks' functional embeddings
+    are two different noisy linear views of it, so a dataset can be matched to its own networks."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(6, feat_dim)), rng.normal(size=(6, func_dim))
+    groups = []
+    for g in range(n_groups):
+        z = rng.normal(size=6)
+        acc = rng.uniform(0.3, 0.9, nets).astype(np.float32)
+        groups.append(MetaGroup(
+            name=f"d{g}", dataset=f"d{g}", run_id="r", topology=rng.integers(0, 8, (nets, 45)).astype(np.float32),
+            functional=(z @ b + 0.3 * rng.normal(size=(nets, func_dim))).astype(np.float32),
+            accuracy=acc, descriptor=np.zeros(22, np.float32),
+            features=(z @ a + 0.5 * rng.normal(size=(30, feat_dim))).astype(np.float32)))
+    return groups
+
+
+@pytest.mark.parametrize("loss,pooling", [("hinge", "mean"), ("infonce", "attention")])
+def test_seeded_training_raises_validation_recall(loss, pooling):
+    groups = synthetic_groups()
+    train, val, names = split_by_dataset(groups, [f"d{i}" for i in range(18, 24)])
+    assert len(train) == 18 and len(val) == 6 and names == [f"d{i}" for i in range(18, 24)]
+    torch.manual_seed(0)
+    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling=pooling))
+    before = evaluate(enc, val, train)
+    cfg = EncoderTrainConfig(steps=150, eval_every=25, patience=10, loss=loss, pooling=pooling, lr=3e-3,
+                             progress=False)
+    best = fit(enc, train, val, cfg)
+    assert best["val_mean_rank"] < before["val_mean_rank"]
+    assert best["val_recall_at_5"] > before["val_recall_at_5"]
+    # the loop leaves the encoders at the best checkpoint: evaluating again gives its report
+    again = evaluate(enc, val, train)
+    assert again["val_recall_at_5"] == pytest.approx(best["val_recall_at_5"])
+
+
+def test_encoders_round_trip_through_safetensors(tmp_path):
+    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling="attention"))
+    back = TansEncoders.load(enc.save(tmp_path / "enc"))
+    x = torch.randn(3, 7, 32)
+    topo, func = torch.randn(5, 45), torch.randn(5, 48)
+    enc.eval()
+    torch.testing.assert_close(back.query(x), enc.query(x))
+    torch.testing.assert_close(back.model(topo, func), enc.model(topo, func))
+    assert back.cfg == enc.cfg
+
+
+def test_model_encoder_normalises_each_part_on_its_own():
+    enc = TansEncoders(EncoderConfig(functional_dim=48, feature_dim=32, embed_dim=16, hidden=32)).eval()
+    topo, func = torch.rand(2, 45) * 7, torch.randn(2, 48)
+    # scaling the functional part by 1000 changes nothing: it cannot drown the topology
+    torch.testing.assert_close(enc.model(topo, func * 1000), enc.model(topo, func))
+    assert not torch.allclose(enc.model(topo * 0 + 3, func), enc.model(topo, func))
+
+
+def test_split_rejects_unknown_validation_datasets():
+    from tans_registry.errors import TansError
+
+    with pytest.raises(TansError, match="not in the zoo"):
+        split_by_dataset(synthetic_groups(4), ["nope"])
+
+
+# ------------------------------------------------------------------------------ the real pipeline
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+    from tans_registry.encoders.train import train_encoders
+    from tans_registry.registry import register_zoo
+    from tans_registry.zoo import ZooConfig, build_zoo
+
+    work = tmp_path_factory.mktemp("enc-work")
+    # 4 groups: two class-subset tasks of each dataset (the encoders re-derive them from the data)
+    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
+                        data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
+    register_zoo(str(work), progress=False)
+    rec = train_encoders(EncoderTrainConfig(steps=6, eval_every=3, val_datasets=("cells",), k_per_class=4,
+                                            backbone_epochs=0.5, work_dir=str(work), data_dir=str(tiny_data_dir),
+                                            progress=False))
+    return work, rec
+
+
+def test_training_is_tracked_and_registered(trained):
+    import mlflow
+
+    from tans_registry import tracking
+
+    work, rec = trained
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    run = client.get_run(rec["run_id"])
+    assert run.data.params["loss"] == "hinge" and run.data.params["val_datasets_used"] == "cells"
+    assert run.data.params["n_train_groups"] == "2" and run.data.params["n_val_groups"] == "2"
+    assert "best_val_recall_at_5" in run.data.metrics and "pixel_heuristic_val_recall_at_5" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_recall_at_5")] == [3, 6]
+    names = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"encoders", "backbone", "embedding_map.png", "query_sets.npz"} <= names
+    assert rec["encoders_version"] == 1 and rec["champion"] is True
+    assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == "1"
+    assert client.get_registered_model("tans-backbone").latest_versions
+
+
+def test_champion_moves_only_when_validation_improves(trained):
+    import mlflow
+
+    from tans_registry import tracking
+    from tans_registry.encoders.train import _register
+
+    work, rec = trained
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    current = float(client.get_model_version("tans-encoders", "1").tags["tans.val_recall5"])
+    worse = _register(rec["run_id"], {"val_recall_at_5": current - 0.5})
+    assert worse["champion"] is False
+    assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == "1"
+    better = _register(rec["run_id"], {"val_recall_at_5": current + 0.5})
+    assert better["champion"] is True
+    assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == str(better["encoders_version"])
+
+
+def test_index_build_writes_decodable_learned_embeddings(trained):
+    import mlflow
+
+    from tans_registry import tracking
+    from tans_registry.registry import decode_embedding
+    from tans_registry.registry.embed import apply_encoders
+    from tans_registry.registry.index import all_zoo_versions, build_index
+
+    work, _ = trained
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    raw_idx, raw_rec = build_index(str(work))
+    champion = str(client.get_model_version_by_alias("tans-encoders", "champion").version)
+    first = apply_encoders(progress=False)
+    assert first["updated"] == 12 and first["encoder_version"] == champion
+    assert apply_encoders(progress=False)["updated"] == 0  # idempotent
+    for v in all_zoo_versions(client):
+        assert v.tags["tans.encoder_version"] == champion
+        assert decode_embedding(v.tags["tans.model_embedding"]).shape == (128,)
+        assert decode_embedding(v.tags["tans.dataset_embedding"]).shape == (128,)
+    idx, rec = build_index(str(work))
+    assert rec["cache"] == "built" and rec["key"] != raw_rec["key"]
+    assert idx.model_emb.shape == (12, 128) and idx.encoder_version == champion
+    np.testing.assert_allclose(np.linalg.norm(idx.model_emb, axis=1), 1.0, atol=2e-3)
+
+
+def test_mlproject_entry_points_match_the_cli():
+    import re
+    from pathlib import Path
+
+    import click
+    import yaml
+
+    from tans_registry.cli import main
+
+    project = yaml.safe_load((Path(__file__).resolve().parent.parent / "MLproject").read_text())
+    entry = project["entry_points"]
+    assert {"main", "build_zoo", "register_zoo", "train_encoders", "build_index"} <= set(entry)
+    for name, ep in entry.items():
+        params = ep.get("parameters", {})
+        for p, spec in params.items():
+            assert isinstance(spec, dict) and spec.get("type") in ("string", "float", "path", "uri"), (name, p)
+            assert "{" + p + "}" in ep["command"], (name, p)
+        for part in ep["command"].split("&&"):
+            words = part.split()
+            assert words[0] == "tans", part
+            cmd = main
+            for w in words[1:]:
+                if w.startswith("-") or not isinstance(cmd, click.Group):
+                    break
+                cmd = cmd.commands[w]
+            options = {o for prm in cmd.params for o in prm.opts + prm.secondary_opts}
+            for flag in re.findall(r"(--[a-z-]+)", part):
+                assert flag in options, (name, flag)
+            for flag, p in re.findall(r"(--[a-z-]+) \{(\w+)\}", part):
+                default = params[p]["default"]
+                ctx = cmd.make_context(cmd.name, [flag, str(default)])  # the default parses
+                assert ctx is not None
