@@ -141,8 +141,10 @@ def test_index_cache_follows_the_registry(registered):
     client.delete_model_version(name, "3")
     idx3, rec3 = build_index(str(work))
     assert rec3["cache"] == "built" and rec3["key"] != rec["key"] and len(idx3) == len(idx) - 1
-    assert register_zoo(str(work), progress=False).created == 1  # re-registered: idempotence is by network
-    assert build_index(str(work))[1]["cache"] == "built"
+    # a group whose networks were all registered is skipped as a whole: a deleted version stays deleted
+    assert register_zoo(str(work), progress=False).created == 0
+    assert build_index(str(work))[1]["cache"] == "hit"
+    assert len(list((work / "cache").glob("zoo-index-*.npz"))) == 1  # older caches pruned
 
 
 def _synthetic_index(n=500, seed=0):

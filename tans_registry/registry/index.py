@@ -76,21 +76,21 @@ class ZooIndex:
         rows = np.flatnonzero(self.mask(**constraints))
         if rows.size == 0:
             return []
-        unit = self.unit_model_emb
-        qn = q / max(float(np.linalg.norm(q)), 1e-12)
-        scores = unit @ qn if rows.size == len(self) else unit[rows] @ qn
+        # score every row, then keep the passing ones: cheaper than copying the passing rows
+        scores = (self.model_emb @ q) / (self.row_norms * max(float(np.linalg.norm(q)), 1e-12))
+        if rows.size != len(self):
+            scores = scores[rows]
         k = min(int(k), rows.size)
         part = np.argpartition(-scores, k - 1)[:k]
         order = part[np.argsort(-scores[part], kind="stable")]
         return [self.row(int(rows[i]), score=float(scores[i])) for i in order]
 
     @property
-    def unit_model_emb(self) -> np.ndarray:
-        """Row-normalised model embeddings, computed once per loaded index."""
-        if getattr(self, "_unit", None) is None or self._unit.shape != self.model_emb.shape:
-            norms = np.linalg.norm(self.model_emb, axis=1, keepdims=True)
-            self._unit = (self.model_emb / np.maximum(norms, 1e-12)).astype(np.float32)
-        return self._unit
+    def row_norms(self) -> np.ndarray:
+        """L2 norm of every model embedding, computed once per loaded index (no normalised copy)."""
+        if getattr(self, "_norms", None) is None or len(self._norms) != len(self.model_emb):
+            self._norms = np.maximum(np.linalg.norm(self.model_emb, axis=1), 1e-12).astype(np.float32)
+        return self._norms
 
     def row(self, i: int, score: float | None = None) -> dict:
         out = {"model": str(self.names[i]), "version": int(self.versions[i]), "group": str(self.groups[i]),
@@ -220,6 +220,9 @@ def build_index(work_dir: str | None = None, force: bool = False) -> tuple[ZooIn
         raise TansError("no zoo models in the registry: run `tans zoo register` first", code="ZOO_EMPTY")
     idx = index_from_versions(all_zoo_versions(client), key)
     idx.save(path)
+    for old in path.parent.glob("zoo-index-*.npz"):  # one cache per work dir: older states go
+        if old != path:
+            old.unlink(missing_ok=True)
     _log_index_artifact(wd, path, key, len(idx))
     return idx, {"cache": "built", "versions": len(idx), "models": len(models),
                  "seconds": time.perf_counter() - t0, "path": str(path), "key": key}

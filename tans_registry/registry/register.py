@@ -25,6 +25,7 @@ from .pyfunc import write_model_dir
 log = logging.getLogger("tans_registry")
 RAW_ENCODER = "raw"  # tans.encoder_version until `tans index build` writes learned embeddings
 REGISTRY_DIR = "registry"
+DONE_TAG = "tans.registered_run"  # model tag: the group run whose networks are all registered
 
 
 @dataclass
@@ -96,13 +97,19 @@ def register_zoo(work_dir: str | None = None, progress: bool = True) -> Register
         raise TansError("the zoo is empty: build it first with `tans zoo build --profile quick`", code="ZOO_EMPTY")
     for group, run in tqdm(sorted(groups.items()), desc="register", unit="group", disable=not progress):
         name = zoo_model_name(group)
+        model = _get_model(client, name)
+        if model is not None and model.tags.get(DONE_TAG) == run.info.run_id:
+            rec.existing += int(model.tags.get("tans.n_networks", 0))  # the whole group is in: skip cheaply
+            continue
         table = read_table(run.info.run_id)
         header, rows = table["header"], table["networks"]
-        _ensure_model(client, name, header)
+        if model is None:
+            _create_model(client, name, header)
         have = {v.tags.get("tans.network_id") for v in _versions(client, name)}
         todo = [r for r in rows if f"{run.info.run_id}:{r['index']}" not in have]
         rec.existing += len(rows) - len(todo)
         if not todo:
+            _mark_done(client, name, run.info.run_id, len(rows))
             continue
         _ensure_model_dirs(client, run, header, rows)
         f_emb = load_functional_embeddings(run.info.run_id)
@@ -111,6 +118,7 @@ def register_zoo(work_dir: str | None = None, progress: bool = True) -> Register
                 name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}", run_id=run.info.run_id,
                 tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
                 description=model_card(header, row, name))
+        _mark_done(client, name, run.info.run_id, len(rows))
         rec.models[name] = len(todo)
         rec.created += len(todo)
     return rec
@@ -126,15 +134,24 @@ def _versions(client, name: str) -> list:
             return out
 
 
-def _ensure_model(client, name: str, header: dict) -> None:
+def _get_model(client, name: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_registered_model(name)
-        return
+        return client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
+        return None
+
+
+def _mark_done(client, name: str, run_id: str, n: int) -> None:
+    """Record on the model that every network of ``run_id`` is registered (set last, after them)."""
+    client.set_registered_model_tag(name, "tans.n_networks", str(n))
+    client.set_registered_model_tag(name, DONE_TAG, run_id)
+
+
+def _create_model(client, name: str, header: dict) -> None:
     client.create_registered_model(
         name, tags={"tans.kind": "zoo", "tans.group": header["group"], "tans.dataset": header["dataset"]},
         description=(f"Zoo networks of group `{header['group']}` (source dataset `{header['dataset']}`, "

@@ -107,16 +107,18 @@ def finished_group_runs(experiment_id: str) -> dict[str, object]:
     """The latest complete run of every group in the zoo experiment, by group name."""
     import mlflow
 
-    runs = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{COMPLETE_TAG}` = 'true' and tags.`tans.kind` = 'zoo'",
-        order_by=["attributes.start_time DESC"],
-        max_results=5000,
-    )
+    client = mlflow.MlflowClient()
     latest: dict[str, object] = {}
-    for run in runs:
-        latest.setdefault(run.data.tags.get("tans.group"), run)
-    return latest
+    token = None
+    while True:
+        page = client.search_runs([experiment_id],
+                                  filter_string=f"tags.`{COMPLETE_TAG}` = 'true' and tags.`tans.kind` = 'zoo'",
+                                  order_by=["attributes.start_time DESC"], max_results=5000, page_token=token)
+        for run in page:
+            latest.setdefault(run.data.tags.get("tans.group"), run)
+        token = page.token
+        if not token:
+            return latest
 
 
 def list_networks(experiment_id: str, dataset: str | None = None, max_params: int | None = None) -> list[ZooNetwork]:
