@@ -369,9 +369,12 @@ def test_make_groups_counts_and_identity():
     dss = [synthetic(10, name="a"), synthetic(3, name="b"), synthetic(6, name="c")]
     first = make_groups(dss, 2)
     assert len(first) == 2 and first[0] is dss[0] and first[1] is dss[1]
+    # "b" has 3 classes: too few to cut class subsets from, so it stays one whole group
     groups = make_groups(dss, 7, seed=0)
-    assert [g.name for g in groups] == ["a-t0", "a-t1", "a-t2", "b-t0", "b-t1", "c-t0", "c-t1"]
-    assert [g.name for g in make_groups(dss, 6)] == ["a-t0", "a-t1", "b-t0", "b-t1",
-                                                     "c-t0", "c-t1"]
+    assert [g.name for g in groups] == ["a-t0", "a-t1", "a-t2", "b", "c-t0", "c-t1", "c-t2"]
+    assert groups[3] is dss[1]
+    assert [g.name for g in make_groups(dss, 6)] == ["a-t0", "a-t1", "a-t2", "b", "c-t0", "c-t1"]
+    few = [synthetic(3, name="x"), synthetic(2, name="y")]  # only few-class datasets: cut into parts
+    assert [g.name for g in make_groups(few, 4)] == ["x-t0", "x-t1", "y-t0", "y-t1"]
     raises(["unique", "'a'"], make_groups, [dss[0], dss[0]], 4)
     raises(["n_groups"], make_groups, dss, 0)
