@@ -79,7 +79,7 @@ def trained(tiny_data_dir, tmp_path_factory):
     from tans_registry.zoo import ZooConfig, build_zoo
 
     work = tmp_path_factory.mktemp("enc-work")
-    # 4 groups: two class-subset tasks of each dataset (the encoders re-derive them from the data)
+    # 4 groups: three class-subset tasks of digits, cells whole (3 classes); re-derived from the data
     build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
                         data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
     register_zoo(str(work), progress=False)
@@ -99,7 +99,7 @@ def test_training_is_tracked_and_registered(trained):
     client = mlflow.MlflowClient()
     run = client.get_run(rec["run_id"])
     assert run.data.params["loss"] == "hinge" and run.data.params["val_datasets_used"] == "cells"
-    assert run.data.params["n_train_groups"] == "2" and run.data.params["n_val_groups"] == "2"
+    assert run.data.params["n_train_groups"] == "3" and run.data.params["n_val_groups"] == "1"
     assert "best_val_recall_at_5" in run.data.metrics and "pixel_heuristic_val_recall_at_5" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_recall_at_5")] == [3, 6]
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
