@@ -243,7 +243,7 @@ def markdown(res: dict) -> str:
         lines.append(f"| {s['index']} | {s['rows']:,} | {s['dim']} | {s['constraint']} | {s['passing']:,} "
                      f"| {s['median_ms']:.2f} | {s['min_ms']:.2f} | {s['median_ms_blas1']:.2f} "
                      f"| {s['first_query_ms']:.1f} | {goal} |")
-    lines += ["", f"Setup (synthetic runs, not timed above): "
+    lines += ["", "Setup (synthetic runs, not timed above): "
               + ", ".join(f"{r['store']} {r['size']:,}: {r['setup_s']:.0f} s" for r in res["stores"])
               + f". Goal for the index load from cache: < 1 s at 14,000. Total wall time {res['wall_s']:.0f} s, "
               f"load average {res['machine']['load_avg_1m']:.1f} on {res['machine']['cpus']} CPUs at the end."]
