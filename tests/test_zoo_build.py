@@ -161,3 +161,39 @@ def test_a_build_is_reproducible_from_its_seed(tiny_data_dir, tmp_path):
     tracking.setup(tmp_path / "b")
     acc_b = [n.accuracy for n in list_networks(tracking.experiment_id("zoo", tmp_path / "b"))]
     assert acc_a == acc_b and a.groups[0].best_accuracy == b.groups[0].best_accuracy
+
+
+def test_workers_build_groups_in_parallel_processes_from_the_base(tiny_data_dir, tmp_path):
+    import mlflow
+
+    work = tmp_path / "w"
+    rec = build_zoo(tiny(tiny_data_dir, work, base_epochs=0.5, workers=2))
+    assert [g.group for g in rec.groups] == ["digits", "cells"]  # the record keeps the groups' order
+    assert all(g.status == "built" and g.n_networks == 3 for g in rec.groups)
+    tracking.setup(work)
+    exp_id = tracking.experiment_id("zoo", work)
+    client = mlflow.MlflowClient()
+    for g in rec.groups:
+        run = client.get_run(g.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags[COMPLETE_TAG] == "true"
+        assert run.data.params["init"] == "base"  # the workers loaded the base supernet
+    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}
+    again = build_zoo(tiny(tiny_data_dir, work, base_epochs=0.5, workers=2, resume=True))
+    assert [g.status for g in again.groups] == ["skipped", "skipped"]
+
+
+def test_workers_must_be_positive(tiny_data_dir, tmp_path):
+    from tans_registry.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--workers"):
+        build_zoo(tiny(tiny_data_dir, tmp_path / "w", workers=0))
+
+
+def test_many_class_groups_get_a_step_floor():
+    from tans_registry.zoo.train import TrainConfig, n_train_steps
+
+    cfg = TrainConfig(epochs=6, batch_size=64, steps_per_class=20, max_epochs=30)
+    assert n_train_steps(2500, 5, cfg) == 6 * 40              # 5 classes: the epochs decide
+    assert n_train_steps(2100, 20, cfg) == 400                # 20 classes: 20 steps each
+    assert n_train_steps(700, 48, cfg) == 30 * 11             # capped at 30 passes
+    assert n_train_steps(2100, 20, TrainConfig(epochs=6, steps_per_class=0)) == 6 * 33

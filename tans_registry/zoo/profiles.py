@@ -53,7 +53,7 @@ PROFILES: dict[str, ZooProfile] = {
         max_train=5000,
         max_test=1000,
         calib_images=500,
-        train=TrainConfig(epochs=6.0, eval_images=500),
+        train=TrainConfig(epochs=6.0, eval_images=500, steps_per_class=20),
         base_epochs=5.0,
         baseline=True,
     ),
