@@ -4,10 +4,11 @@
         [--steps 300] [--val-datasets a,b] [--json]
 
 Variants: the default (mean pooling, hinge, functional embedding, predictor), attention pooling, InfoNCE,
-no functional embedding, no predictor. Each is a real `tans/encoders` run (not registered, so the
+no functional embedding, no predictor, uniform positives. Each is a real `tans/encoders` run (not registered, so the
 champion does not move). Printed per variant: validation Recall@1/5/10, mean rank, weighted Kendall tau
 of the predictor, predictor MAE, training seconds; plus the untrained encoder and the pixel-statistics
-heuristic of the default run.
+and bigger-is-better heuristics of the default run. "xtask": the cross-task protocol (own networks removed,
+the other tasks of the same dataset are the positives; see tans_registry.encoders.train).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ VARIANTS = {
     "InfoNCE": {"loss": "infonce"},
     "no functional embedding": {"use_functional": False},
     "no predictor": {"use_predictor": False},
+    "uniform positives (TANS)": {"positive_sharpness": 0.0},
 }
 
 
@@ -48,16 +50,24 @@ def main() -> None:
         if not change:
             rows["untrained encoder"] = rec["untrained"]
             rows["pixel-statistics heuristic"] = rec["pixel_heuristic"]
+            rows["bigger-is-better heuristic"] = rec["size_heuristic"]
     if args.json:
         print(json.dumps(rows, default=float))
         return
     nan = float("nan")
-    print("| variant | R@1 | R@5 | R@10 | mean rank | weighted tau | predictor MAE | s |")
-    print("|---|---|---|---|---|---|---|---|")
+
+    def cell(r, key, fmt=".3f"):
+        v = r.get(key, nan)
+        return format(v, fmt) if v == v else "-"
+
+    print("| variant | R@1 | R@5 | R@10 | mean rank | xtask R@1 | xtask R@5 | xtask mean rank | weighted tau "
+          "| predictor MAE | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['val_recall_at_1']:.3f} | {r['val_recall_at_5']:.3f} | {r['val_recall_at_10']:.3f} | "
-              f"{r['val_mean_rank']:.1f} | {r.get('val_weighted_tau', nan):.3f} | {r.get('val_pred_mae', nan):.3f} | "
-              f"{r.get('seconds', nan):.0f} |")
+        print(f"| {name} | {cell(r, 'val_recall_at_1')} | {cell(r, 'val_recall_at_5')} | {cell(r, 'val_recall_at_10')} "
+              f"| {cell(r, 'val_mean_rank', '.1f')} | {cell(r, 'val_xtask_recall_at_1')} "
+              f"| {cell(r, 'val_xtask_recall_at_5')} | {cell(r, 'val_xtask_mean_rank', '.1f')} "
+              f"| {cell(r, 'val_weighted_tau')} | {cell(r, 'val_pred_mae')} | {cell(r, 'seconds', '.0f')} |")
     print(f"\nvalidation datasets: {', '.join(rows[next(iter(VARIANTS))]['val_datasets'])}")
 
 

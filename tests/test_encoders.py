@@ -45,6 +45,53 @@ def test_seeded_training_raises_validation_recall(loss, pooling):
     assert again["val_recall_at_5"] == pytest.approx(best["val_recall_at_5"])
 
 
+def _group(name, dataset, acc, descriptor, topology=None, n_params=None):
+    acc = np.asarray(acc, np.float32)
+    topo = topology if topology is not None else np.arange(len(acc) * 45, dtype=np.float32).reshape(len(acc), 45)
+    return MetaGroup(name=name, dataset=dataset, run_id="r", topology=topo,
+                     functional=np.zeros((len(acc), 4), np.float32), accuracy=acc,
+                     descriptor=np.asarray(descriptor, np.float32),
+                     n_params=None if n_params is None else np.asarray(n_params, np.float64))
+
+
+def test_cross_task_protocol_removes_own_networks_and_scores_siblings():
+    from tans_registry.encoders.train import _own_and_sibling_positives, _retrieval_reports
+
+    # validation dataset "a" has two tasks; "b" is a training dataset; "c" a single-group dataset
+    a0, a1, b, c = (_group("a-t0", "a", [.5, .6], [0]), _group("a-t1", "a", [.5, .6], [0]),
+                    _group("b", "b", [.5, .6], [0]), _group("c", "c", [.5, .6], [0]))
+    everyone, val = [b, a0, a1, c], [a0, a1, c]
+    owner = np.repeat(np.arange(4), 2)
+    own, sib = _own_and_sibling_positives(val, everyone, owner)
+    assert [o.tolist() for o in own] == [[2, 3], [4, 5], [6, 7]]
+    assert sib[0].tolist() == [4, 5] and sib[1].tolist() == [2, 3] and sib[2] is None
+    # columns: b b a0 a0 a1 a1 c c. a-t0 ranks itself first, then b, then its sibling a-t1
+    scores = np.array([[5, 5, 9, 9, 1, 1, 0, 0],   # a-t0
+                       [0, 0, 8, 8, 9, 9, 0, 0],   # a-t1: sibling a-t0 right after itself
+                       [0, 0, 0, 0, 0, 0, 9, 9]], float)
+    rep = _retrieval_reports(scores, own, sib)
+    assert rep["val_recall_at_1"] == 1.0                  # every group finds its own networks first
+    assert rep["val_xtask_recall_at_1"] == 0.5            # a-t0's sibling comes after b's networks
+    assert rep["val_xtask_mean_rank"] == pytest.approx((3 + 1) / 2)  # c has no sibling: not counted
+
+
+def test_pixel_and_size_heuristics():
+    from tans_registry.encoders.train import pixel_heuristic, size_heuristic
+
+    topo = np.eye(3, 45, dtype=np.float32)
+    near = _group("near", "n", [.9, .5, .1], [1, 1], topo)      # same pixel statistics as the query
+    far = _group("far", "f", [.1, .5, .9], [9, 9], topo)        # opposite accuracy order
+    q = _group("q-t0", "q", [.8, .4, .2], [1, 1.1], topo[[0, 1, 2]], n_params=[1, 2, 3])
+    sib = _group("q-t1", "q", [.8, .4, .2], [1.2, 1.1], topo)
+    rep = pixel_heuristic([q, sib], [near, far])
+    # the same architectures on the nearest training group ("near") rank q's networks perfectly
+    assert rep["val_weighted_tau"] == pytest.approx(1.0)
+    assert rep["val_recall_at_1"] == 1.0
+    # bigger is better: n_params rise while accuracy falls
+    assert size_heuristic([q])["val_weighted_tau"] == pytest.approx(-1.0)
+    assert size_heuristic([sib]) == {}
+
+
 def test_encoders_round_trip_through_safetensors(tmp_path):
     enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling="attention"))
     back = TansEncoders.load(enc.save(tmp_path / "enc"))
@@ -118,7 +165,7 @@ def test_champion_moves_only_when_validation_improves(trained):
     work, rec = trained
     tracking.setup(work)
     client = mlflow.MlflowClient()
-    current = float(client.get_model_version("tans-encoders", "1").tags["tans.val_recall5"])
+    current = float(client.get_model_version("tans-encoders", "1").tags["tans.val_score"])
     worse = _register(rec["run_id"], {"val_recall_at_5": current - 0.5})
     assert worse["champion"] is False
     assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == "1"

@@ -29,6 +29,7 @@ class MetaGroup:
     functional: np.ndarray       # [n_nets, 1280]
     accuracy: np.ndarray         # [n_nets]
     descriptor: np.ndarray       # 22 pixel statistics (the heuristic baseline)
+    n_params: np.ndarray | None = None  # [n_nets] (the size baseline)
     data: ImageDataset | None = None
     features: np.ndarray | None = None   # [n_instances, F] backbone features of the query set
 
@@ -65,6 +66,7 @@ def load_meta_groups(exp_id: str, data_dir: str | None) -> list[MetaGroup]:
                 functional=load_functional_embeddings(run.info.run_id).astype(np.float32),
                 accuracy=np.array([r["accuracy"] for r in rows], dtype=np.float32),
                 descriptor=np.asarray(table["header"].get("descriptor") or pixel_descriptor(ds), dtype=np.float32),
+                n_params=np.array([r["n_params"] for r in rows], dtype=np.float64),
                 data=ds))
     if not out:
         raise TansError("no zoo group matches the data directory; pass the --data-dir the zoo was built from",

@@ -32,7 +32,7 @@ from ..registry.index import ENCODERS_MODEL
 
 log = logging.getLogger("tans_registry")
 BACKBONE_MODEL = "tans-backbone"
-SELECT_METRIC = "val_recall_at_5"
+SCORE_TAG = "tans.val_score"  # selection_score() of the version's best checkpoint
 
 
 @dataclass(frozen=True)
@@ -105,23 +105,53 @@ def embed_models(enc: TansEncoders, groups: list[MetaGroup]) -> tuple[torch.Tens
     return enc.model(topo, func if enc.cfg.use_functional else None), owner
 
 
+def _own_and_sibling_positives(val: list[MetaGroup], everyone: list[MetaGroup], owner: np.ndarray):
+    """Per validation group: its own networks' columns, and its siblings' (the other groups of the
+    same source dataset), or None when the dataset has a single group."""
+    own, siblings = [], []
+    for g in val:
+        own.append(np.flatnonzero(owner == everyone.index(g)))
+        sib = [i for i, h in enumerate(everyone) if h.dataset == g.dataset and h is not g]
+        siblings.append(np.flatnonzero(np.isin(owner, sib)) if sib else None)
+    return own, siblings
+
+
+def _retrieval_reports(scores: np.ndarray, own: list, siblings: list) -> dict:
+    """Two retrieval protocols on the same ``[n_val, n_items]`` scores.
+
+    * ``val_recall_at_k`` (TANS's): the group's own networks among every network.
+    * ``val_xtask_recall_at_k`` (cross-task, the case of a new dataset): the group's own networks are
+      removed from the candidates; the positives are the networks of the other tasks of its dataset
+      (other classes, same domain). Groups of single-group datasets do not count here."""
+    report = {f"val_{k.replace('@', '_at_')}": v
+              for k, v in retrieval_report(scores, [set(o.tolist()) for o in own]).items()}
+    rows = [i for i, s in enumerate(siblings) if s is not None]
+    if rows:
+        x = scores[rows].copy()
+        low = x.min() - 1.0
+        for r, i in enumerate(rows):
+            x[r, own[i]] = low  # out of the candidates: ranked below everything else
+        report |= {f"val_xtask_{k.replace('@', '_at_')}": v
+                   for k, v in retrieval_report(x, [set(siblings[i].tolist()) for i in rows]).items()}
+    return report
+
+
 @torch.no_grad()
 def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
-    """Retrieval of each validation group's own networks among every zoo network, and the predictor's
-    ranking of the group's networks (weighted Kendall tau against measured accuracy)."""
+    """Retrieval (both protocols of :func:`_retrieval_reports`) over every zoo and validation network,
+    and the predictor's ranking of each validation group's networks (weighted Kendall tau against
+    measured accuracy)."""
     enc.eval()
     everyone = zoo + [g for g in val if g not in zoo]
     m, owner = embed_models(enc, everyone)
     x, mask = _set_batch(val, None)
     q = enc.query(x, mask)
-    scores = (q @ m.T).numpy()
-    positives = [set(np.flatnonzero(owner == everyone.index(g)).tolist()) for g in val]
-    report = {f"val_{k.replace('@', '_at_')}": v for k, v in retrieval_report(scores, positives).items()}
+    own, siblings = _own_and_sibling_positives(val, everyone, owner)
+    report = _retrieval_reports((q @ m.T).numpy(), own, siblings)
     if enc.predictor is not None:
         taus, preds, targets = [], [], []
         for i, g in enumerate(val):
-            rows = np.flatnonzero(owner == everyone.index(g))
-            p = enc.predictor(q[i].expand(len(rows), -1), m[rows]).numpy()
+            p = enc.predictor(q[i].expand(len(own[i]), -1), m[own[i]]).numpy()
             taus.append((p, g.accuracy))
             preds.append(p)
             targets.append(g.accuracy)
@@ -131,22 +161,45 @@ def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup]) -> d
     return report
 
 
-def pixel_heuristic(val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
-    """Baseline: rank networks by how close their source dataset's pixel statistics are to the
-    query's (computed on the query's test images, the zoo's on its training images)."""
-    from ..data.stats import pixel_descriptor
-    from ..data import ImageDataset
+def selection_score(report: dict) -> float:
+    """What picks the best checkpoint and moves the champion: cross-task Recall@5 when the validation
+    datasets have several groups (the new-dataset case), else TANS's Recall@5; weighted tau breaks ties."""
+    r5 = report.get("val_xtask_recall_at_5", report.get("val_recall_at_5", 0.0))
+    return float(r5) + 1e-3 * float(np.nan_to_num(report.get("val_weighted_tau", 0.0)))
 
+
+def pixel_heuristic(val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
+    """Baseline: "the nearest dataset by pixel statistics" (22 per-channel moments and histogram values
+    of the training images, :func:`~tans_registry.data.stats.pixel_descriptor`).
+
+    Retrieval ranks networks by their source group's descriptor distance to the query's; ties inside a
+    group keep the zoo's order (no accuracy oracle). Under TANS's protocol this is trivially perfect (the
+    query's own group is a candidate with the same descriptor); the cross-task protocol is the fair one.
+    Ranking (weighted tau): a validation network's predicted accuracy is the measured accuracy of the
+    same architecture in the nearest *training* group."""
     everyone = zoo + [g for g in val if g not in zoo]
     owner = np.concatenate([[i] * len(g.accuracy) for i, g in enumerate(everyone)])
     desc = np.stack([g.descriptor for g in everyone])
-    scores, positives = [], []
+    scale = desc.std(0) + 1e-6  # each statistic on its own scale
+    scores = np.stack([-np.linalg.norm((desc - g.descriptor) / scale, axis=1)[owner] for g in val])
+    own, siblings = _own_and_sibling_positives(val, everyone, owner)
+    report = _retrieval_reports(scores, own, siblings)
+    zdesc = np.stack([h.descriptor for h in zoo])
+    taus = []
     for g in val:
-        test_view = ImageDataset(g.name, g.data.x_test, g.data.y_test, g.data.x_test[:1], g.data.y_test[:1], g.data.classes)
-        d = -np.linalg.norm(desc - pixel_descriptor(test_view), axis=1)
-        scores.append(d[owner] + 1e-6 * np.concatenate([x.accuracy for x in everyone]))  # ties: better nets first
-        positives.append(set(np.flatnonzero(owner == everyone.index(g)).tolist()))
-    return {f"val_{k.replace('@', '_at_')}": v for k, v in retrieval_report(np.stack(scores), positives).items()}
+        near = zoo[int(np.argmin(np.linalg.norm((zdesc - g.descriptor) / scale, axis=1)))]
+        acc_of = {tuple(t): a for t, a in zip(near.topology.tolist(), near.accuracy.tolist())}
+        fallback = float(near.accuracy.mean())
+        taus.append((np.array([acc_of.get(tuple(t), fallback) for t in g.topology.tolist()]), g.accuracy))
+    report["val_weighted_tau"] = mean_weighted_tau(taus)
+    return report
+
+
+def size_heuristic(val: list[MetaGroup]) -> dict:
+    """Baseline for ranking only: the bigger network (more parameters) is predicted to be the better."""
+    if any(g.n_params is None for g in val):
+        return {}
+    return {"val_weighted_tau": mean_weighted_tau([(g.n_params, g.accuracy) for g in val])}
 
 
 def train_encoders(cfg: EncoderTrainConfig) -> dict:
@@ -165,6 +218,7 @@ def train_encoders(cfg: EncoderTrainConfig) -> dict:
                                      functional_dim=int(train[0].functional.shape[1])))
     untrained = evaluate(enc, val, train)
     baseline = pixel_heuristic(val, train)
+    by_size = size_heuristic(val)
     tags = {"tans.kind": "encoders"} | ({"tans.project_run": tracking.PROJECT_RUN_ID} if tracking.PROJECT_RUN_ID else {})
     with mlflow.start_run(experiment_id=exp_enc, run_name=f"encoders-{cfg.loss}-{cfg.pooling}", tags=tags) as run:
         mlflow.log_params({k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
@@ -172,7 +226,8 @@ def train_encoders(cfg: EncoderTrainConfig) -> dict:
                           | {"val_datasets_used": ",".join(val_names), "n_train_groups": len(train),
                              "n_val_groups": len(val)})
         mlflow.log_metrics({f"untrained_{k}": v for k, v in untrained.items() if np.isfinite(v)}
-                           | {f"pixel_heuristic_{k}": v for k, v in baseline.items()}, step=0)
+                           | {f"pixel_heuristic_{k}": v for k, v in baseline.items() if np.isfinite(v)}
+                           | {f"size_heuristic_{k}": v for k, v in by_size.items() if np.isfinite(v)}, step=0)
         best_report = fit(enc, train, val, cfg, on_eval=lambda step, m: mlflow.log_metrics(
             {k: v for k, v in m.items() if np.isfinite(v)}, step=step))
         mlflow.log_metrics({f"best_{k}": v for k, v in best_report.items() if np.isfinite(v)})
@@ -183,7 +238,7 @@ def train_encoders(cfg: EncoderTrainConfig) -> dict:
             _embedding_map(enc, train + val, Path(tmp) / "embedding_map.png")
             mlflow.log_artifacts(tmp)
         record = {"run_id": run.info.run_id, "best": best_report, "untrained": untrained,
-                  "pixel_heuristic": baseline, "val_datasets": val_names, "seconds": time.time() - t0}
+                  "pixel_heuristic": baseline, "size_heuristic": by_size, "val_datasets": val_names, "seconds": time.time() - t0}
         if cfg.register:
             record |= _register(run.info.run_id, best_report)
     return record
@@ -204,7 +259,7 @@ def fit(enc: TansEncoders, train: list[MetaGroup], val: list[MetaGroup], cfg: En
         report = evaluate(enc, val, train) | {"train_loss": loss}
         if on_eval:
             on_eval(step, report)
-        score = report[SELECT_METRIC] + 1e-3 * float(np.nan_to_num(report.get("val_weighted_tau", 0.0)))
+        score = selection_score(report)
         if score > best:
             best, since_best, best_report = score, 0, report | {"step": step}
             best_state = {k: v.detach().clone() for k, v in enc.state_dict().items()}
@@ -284,6 +339,7 @@ def _register(run_id: str, report: dict) -> dict:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
+    score = selection_score(report)
     for name in (ENCODERS_MODEL, BACKBONE_MODEL):
         try:
             client.get_registered_model(name)
@@ -292,14 +348,16 @@ def _register(run_id: str, report: dict) -> dict:
     run = client.get_run(run_id)
     bb = client.create_model_version(BACKBONE_MODEL, f"{run.info.artifact_uri}/backbone", run_id=run_id)
     v = client.create_model_version(ENCODERS_MODEL, f"{run.info.artifact_uri}/encoders", run_id=run_id,
-                                    tags={"tans.val_recall5": f"{report[SELECT_METRIC]:.6f}",
+                                    tags={SCORE_TAG: f"{score:.6f}",
+                                          "tans.val_metric": ("val_xtask_recall_at_5" if "val_xtask_recall_at_5"
+                                                              in report else "val_recall_at_5"),
                                           "tans.backbone_version": str(bb.version)})
     try:
         champ = client.get_model_version_by_alias(ENCODERS_MODEL, "champion")
-        champ_score = float(champ.tags.get("tans.val_recall5", "-1"))
+        champ_score = float(champ.tags.get(SCORE_TAG, "-1"))
     except MlflowException:
         champ, champ_score = None, -math.inf
-    promoted = report[SELECT_METRIC] > champ_score
+    promoted = score > champ_score
     if promoted:
         client.set_registered_model_alias(ENCODERS_MODEL, "champion", v.version)
     return {"encoders_version": int(v.version), "backbone_version": int(bb.version), "champion": promoted,
