@@ -75,3 +75,38 @@ def test_each_call_uses_its_own_work_dir(tmp_path):
         assert uri == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
         tracking.experiment_id("zoo", wd)
         assert (tmp_path / name / "mlflow.db").exists()
+
+
+def test_sigterm_closes_the_run_in_progress_as_failed(tiny_data_dir, tmp_path):
+    """`kill` during a build: exit status 143 and the group's MLflow run FAILED, not RUNNING forever."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--datasets", "digits",
+                             "--epochs", "500", "--work-dir", str(work), "--data-dir", str(tiny_data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (work / "mlflow.db").exists():
+                try:
+                    with sqlite3.connect(work / "mlflow.db") as db:
+                        if db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]:
+                            break
+                except sqlite3.OperationalError:  # tables not created yet
+                    pass
+            assert proc.poll() is None, "the build ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            raise AssertionError("no run started within 120 s")
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    with sqlite3.connect(work / "mlflow.db") as db:
+        assert db.execute("select status from runs").fetchall() == [("FAILED",)]

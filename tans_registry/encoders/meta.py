@@ -30,6 +30,7 @@ class MetaGroup:
     accuracy: np.ndarray         # [n_nets]
     descriptor: np.ndarray       # 22 pixel statistics (the heuristic baseline)
     n_params: np.ndarray | None = None  # [n_nets] (the size baseline)
+    source: ImageDataset | None = None  # the whole source dataset (capped as in the build)
     data: ImageDataset | None = None
     features: np.ndarray | None = None   # [n_instances, F] backbone features of the query set
 
@@ -67,7 +68,7 @@ def load_meta_groups(exp_id: str, data_dir: str | None) -> list[MetaGroup]:
                 accuracy=np.array([r["accuracy"] for r in rows], dtype=np.float32),
                 descriptor=np.asarray(table["header"].get("descriptor") or pixel_descriptor(ds), dtype=np.float32),
                 n_params=np.array([r["n_params"] for r in rows], dtype=np.float64),
-                data=ds))
+                data=ds, source=source))
     if not out:
         raise TansError("no zoo group matches the data directory; pass the --data-dir the zoo was built from",
                         code="ZOO_DATA")

@@ -73,7 +73,8 @@ def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
     """Groups with their query-set features, the backbone, and the train/val split."""
     groups = load_meta_groups(exp_zoo, cfg.data_dir)
     train, val, val_names = split_by_dataset(groups, list(cfg.val_datasets) if cfg.val_datasets else None, cfg.seed)
-    sources = {g.dataset: g.data for g in train if g.name == g.dataset} or {g.name: g.data for g in train}
+    # the backbone learns from the training groups' whole source datasets, never the validation ones
+    sources = {g.dataset: g.source if g.source is not None else g.data for g in train}
     backbone = train_backbone(list(sources.values()), epochs=cfg.backbone_epochs, seed=cfg.seed)
     for g in groups:
         g.features = extract_features(backbone, g.data.x_train[sample_per_class(g.data, cfg.k_per_class, cfg.seed)])
@@ -202,8 +203,11 @@ def size_heuristic(val: list[MetaGroup]) -> dict:
     return {"val_weighted_tau": mean_weighted_tau([(g.n_params, g.accuracy) for g in val])}
 
 
-def train_encoders(cfg: EncoderTrainConfig) -> dict:
-    """Train, validate, log and (when it improves) register the encoders; returns the record."""
+def train_encoders(cfg: EncoderTrainConfig, prepared=None) -> dict:
+    """Train, validate, log and (when it improves) register the encoders; returns the record.
+
+    ``prepared``: the result of :func:`prepare` for the same zoo, data, seed, K and validation datasets,
+    to share the backbone and the query sets between runs (the ablations); its time is not counted."""
     import mlflow
 
     cfg.validate()
@@ -211,7 +215,7 @@ def train_encoders(cfg: EncoderTrainConfig) -> dict:
     exp_zoo = tracking.experiment_id("zoo", wd)
     exp_enc = tracking.experiment_id("encoders", wd)
     t0 = time.time()
-    train, val, val_names, backbone = prepare(cfg, exp_zoo)
+    train, val, val_names, backbone = prepared if prepared is not None else prepare(cfg, exp_zoo)
     torch.manual_seed(cfg.seed)
     enc = TansEncoders(EncoderConfig(pooling=cfg.pooling, use_functional=cfg.use_functional,
                                      use_predictor=cfg.use_predictor,
