@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tans_registry import tracking  # noqa: E402
 from tans_registry.zoo.store import finished_group_runs, read_table  # noqa: E402
+from tans_registry.zoo.train import TrainConfig, n_train_steps  # noqa: E402
 
 
 def collect(work_dir: str | None) -> list[dict]:
@@ -30,27 +31,34 @@ def collect(work_dir: str | None) -> list[dict]:
                          "seconds": (run.info.end_time - run.info.start_time) / 1000.0, "base": True})
             continue
         nets = read_table(run.info.run_id)["networks"]
+        tcfg = TrainConfig(epochs=float(p.get("train_epochs", 1)), batch_size=int(p.get("train_batch_size", 64)),
+                           steps_per_class=int(p.get("train_steps_per_class", 0)),
+                           max_epochs=float(p.get("train_max_epochs", 30)))
         rows.append({
             "group": group, "dataset": run.data.tags.get("tans.dataset", group),
             "n_train": int(p.get("n_train", 0)), "n_classes": int(p.get("n_classes", 0)),
             "networks": len(nets), "best": m.get("best_acc"), "smallest": m.get("smallest_acc"),
             "largest": m.get("largest_acc"), "spread": m.get("acc_spread"), "logreg": m.get("logreg_acc"),
             "seconds": m.get("seconds"), "init": p.get("init"),
+            "steps": n_train_steps(int(p.get("n_train", 0)), int(p.get("n_classes", 0)), tcfg),
+            "start": run.info.start_time / 1000.0, "end": run.info.end_time / 1000.0,
             "params_range": [min(n["n_params"] for n in nets), max(n["n_params"] for n in nets)],
         })
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| group | dataset | classes | train | nets | best | smallest | largest | spread | logreg | beats | s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| group | dataset | classes | train | steps | nets | best | smallest | largest | spread | logreg | beats "
+           "| s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         if r.get("base"):
-            out.append(f"| base supernet | {r['dataset']} | | {r['n_train']} | | | | | | | | {r['seconds']:.0f} |")
+            out.append(f"| base supernet | {r['dataset']} | | {r['n_train']} | | | | | | | | | {r['seconds']:.0f} |")
             continue
         beats = "-" if r["logreg"] is None else ("yes" if r["best"] > r["logreg"] else "**no**")
-        out.append(f"| {r['group']} | {r['dataset']} | {r['n_classes']} | {r['n_train']} | {r['networks']} | "
+        out.append(f"| {r['group']} | {r['dataset']} | {r['n_classes']} | {r['n_train']} | {r['steps']} | "
+                   f"{r['networks']} | "
                    f"{f(r['best'])} | {f(r['smallest'])} | {f(r['largest'])} | {f(r['spread'])} | "
                    f"{f(r['logreg'])} | {beats} | {r['seconds']:.0f} |")
     groups = [r for r in rows if not r.get("base")]
@@ -60,6 +68,22 @@ def markdown(rows: list[dict]) -> str:
                f"recorded build time; best network beats logistic regression on "
                f"{sum(1 for r in groups if r['logreg'] is not None and r['best'] > r['logreg'])} of "
                f"{sum(1 for r in groups if r['logreg'] is not None)} groups with a baseline.")
+    if groups:
+        wall = max(r["end"] for r in groups) - min(r["start"] for r in groups)
+        base = sum(r["seconds"] for r in rows if r.get("base"))
+        out.append(f"Wall clock: base {base / 60:.1f} min, groups {wall / 60:.1f} min (first start to last end; "
+                   f"groups built side by side overlap), {(base + wall) / 60:.1f} min in all.")
+    by_ds: dict[str, list[dict]] = {}
+    for r in groups:
+        by_ds.setdefault(r["dataset"], []).append(r)
+    out += ["", "| dataset | groups | groups beating logreg | best - logreg, worst group | spread (min-max over groups) |",
+            "|---|---|---|---|---|"]
+    for ds, rs in sorted(by_ds.items()):
+        based = [r for r in rs if r["logreg"] is not None]
+        gap = min((r["best"] - r["logreg"] for r in based), default=None)
+        out.append(f"| {ds} | {len(rs)} | {sum(1 for r in based if r['best'] > r['logreg'])} of {len(based)} | "
+                   f"{'-' if gap is None else f'{gap:+.3f}'} | {min(r['spread'] for r in rs):.3f}-"
+                   f"{max(r['spread'] for r in rs):.3f} |")
     return "\n".join(out)
 
 
