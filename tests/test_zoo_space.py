@@ -130,3 +130,26 @@ def test_functional_embedding_is_seeded_and_network_specific(trained_supernet):
     np.testing.assert_array_equal(ea, functional_embedding(a, 32, seed=777))
     assert not np.allclose(ea, functional_embedding(a, 32, seed=778), rtol=1e-3, atol=0)
     assert not np.allclose(ea, functional_embedding(b, 32, seed=777), rtol=1e-3, atol=0)
+
+
+def test_gradient_clipping_bounds_each_update():
+    """A clipped step moves the weights by at most lr * clip * (1 + momentum): one Nesterov step on a fresh
+    buffer applies (1 + momentum) * gradient; no weight decay."""
+    from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
+    from tans_registry.zoo.train import TrainConfig, train_supernet
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 64)
+
+    def moved(clip):
+        torch.manual_seed(0)
+        net = build_supernet(SPEC)
+        before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+        cfg = TrainConfig(epochs=1, batch_size=64, lr=0.5, momentum=0.9, weight_decay=0.0, warmup_fraction=1.0,
+                          crop_pad=0, eval_images=0, grad_clip=clip)
+        train_supernet(net, SPEC, x, y, cfg, DEFAULT_MEAN, DEFAULT_STD)
+        return float((torch.cat([p.detach().flatten() for p in net.parameters()]) - before).norm())
+
+    bound = 0.5 * 1e-3 * 1.9  # one step (the cosine schedule starts at lr)
+    assert moved(1e-3) <= bound * 1.001
+    assert moved(0.0) > 10 * bound  # unclipped, the same step is much larger

@@ -270,7 +270,7 @@ def _base_settings(profile: ZooProfile) -> dict:
     return {"base_epochs": profile.base_epochs, "input_size": profile.input_size, "width_mult": profile.width_mult,
             "max_train": profile.max_train, "batch_size": t.batch_size, "lr": t.lr, "momentum": t.momentum,
             "weight_decay": t.weight_decay, "n_random": t.n_random, "warmup_fraction": t.warmup_fraction,
-            "crop_pad": t.crop_pad}
+            "crop_pad": t.crop_pad, "grad_clip": t.grad_clip}
 
 
 def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id: str, chash: str,

@@ -38,6 +38,7 @@ class TrainConfig:
     # `steps_per_class` steps per class, but never more than `max_epochs` passes. 0 turns it off.
     steps_per_class: int = 0
     max_epochs: float = 30.0
+    grad_clip: float = 0.0       # max global gradient norm per step; 0: no clipping
 
 
 def n_train_steps(n_images: int, n_classes: int, cfg: TrainConfig) -> int:
@@ -98,6 +99,8 @@ def train_supernet(
                 for _ in range(cfg.n_random):
                     _sample_random(supernet, spec, py_rng)
                     nn.functional.cross_entropy(supernet(xb), yb).backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(supernet.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             step += 1
