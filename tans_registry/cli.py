@@ -74,17 +74,6 @@ def main(verbose: bool) -> None:
     MLFLOW_TRACKING_URI). Start with `tans data list`, then `tans zoo build --profile quick`.
     """
     _setup_logging(verbose)
-    _exit_cleanly_on_sigterm()
-
-
-def _exit_cleanly_on_sigterm() -> None:
-    """`kill` (SIGTERM) unwinds like Ctrl-C: the MLflow run in progress is closed as FAILED instead of
-    staying RUNNING forever (`--resume` rebuilds it either way)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 # ----------------------------------------------------------------------------------------- data

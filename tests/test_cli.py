@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from click.testing import CliRunner
 
@@ -77,8 +80,11 @@ def test_each_call_uses_its_own_work_dir(tmp_path):
         assert (tmp_path / name / "mlflow.db").exists()
 
 
-def test_sigterm_closes_the_run_in_progress_as_failed(tiny_data_dir, tmp_path):
-    """`kill` during a build: exit status 143 and the group's MLflow run FAILED, not RUNNING forever."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_leaves_no_worker_behind(tiny_data_dir, tmp_path, workers):
+    """`kill` during a build: no worker process is left building behind it; `--resume` rebuilds the
+    interrupted groups (their runs never got the complete tag)."""
+    import os
     import signal
     import sqlite3
     import subprocess
@@ -86,8 +92,9 @@ def test_sigterm_closes_the_run_in_progress_as_failed(tiny_data_dir, tmp_path):
     import time
 
     work = tmp_path / "w"
-    proc = subprocess.Popen([sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--datasets", "digits",
-                             "--epochs", "500", "--work-dir", str(work), "--data-dir", str(tiny_data_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--datasets", "digits,cells",
+                             "--epochs", "500", "--workers", str(workers), "--work-dir", str(work),
+                             "--data-dir", str(tiny_data_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -95,7 +102,7 @@ def test_sigterm_closes_the_run_in_progress_as_failed(tiny_data_dir, tmp_path):
             if (work / "mlflow.db").exists():
                 try:
                     with sqlite3.connect(work / "mlflow.db") as db:
-                        if db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]:
+                        if db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] >= workers:
                             break
                 except sqlite3.OperationalError:  # tables not created yet
                     pass
@@ -104,9 +111,29 @@ def test_sigterm_closes_the_run_in_progress_as_failed(tiny_data_dir, tmp_path):
         else:
             raise AssertionError("no run started within 120 s")
         time.sleep(1)
+        children = _descendants(proc.pid)
+        assert len(children) >= (workers if workers > 1 else 0)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert proc.wait(timeout=120) == -signal.SIGTERM
     finally:
         proc.kill()
     with sqlite3.connect(work / "mlflow.db") as db:
-        assert db.execute("select status from runs").fetchall() == [("FAILED",)]
+        assert db.execute("select count(*) from tags where key = 'tans.complete'").fetchone()[0] == 0
+    time.sleep(2)
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and
+             not open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"]
+    assert not alive, f"worker processes left running: {alive}"
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(c) for t in os.listdir(f"/proc/{p}/task")
+                    for c in open(f"/proc/{p}/task/{t}/children").read().split()]
+        except OSError:
+            continue
+        out += kids
+        todo += kids
+    return out

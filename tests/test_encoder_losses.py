@@ -234,7 +234,7 @@ def test_hyperparameter_validation():
 # 4 queries x 4 items
 SCORES = np.array([
     [0.9, 0.5, 0.5, 0.1],  # positive {0}: nothing scores above 0.9 -> rank 1
-    [0.2, 0.2, 0.2, 0.9],  # positive {1}: only 0.9 is strictly above 0.2 (ties 0.2 don't count) -> rank 2
+    [0.2, 0.2, 0.2, 0.9],  # positive {1}: 0.9 strictly above, two negatives tied at 0.2 (half each) -> rank 3
     [0.3, 0.8, 0.1, 0.8],  # positives {0, 2}: best positive 0.3; 0.8, 0.8 above -> rank 3
     [0.1, 0.2, 0.3, 0.4],  # positive {0}: 0.2, 0.3, 0.4 above -> rank 4
 ])
@@ -242,22 +242,24 @@ POSITIVES = [{0}, {1}, {0, 2}, {0}]
 
 
 def test_ranks_with_ties_and_multiple_positives():
-    assert ranks(SCORES, POSITIVES).tolist() == [1, 2, 3, 4]
-    # a tie between the positive and a negative counts for the query: row 1 with positive {0} is still 2
-    assert ranks(SCORES[1:2], [{0}]).tolist() == [2]
-    # all scores equal: everyone ranks first (optimistic ties)
-    assert ranks(np.zeros((2, 3)), [{1}, {2}]).tolist() == [1, 1]
+    assert ranks(SCORES, POSITIVES).tolist() == [1, 3, 3, 4]
+    # a tied negative counts half (the expected rank under a random tie-break): row 1 with positive {0} is 3
+    assert ranks(SCORES[1:2], [{0}]).tolist() == [3]
+    # all scores equal: the middle, not the top (collapsed embeddings must not look perfect)
+    assert ranks(np.zeros((2, 3)), [{1}, {2}]).tolist() == [2, 2]
+    # a tie between two positives costs nothing
+    assert ranks(np.array([[0.5, 0.5, 0.1]]), [{0, 1}]).tolist() == [1]
 
 
 def test_ranks_accepts_index_array_and_mask():
     single = [{0}, {1}, {2}, {0}]
     expected = ranks(SCORES, single).tolist()  # row 2, positive 2 (0.1): 3 items above -> rank 4
-    assert expected == [1, 2, 4, 4]
+    assert expected == [1, 3, 4, 4]
     assert ranks(SCORES, np.array([0, 1, 2, 0])).tolist() == expected
     mask = np.zeros((4, 4), dtype=bool)
     for i, items in enumerate(POSITIVES):
         mask[i, list(items)] = True
-    assert ranks(SCORES, mask).tolist() == [1, 2, 3, 4]
+    assert ranks(SCORES, mask).tolist() == [1, 3, 3, 4]
 
 
 def test_ranks_validation():
@@ -282,13 +284,13 @@ def test_recall_and_report():
         recall_at_k(r, 0)
     with pytest.raises(ValueError):
         recall_at_k(np.array([], dtype=int), 1)
-    # ranks [1, 2, 3, 4]: mean 2.5, median (2 + 3) / 2 = 2.5
+    # ranks [1, 3, 3, 4]: mean 11/4, median 3
     assert retrieval_report(SCORES, POSITIVES) == {
-        "recall@1": 0.25, "recall@5": 1.0, "recall@10": 1.0, "mean_rank": 2.5, "median_rank": 2.5,
+        "recall@1": 0.25, "recall@5": 1.0, "recall@10": 1.0, "mean_rank": 2.75, "median_rank": 3.0,
     }
-    # single positives [1, 2, 4, 4]: mean 11/4, median (2 + 4) / 2 = 3; recall@2 = 0.5
+    # single positives [1, 3, 4, 4]: mean 3, median (3 + 4) / 2 = 3.5; recall@2 = 0.25
     report = retrieval_report(SCORES, np.array([0, 1, 2, 0]), ks=(2,))
-    assert report == {"recall@2": 0.5, "mean_rank": 2.75, "median_rank": 3.0}
+    assert report == {"recall@2": 0.25, "mean_rank": 3.0, "median_rank": 3.5}
 
 
 # ---------------------------------------------------------------- weighted tau

@@ -60,9 +60,10 @@ def ranks(scores: np.ndarray, positives: Sequence[Iterable[int]] | np.ndarray) -
     of item indices; a 1-D integer array (the one positive item of each query); a boolean
     ``[n_queries, n_items]`` mask. Every query needs at least one positive.
 
-    Ties are resolved in the query's favour: rank = 1 + the number of items whose score is *strictly*
-    higher than the best positive's score. (So degenerate scores, e.g. all equal, give rank 1 to
-    everyone; watch for that when embeddings collapse.) Returns an ``int64`` array ``[n_queries]``.
+    Ties count half: rank = 1 + (negatives scoring strictly higher than the best positive) + (negatives
+    scoring exactly the same) / 2, the expected rank under a random tie-break. Degenerate scores (all
+    equal, e.g. collapsed embeddings, or model embeddings that only see a topology every group shares)
+    then rank near the middle, not first. Returns a ``float64`` array ``[n_queries]``.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2:
@@ -72,8 +73,10 @@ def ranks(scores: np.ndarray, positives: Sequence[Iterable[int]] | np.ndarray) -
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite")
     mask = _positive_mask(positives, *s.shape)
-    best_positive = np.where(mask, s, -np.inf).max(axis=1)
-    return (s > best_positive[:, None]).sum(axis=1).astype(np.int64) + 1
+    best_positive = np.where(mask, s, -np.inf).max(axis=1)[:, None]
+    higher = (s > best_positive).sum(axis=1)
+    tied_negatives = ((s == best_positive) & ~mask).sum(axis=1)
+    return 1.0 + higher + 0.5 * tied_negatives
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:

@@ -157,8 +157,9 @@ def _build_in_workers(todo, profile, cfg, exp_id, uri, base_run, results, bar) -
     workers = min(cfg.workers, len(todo))
     threads = max(1, torch.get_num_threads() // workers)
     worker_cfg = replace(cfg, progress=False)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(uri, threads, tracking.PROJECT_RUN_ID, base_run)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(uri, threads, tracking.PROJECT_RUN_ID, base_run))
+    try:
         futures = {pool.submit(_worker_build, group, profile, worker_cfg, exp_id, chash): group.name
                    for group, chash in todo}
         pending = set(futures)
@@ -175,6 +176,15 @@ def _build_in_workers(todo, profile, cfg, exp_id, uri, base_run, results, bar) -
                 results[res.group] = res
                 bar.set_postfix_str(f"{res.group} {res.best_accuracy:.3f}")
                 bar.update(1)
+    except BaseException:
+        # interrupted (Ctrl-C) or a group failed: stop the workers too, instead of leaving them building in
+        # the background (a `kill` of this process reaches them through _die_with_parent)
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            if proc.is_alive():
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 _WORKER_BASE: dict | None = None
@@ -184,6 +194,7 @@ def _worker_init(uri: str, threads: int, project_run: str | None, base_run: str 
     import mlflow
 
     global _WORKER_BASE
+    _die_with_parent()
     torch.set_num_threads(threads)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
@@ -193,6 +204,18 @@ def _worker_init(uri: str, threads: int, project_run: str | None, base_run: str 
         from safetensors.torch import load_file
 
         _WORKER_BASE = load_file(str(store.group_dir(base_run) / "supernet.safetensors"))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGTERM to this worker when the build process dies, however it dies
+    (seen without it: a killed build left its workers building for minutes)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C still stops the workers (same process group)
 
 
 def _worker_build(group, profile, cfg, exp_id, chash) -> GroupResult:
