@@ -149,8 +149,8 @@ def _build_in_workers(todo, profile, cfg, exp_id, uri, base_run, results, bar) -
 
     Small networks use two cores poorly (one step of the largest subnet: 0.70 s on 2 threads, 0.96 s
     on 1), so two one-thread builds side by side do ~1.45x the work of one two-thread build. A
-    failing group stops the build after the groups in progress have finished (nothing half-written:
-    a group's run is marked complete last)."""
+    failing group or an interrupt stops every worker at once; nothing is half-written (a group's run
+    is marked complete last, so `--resume` rebuilds the groups that were in progress)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
@@ -160,9 +160,7 @@ def _build_in_workers(todo, profile, cfg, exp_id, uri, base_run, results, bar) -
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                initargs=(uri, threads, tracking.PROJECT_RUN_ID, base_run))
     try:
-        futures = {pool.submit(_worker_build, group, profile, worker_cfg, exp_id, chash): group.name
-                   for group, chash in todo}
-        pending = set(futures)
+        pending = {pool.submit(_worker_build, group, profile, worker_cfg, exp_id, chash) for group, chash in todo}
         bar.set_postfix_str(f"{workers} workers x {threads} threads")
         while pending:
             finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
