@@ -173,8 +173,8 @@ def pixel_heuristic(val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
     """Baseline: "the nearest dataset by pixel statistics" (22 per-channel moments and histogram values
     of the training images, :func:`~tans_registry.data.stats.pixel_descriptor`).
 
-    Retrieval ranks networks by their source group's descriptor distance to the query's; ties inside a
-    group keep the zoo's order (no accuracy oracle). Under TANS's protocol this is trivially perfect (the
+    Retrieval ranks networks by their source group's descriptor distance to the query's (a group's
+    networks tie; no accuracy oracle breaks the tie). Under TANS's protocol this is trivially perfect (the
     query's own group is a candidate with the same descriptor); the cross-task protocol is the fair one.
     Ranking (weighted tau): a validation network's predicted accuracy is the measured accuracy of the
     same architecture in the nearest *training* group."""
