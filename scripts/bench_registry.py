@@ -198,7 +198,8 @@ def synthetic_index(rows: int, dim: int, seed: int) -> ZooIndex:
                     accuracy=rng.uniform(0.3, 0.98, rows).astype(np.float32),
                     n_params=rng.integers(2_140_000, 6_400_000, rows), flops=rng.integers(7_900_000, 30_400_000, rows),
                     model_emb=rng.standard_normal((rows, dim), dtype=np.float32),
-                    dataset_emb=np.zeros((rows, 22), np.float32), encoder_version="synthetic", key="synthetic")
+                    dataset_emb=np.zeros((rows, 22), np.float32),
+                    topology=np.zeros((rows, 45), np.float32), encoder_version="synthetic", key="synthetic")
 
 
 def bench_search(idx: ZooIndex, label: str, n: int, seed: int) -> list[dict]:

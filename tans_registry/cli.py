@@ -241,38 +241,45 @@ def encoders() -> None:
 @click.option("--functional/--no-functional", default=True, show_default=True,
               help="Feed the functional embedding to the model encoder (ablation: topology only).")
 @click.option("--predictor/--no-predictor", default=True, show_default=True, help="Train the accuracy predictor.")
+@click.option("--dataset-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Retrieval: weight of the query's similarity to each network's source dataset (0: TANS's "
+                   "query-to-model similarity alone).")
+@click.option("--rank-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the predictor's within-dataset ranking term (0: MSE only).")
 @click.option("--seed", type=INT, default=777, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as one JSON document.")
-def encoders_train(work_dir, data_dir, steps, val_datasets, pooling, loss, k_per_class, functional, predictor, seed,
-                   as_json):
+def encoders_train(work_dir, data_dir, steps, val_datasets, pooling, loss, k_per_class, functional, predictor,
+                   dataset_weight, rank_weight, seed, as_json):
     """Train query encoder, model encoder and predictor; log them to `tans/encoders`; register them.
 
     Validation holds out whole datasets. The encoders are registered as `tans-encoders` (and the
-    feature backbone as `tans-backbone`); the alias `champion` moves only when validation Recall@5
-    improves on the current champion's. Then run `tans index build` to embed the zoo with them.
+    feature backbone as `tans-backbone`); the alias `champion` moves only when the validation score
+    (Recall@5 of the strictest retrieval protocol the held-out datasets allow, plus the predictor's
+    weighted tau) improves on the current champion's. Then run `tans index build` to embed the zoo with them.
     """
     from .encoders.train import EncoderTrainConfig, train_encoders
 
     val = tuple(v.strip() for v in val_datasets.split(",") if v.strip()) if val_datasets else None
     rec = train_encoders(EncoderTrainConfig(steps=steps, val_datasets=val, pooling=pooling, loss=loss,
                                             k_per_class=k_per_class, use_functional=functional,
-                                            use_predictor=predictor, seed=seed, work_dir=work_dir,
+                                            use_predictor=predictor, dataset_weight=dataset_weight,
+                                            rank_weight=rank_weight, seed=seed, work_dir=work_dir,
                                             data_dir=data_dir))
     if as_json:
         click.echo(json.dumps(rec, default=float))
         return
     nan = float("nan")
     click.echo(f"encoders run {rec['run_id']} (validation datasets: {', '.join(rec['val_datasets'])})")
-    click.echo("R@k: own networks among all (TANS); cross-task R@k: networks of the other tasks of the same "
-               "dataset, own networks removed (the new-dataset case)")
-    click.echo(f"{'':<18}{'R@1':>7}{'R@5':>7}{'xtask R@1':>11}{'xtask R@5':>11}{'mean rank':>11}{'w. tau':>8}")
+    click.echo("R@k: own networks among all (TANS); xtask: networks of the other tasks of the same dataset, own "
+               "networks removed (the new-dataset case); xgood: only their best quarter, after re-ranking")
+    click.echo(f"{'':<18}{'R@1':>7}{'R@5':>7}{'xtask R@1':>11}{'xtask R@5':>11}{'xgood R@5':>11}{'w. tau':>8}")
     for name, r in (("trained", rec["best"]), ("untrained", rec["untrained"]),
                     ("pixel heuristic", rec["pixel_heuristic"]), ("bigger is better", rec["size_heuristic"])):
         def f(key, width, fmt=".3f"):
             v = r.get(key, nan)
             return f"{v:>{width}{fmt}}" if v == v else f"{'-':>{width}}"
         click.echo(f"{name:<18}{f('val_recall_at_1', 7)}{f('val_recall_at_5', 7)}{f('val_xtask_recall_at_1', 11)}"
-                   f"{f('val_xtask_recall_at_5', 11)}{f('val_mean_rank', 11, '.1f')}{f('val_weighted_tau', 8)}")
+                   f"{f('val_xtask_recall_at_5', 11)}{f('val_xgood_recall_at_5', 11)}{f('val_weighted_tau', 8)}")
     if "encoders_version" in rec:
         click.echo(f"registered tans-encoders v{rec['encoders_version']}"
                    + (" as champion" if rec["champion"] else " (champion unchanged)"))
@@ -311,6 +318,91 @@ def index_build(work_dir, data_dir, force, as_json):
         return
     click.echo(f"index {rec['cache']}: {rec['versions']} versions of {rec['models']} zoo models in "
                f"{rec['seconds'] * 1000:.0f} ms -> {rec['path']}")
+
+
+# ---------------------------------------------------------------------------------------- bench
+@main.command("bench")
+@common_options
+@click.option("--holdout", default=None,
+              help="Comma-separated source datasets held out (meta-validation) [default: a seeded fifth].")
+@click.option("--steps", type=INT, default=300, show_default=True, help="Training steps of every variant.")
+@click.option("--variants", default=None,
+              help="Comma-separated variants to train [default: all]; `default` is the shipped configuration.")
+@click.option("--seed", type=INT, default=777, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+def bench(work_dir, data_dir, holdout, steps, variants, seed, as_json):
+    """Benchmark the encoders on the built zoo: ablations against the baselines, on held-out datasets.
+
+    Trains each variant (pooling, loss, functional embedding, predictor, positives, ranking term,
+    retrieval's dataset term) with the same seed, held-out datasets and backbone; prints Recall@k under
+    three protocols (own networks; networks of the other tasks of the held-out dataset; only their
+    best quarter, after the predictor's re-ranking), the predictor's weighted Kendall tau within each
+    held-out group, and the untrained encoder and pixel-statistics and bigger-is-better heuristics.
+    Each variant is a `tans/encoders` run (not registered); the table is an artifact in `tans/bench`.
+    """
+    from .encoders.bench import VARIANTS, run_bench, table
+    from .encoders.train import EncoderTrainConfig
+
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    if names:
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise click.BadParameter(f"unknown {unknown}; choose among: {', '.join(VARIANTS)}", param_hint="--variants")
+    val = tuple(v.strip() for v in holdout.split(",") if v.strip()) if holdout else None
+    res = run_bench(EncoderTrainConfig(steps=steps, val_datasets=val, seed=seed, work_dir=work_dir, data_dir=data_dir),
+                    names, progress=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(res, default=float) if as_json else table(res))
+
+
+# ---------------------------------------------------------------------------------------- query
+@main.command("query")
+@common_options
+@click.argument("data")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to return.")
+@click.option("--max-params", type=INT, default=None, help="Only networks with at most N parameters (0: no limit).")
+@click.option("--max-flops", type=INT, default=None,
+              help="Only networks with at most N FLOPs, multiply-adds at the zoo's input size (0: no limit).")
+@click.option("--exclude-dataset", "exclude", multiple=True,
+              help="Leave this source dataset's networks out (repeatable; e.g. the query's own, to benchmark).")
+@click.option("--rerank", type=click.Choice(["predictor", "none"]), default="predictor", show_default=True,
+              help="Re-rank the retrieved shortlist by the predicted accuracy, or keep the retrieval order.")
+@click.option("--shortlist", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Networks retrieved for re-ranking.")
+@click.option("--k-per-class", type=INT, default=20, show_default=True, help="Images per class embedded.")
+@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the image sample (and of a folder's split).")
+@click.option("--json", "as_json", is_flag=True, help="Print the query record as one JSON document.")
+def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, rerank, shortlist, k_per_class, seed,
+          as_json):
+    """Rank the zoo's networks as starting points for DATA.
+
+    DATA is a dataset name from the data directory, a .npz archive in the shared format, or a folder
+    with one sub-folder of images per class (optionally under train/ and test/). The dataset is
+    embedded with `tans-encoders@champion`, the zoo index is searched under the constraints, and the
+    accuracy predictor re-ranks the shortlist. The query is recorded as a run in `tans/queries`
+    (fingerprint, constraints, ranked candidates). Needs `tans encoders train` and `tans index build`.
+    """
+    from .query import QueryConfig, run_query
+
+    for name, value in (("--max-params", max_params), ("--max-flops", max_flops)):
+        if value is not None and value < 0:
+            raise click.BadParameter(f"must be >= 0 (0: no limit); got {value}", param_hint=name)
+    max_params, max_flops = max_params or None, max_flops or None
+    rec = run_query(QueryConfig(data=data, top_k=top_k, max_params=max_params, max_flops=max_flops,
+                                exclude_datasets=tuple(exclude), rerank=rerank, shortlist=shortlist,
+                                k_per_class=k_per_class, seed=seed, work_dir=work_dir, data_dir=data_dir))
+    if as_json:
+        click.echo(json.dumps(rec))
+        return
+    d = rec["dataset"]
+    click.echo(f"{d['name']}: {d['classes']} classes, {d['train_images']} training images; "
+               f"{rec['zoo_networks']} zoo networks, encoders v{rec['encoder_version']}, re-rank: {rec['rerank']}")
+    click.echo(f"{'rank':>4}  {'model':<32}{'ver':>5}  {'source dataset':<22}{'source acc':>11}{'predicted':>10}"
+               f"{'params':>11}{'MFLOPs':>8}")
+    for c in rec["candidates"]:
+        pred = f"{c['predicted_accuracy']:>10.3f}" if "predicted_accuracy" in c else f"{'-':>10}"
+        click.echo(f"{c['rank']:>4}  {c['model']:<32}{c['version']:>5}  {c['group']:<22}{c['accuracy']:>11.3f}{pred}"
+                   f"{c['n_params']:>11,}{c['flops'] / 1e6:>8.1f}")
+    click.echo(f"query run {rec.get('run_id', '-')} (experiment tans/queries)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -342,3 +342,19 @@ def test_predictor_errors():
         predictor_errors([1.0, 2.0], [1.0])
     with pytest.raises(ValueError):
         predictor_errors([], [])
+
+
+# ------------------------------------------------------------------------------ pairwise ranking
+def test_pairwise_rank_loss_hand_computed():
+    from tans_registry.encoders.losses import pairwise_rank_loss
+
+    pa, pb = torch.tensor([0.6, 0.5, 0.3]), torch.tensor([0.5, 0.7, 0.3])
+    aa, ab = torch.tensor([0.9, 0.8, 0.4]), torch.tensor([0.7, 0.4, 0.4])
+    # pair 0: right order (w .2, margin +.1); pair 1: wrong order (w .4, margin -.2); pair 2: tied (w 0)
+    expected = (0.2 * math.log1p(math.exp(-20 * 0.1)) + 0.4 * math.log1p(math.exp(20 * 0.2))) / 0.6
+    assert float(pairwise_rank_loss(pa, pb, aa, ab)) == pytest.approx(expected, rel=1e-5)
+    # symmetric in the pair order; 0 when every pair ties
+    assert float(pairwise_rank_loss(pb, pa, ab, aa)) == pytest.approx(expected, rel=1e-5)
+    assert float(pairwise_rank_loss(pa, pb, aa, aa)) == 0.0
+    with pytest.raises(ValueError, match="same length"):
+        pairwise_rank_loss(pa, pb[:2], aa, ab)

@@ -33,7 +33,10 @@ def test_seeded_training_raises_validation_recall(loss, pooling):
     train, val, names = split_by_dataset(groups, [f"d{i}" for i in range(18, 24)])
     assert len(train) == 18 and len(val) == 6 and names == [f"d{i}" for i in range(18, 24)]
     torch.manual_seed(0)
-    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling=pooling))
+    # dataset_weight 0: the cross-modal space alone (with it, a group's own networks are found through
+    # its own dataset embedding, trivially)
+    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling=pooling,
+                                     dataset_weight=0.0))
     before = evaluate(enc, val, train)
     cfg = EncoderTrainConfig(steps=150, eval_every=25, patience=10, loss=loss, pooling=pooling, lr=3e-3,
                              progress=False)
@@ -43,6 +46,22 @@ def test_seeded_training_raises_validation_recall(loss, pooling):
     # the loop leaves the encoders at the best checkpoint: evaluating again gives its report
     again = evaluate(enc, val, train)
     assert again["val_recall_at_5"] == pytest.approx(best["val_recall_at_5"])
+
+
+def test_predictor_learns_the_order_within_held_out_datasets():
+    """Accuracy = the dataset's level + a share of the topology's first feature (bigger is better, as
+    in the zoo): the predictor, trained with the ranking term, must order held-out datasets' networks."""
+    groups = synthetic_groups(seed=1)
+    rng = np.random.default_rng(3)
+    for g in groups:
+        g.topology[:, 0] = rng.uniform(1, 7, len(g.accuracy))
+        g.accuracy = (rng.uniform(0.2, 0.7) + 0.03 * g.topology[:, 0]).astype(np.float32)
+    train, val, _ = split_by_dataset(groups, [f"d{i}" for i in range(18, 24)])
+    torch.manual_seed(0)
+    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32))
+    before = evaluate(enc, val, train)
+    best = fit(enc, train, val, EncoderTrainConfig(steps=150, eval_every=25, patience=10, lr=3e-3, progress=False))
+    assert best["val_weighted_tau"] > max(0.4, before["val_weighted_tau"] + 0.2)
 
 
 def _group(name, dataset, acc, descriptor, topology=None, n_params=None):
@@ -73,6 +92,26 @@ def test_cross_task_protocol_removes_own_networks_and_scores_siblings():
     assert rep["val_recall_at_1"] == 1.0                  # every group finds its own networks first
     assert rep["val_xtask_recall_at_1"] == 0.5            # a-t0's sibling comes after b's networks
     assert rep["val_xtask_mean_rank"] == pytest.approx((3 + 1) / 2)  # c has no sibling: not counted
+
+
+def test_good_sibling_protocol_and_reranking():
+    from tans_registry.encoders.train import _good_siblings, _reranked, _retrieval_reports
+
+    # columns: b b | a0 a0 | a1 a1 (a1's accuracies .9 and .1: only column 4 is a "good" network)
+    groups = [_group("b", "b", [.5, .6], [0]), _group("a-t0", "a", [.5, .6], [0]), _group("a-t1", "a", [.9, .1], [0])]
+    owner = np.repeat(np.arange(3), 2)
+    own, sib = [np.array([2, 3])], [np.array([4, 5])]
+    good = _good_siblings(groups[1:2], groups, owner, sib)
+    assert good[0].tolist() == [4]
+    scores = np.array([[3.0, 2.0, 9.0, 9.0, 1.0, 1.5]])        # retrieval: b first, then the bad sibling
+    assert _retrieval_reports(scores, own, sib, good)["val_xgood_recall_at_1"] == 0.0
+    predicted = np.array([[.2, .3, .99, .99, .8, .1]])
+    # the predictor re-ranks the top 4 (own networks excluded): the good sibling goes first
+    final = _reranked(scores, predicted, own, top=4)
+    rep = _retrieval_reports(scores, own, sib, good, final)
+    assert rep["val_xgood_recall_at_1"] == 1.0 and rep["val_xtask_recall_at_1"] == 0.0
+    # re-ranking only the top 2 leaves the siblings below b's networks
+    assert _retrieval_reports(scores, own, sib, good, _reranked(scores, predicted, own, top=2))["val_xgood_mean_rank"] == 4.0
 
 
 def test_pixel_and_size_heuristics():
@@ -202,6 +241,7 @@ def test_index_build_writes_decodable_learned_embeddings(trained):
 
 def test_mlproject_entry_points_match_the_cli():
     import re
+    import shlex
     from pathlib import Path
 
     import click
@@ -211,24 +251,134 @@ def test_mlproject_entry_points_match_the_cli():
 
     project = yaml.safe_load((Path(__file__).resolve().parent.parent / "MLproject").read_text())
     entry = project["entry_points"]
-    assert {"main", "build_zoo", "register_zoo", "train_encoders", "build_index"} <= set(entry)
+    assert {"main", "build_zoo", "register_zoo", "train_encoders", "build_index", "query", "benchmark"} <= set(entry)
     for name, ep in entry.items():
         params = ep.get("parameters", {})
         for p, spec in params.items():
             assert isinstance(spec, dict) and spec.get("type") in ("string", "float", "path", "uri"), (name, p)
+            assert "default" in spec, (name, p)
             assert "{" + p + "}" in ep["command"], (name, p)
         for part in ep["command"].split("&&"):
-            words = part.split()
+            words = shlex.split(part)
             assert words[0] == "tans", part
-            cmd = main
-            for w in words[1:]:
-                if w.startswith("-") or not isinstance(cmd, click.Group):
-                    break
-                cmd = cmd.commands[w]
+            cmd, i = main, 1
+            while i < len(words) and isinstance(cmd, click.Group) and not words[i].startswith("-"):
+                cmd, i = cmd.commands[words[i]], i + 1
             options = {o for prm in cmd.params for o in prm.opts + prm.secondary_opts}
             for flag in re.findall(r"(--[a-z-]+)", part):
                 assert flag in options, (name, flag)
-            for flag, p in re.findall(r"(--[a-z-]+) \{(\w+)\}", part):
-                default = params[p]["default"]
-                ctx = cmd.make_context(cmd.name, [flag, str(default)])  # the default parses
-                assert ctx is not None
+            # the command line MLflow would run with the defaults parses (arguments, options, values)
+            args = [re.sub(r"\{(\w+)\}", lambda mt: str(params[mt.group(1)]["default"]), w) for w in words[i:]]
+            ctx = cmd.make_context(cmd.name, args)
+            assert ctx is not None, (name, args)
+
+
+# ------------------------------------------------------------------------------ tans query
+def _ready_index(work):
+    import mlflow
+
+    from tans_registry import tracking
+    from tans_registry.registry.embed import apply_encoders
+    from tans_registry.registry.index import build_index
+
+    tracking.setup(work)
+    apply_encoders(progress=False)
+    build_index(str(work))
+    return mlflow.MlflowClient()
+
+
+def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny_data_dir):
+    import json as _json
+
+    import mlflow
+
+    from tans_registry.query import QueryConfig, run_query
+
+    work, _ = trained
+    client = _ready_index(work)
+    every = run_query(QueryConfig(data="cells", top_k=12, work_dir=str(work), data_dir=str(tiny_data_dir)))
+    assert len(every["candidates"]) == 12 and every["dataset"]["classes"] == 3
+    preds = [c["predicted_accuracy"] for c in every["candidates"]]
+    assert preds == sorted(preds, reverse=True) and all(0 < p < 1 for p in preds)
+    limit = sorted(c["n_params"] for c in every["candidates"])[5]
+    small = run_query(QueryConfig(data="cells", top_k=12, max_params=limit, exclude_datasets=("cells",),
+                                  work_dir=str(work), data_dir=str(tiny_data_dir)))
+    assert small["candidates"] and all(c["n_params"] <= limit and c["dataset"] != "cells" for c in small["candidates"])
+    run = client.get_run(small["run_id"])
+    assert run.data.tags["tans.kind"] == "query" and run.data.params["max_params"] == str(limit)
+    assert run.data.tags["tans.fingerprint"] == small["dataset"]["fingerprint"]
+    path = mlflow.artifacts.download_artifacts(run_id=small["run_id"], artifact_path="candidates.json")
+    assert [c["version"] for c in _json.loads(open(path).read())] == [c["version"] for c in small["candidates"]]
+    # without re-ranking: retrieval order, no predictions
+    plain = run_query(QueryConfig(data="cells", top_k=3, rerank="none", log_run=False, work_dir=str(work),
+                                  data_dir=str(tiny_data_dir)))
+    assert len(plain["candidates"]) == 3 and "predicted_accuracy" not in plain["candidates"][0]
+    scores = [c["score"] for c in plain["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_query_bad_input_fails_cleanly_and_logs_nothing(trained, tiny_data_dir):
+    from click.testing import CliRunner
+
+    from tans_registry.cli import main
+
+    work, _ = trained
+    client = _ready_index(work)
+
+    def n_query_runs():
+        exp = client.get_experiment_by_name("tans/queries")
+        return 0 if exp is None else len(client.search_runs([exp.experiment_id]))
+
+    before = n_query_runs()
+    args = ["query", "--work-dir", str(work), "--data-dir", str(tiny_data_dir)]
+    res = CliRunner().invoke(main, args + ["no-such-dataset"])
+    assert res.exit_code == 1 and "no-such-dataset" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, args + ["cells", "--max-params", "1"])
+    assert res.exit_code == 1 and "no zoo network satisfies" in res.output and "--max-params" in res.output
+    res = CliRunner().invoke(main, args + ["cells", "--rerank", "oracle"])
+    assert res.exit_code == 2
+    assert n_query_runs() == before
+    ok = CliRunner().invoke(main, args + ["cells", "--top-k", "2", "--json"])
+    assert ok.exit_code == 0, ok.output
+    import json as _json
+
+    assert len(_json.loads(ok.stdout)["candidates"]) == 2 and n_query_runs() == before + 1
+
+
+def test_query_refuses_a_stale_index(trained, tiny_data_dir):
+    from tans_registry.encoders.train import _register
+    from tans_registry.errors import TansError
+    from tans_registry.query import QueryConfig, run_query
+
+    work, rec = trained
+    client = _ready_index(work)
+    current = float(client.get_model_version_by_alias("tans-encoders", "champion").tags["tans.val_score"])
+    assert _register(rec["run_id"], {"val_recall_at_5": current + 1.0})["champion"]  # a new champion
+    with pytest.raises(TansError, match="tans index build") as err:
+        run_query(QueryConfig(data="cells", work_dir=str(work), data_dir=str(tiny_data_dir)))
+    assert err.value.code == "INDEX_STALE"
+
+
+def test_bench_trains_the_chosen_variants_and_logs_the_table(trained, tiny_data_dir):
+    import json as _json
+
+    import mlflow
+    from click.testing import CliRunner
+
+    from tans_registry.cli import main
+
+    work, _ = trained
+    args = ["bench", "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--holdout", "cells", "--steps", "3"]
+    res = CliRunner().invoke(main, args + ["--variants", "default,no predictor", "--json"])
+    assert res.exit_code == 0, res.output
+    out = _json.loads(res.stdout)
+    assert set(out["rows"]) == {"default", "no predictor", "untrained encoder", "pixel-statistics heuristic",
+                                "bigger-is-better heuristic"}
+    assert "val_weighted_tau" in out["rows"]["default"] and "val_weighted_tau" not in out["rows"]["no predictor"]
+    client = mlflow.MlflowClient()
+    run = client.get_run(out["run_id"])
+    assert run.data.params["val_datasets"] == "cells"
+    table = open(mlflow.artifacts.download_artifacts(run_id=out["run_id"], artifact_path="bench_encoders.md")).read()
+    assert "| no predictor |" in table and "| pixel-statistics heuristic |" in table
+    bad = CliRunner().invoke(main, args + ["--variants", "default,nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output

@@ -154,7 +154,7 @@ def _synthetic_index(n=500, seed=0):
         groups=np.array([f"g{i % 7}" for i in range(n)]), datasets=np.array([f"d{i % 5}" for i in range(n)]),
         accuracy=rng.uniform(0, 1, n).astype(np.float32), n_params=rng.integers(1e6, 7e6, n),
         flops=rng.integers(5e6, 3e7, n), model_emb=rng.normal(size=(n, 16)).astype(np.float32),
-        dataset_emb=np.zeros((n, 0), np.float32), encoder_version="raw", key="k")
+        dataset_emb=np.zeros((n, 0), np.float32), topology=np.zeros((n, 45), np.float32), encoder_version="raw", key="k")
 
 
 def test_constraint_filters_and_top_k_match_brute_force():

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["hinge_loss", "info_nce_loss", "predictor_loss", "positive_weights"]
+__all__ = ["hinge_loss", "info_nce_loss", "predictor_loss", "pairwise_rank_loss", "positive_weights"]
 
 
 def _check_pair(q: Tensor, m: Tensor) -> int:
@@ -146,6 +146,30 @@ def predictor_loss(pred: Tensor, target: Tensor, weights: Tensor | None = None) 
         raise ValueError("predictor_loss needs at least one row")
     weights = _check_weights(weights, p.shape[0])
     return _mean((p - t.to(dtype=p.dtype)) ** 2, weights)
+
+
+def pairwise_rank_loss(pred_a: Tensor, pred_b: Tensor, acc_a: Tensor, acc_b: Tensor, scale: float = 20.0) -> Tensor:
+    """Logistic ranking loss on pairs of networks of the same dataset: the mean of
+    ``softplus(-scale * sign(acc_a - acc_b) * (pred_a - pred_b))`` over the pairs, weighted by
+    ``|acc_a - acc_b|`` (pairs of equal accuracy count zero; ``0`` when every pair is tied).
+
+    MSE alone is dominated by the level of each dataset (0.3 on one, 0.99 on another), while what a
+    query needs is the order of the candidates *within* a dataset; this term asks for that order, and
+    weighs a pair by how far apart the two measured accuracies are (a 0.001 difference is noise).
+    ``scale`` turns accuracy differences (fractions) into logits.
+    """
+    pa, pb = _as_vector(pred_a, "pred_a"), _as_vector(pred_b, "pred_b")
+    aa, ab = _as_vector(acc_a, "acc_a").to(pa.dtype), _as_vector(acc_b, "acc_b").to(pa.dtype)
+    if not pa.shape == pb.shape == aa.shape == ab.shape:
+        raise ValueError("pred_a, pred_b, acc_a and acc_b must have the same length")
+    if pa.shape[0] == 0:
+        raise ValueError("pairwise_rank_loss needs at least one pair")
+    diff = aa - ab
+    w = diff.abs()
+    if float(w.sum()) == 0.0:
+        return pa.sum() * 0.0
+    terms = F.softplus(-scale * torch.sign(diff) * (pa - pb))
+    return (w * terms).sum() / w.sum()
 
 
 def positive_weights(accuracies: Tensor, sharpness: float = 0.0) -> Tensor:

@@ -5,7 +5,14 @@
 - Model encoder: the 45-value depth-masked topology and the functional embedding, each L2-normalised
   on its own (the reference normalised them jointly, so the functional part drowned the topology),
   concatenated, then a two-layer MLP -> L2-normalised.
-- Predictor: an MLP on both embeddings -> sigmoid -> predicted accuracy.
+- Predictor: an MLP on both embeddings (and, by default, the normalised topology itself: the model
+  embedding is shaped by the contrastive loss to say *which dataset* a network suits, and loses the
+  capacity information the predictor needs to order networks within a dataset) -> sigmoid -> predicted
+  accuracy.
+
+Retrieval scores a network by ``cos(query, model embedding) + dataset_weight * cos(query, embedding of
+the network's source dataset)``: the registry tags every network with its dataset's embedding, and a
+network trained on a dataset like the query's is a good start (see ``retrieval_scores``).
 
 Everything needed to rebuild the modules is in :class:`EncoderConfig` (saved beside the safetensors).
 """
@@ -31,13 +38,29 @@ class EncoderConfig:
     functional_dim: int = 1280    # OFA MobileNetV3 width 1.0 penultimate size
     use_functional: bool = True   # ablation: topology only
     use_predictor: bool = True    # ablation: no accuracy predictor
+    predictor_topology: bool = True  # the predictor also sees the normalised topology
+    dataset_weight: float = 1.0   # retrieval: weight of the query-to-source-dataset similarity
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "EncoderConfig":
-        return cls(**json.loads(text))
+        d = json.loads(text)
+        # encoders saved before these fields existed were built without them
+        d.setdefault("predictor_topology", False)
+        d.setdefault("dataset_weight", 0.0)
+        return cls(**d)
+
+
+def retrieval_scores(q, model_emb, dataset_emb, dataset_weight: float):
+    """``[n_queries, n_networks]`` retrieval scores from unit-length embeddings (torch or numpy):
+    ``q @ model_emb.T + dataset_weight * q @ dataset_emb.T`` (``dataset_emb``: row ``j`` is the
+    embedding of network ``j``'s source dataset)."""
+    s = q @ model_emb.T
+    if dataset_weight:
+        s = s + dataset_weight * (q @ dataset_emb.T)
+    return s
 
 
 class QueryEncoder(nn.Module):
@@ -87,10 +110,17 @@ class ModelEncoder(nn.Module):
 class Predictor(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * cfg.embed_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.use_topology = cfg.predictor_topology
+        d_in = 2 * cfg.embed_dim + (TOPOLOGY_DIM if cfg.predictor_topology else 0)
+        self.mlp = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
 
-    def forward(self, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.mlp(torch.cat([q, m], dim=-1))).squeeze(-1)
+    def forward(self, q: torch.Tensor, m: torch.Tensor, topology: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [q, m]
+        if self.use_topology:
+            if topology is None:
+                raise ValueError("this predictor uses the topology; pass it")
+            parts.append(F.normalize(topology.float(), dim=-1))
+        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1))).squeeze(-1)
 
 
 class TansEncoders(nn.Module):

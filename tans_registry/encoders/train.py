@@ -5,8 +5,10 @@ encoder sees many sets per dataset) and one positive network, sampled among the 
 probability rising with measured accuracy (``positive_sharpness``: 0 = uniform, as TANS; the default
 prefers the better networks, since "near the dataset" should mean "does well on it"). The loss is the
 contrastive term (hinge over all in-batch negatives in both directions, or InfoNCE) plus the
-predictor's MSE on the positive and on one random other network of the same group (so the predictor
-also learns to rank within a dataset). Validation holds out whole datasets.
+predictor's MSE on the positive and on ``rank_pairs`` pairs of random networks of the same group, plus
+a pairwise ranking term on those pairs (``rank_weight``): the predictor must order networks *within* a
+dataset, which the MSE alone, dominated by each dataset's accuracy level, did not teach it (weighted
+tau on held-out datasets below zero). Validation holds out whole datasets.
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ from tqdm.auto import tqdm
 from .. import tracking
 from ..errors import ConfigError
 from .backbone import extract_features, sample_per_class, save_backbone, train_backbone
-from .losses import hinge_loss, info_nce_loss, predictor_loss
+from .losses import hinge_loss, info_nce_loss, pairwise_rank_loss, predictor_loss
 from .meta import MetaGroup, load_meta_groups, split_by_dataset
 from .metrics import mean_weighted_tau, predictor_errors, retrieval_report
-from .models import EncoderConfig, TansEncoders
+from .models import EncoderConfig, TansEncoders, retrieval_scores
 from ..registry.index import ENCODERS_MODEL
 
 log = logging.getLogger("tans_registry")
@@ -47,6 +49,11 @@ class EncoderTrainConfig:
     predictor_weight: float = 1.0    # TANS: 1:1
     use_functional: bool = True
     use_predictor: bool = True
+    predictor_topology: bool = True  # the predictor also sees the topology (EncoderConfig)
+    rank_weight: float = 1.0         # pairwise ranking term of the predictor (0: MSE only)
+    rank_pairs: int = 4              # random same-group pairs per group per step for the predictor
+    dataset_weight: float = 1.0      # retrieval: + weight * cos(query, network's source dataset)
+    rerank_top: int = 100            # the predictor re-ranks this many retrieved networks
     positive_sharpness: float = 5.0  # positive sampling ~ exp(sharpness * accuracy)
     val_datasets: tuple[str, ...] | None = None
     eval_every: int = 20
@@ -67,6 +74,10 @@ class EncoderTrainConfig:
             raise ConfigError(f"--pooling must be 'mean' or 'attention'; got {self.pooling!r}")
         if self.k_per_class < 1:
             raise ConfigError(f"--k-per-class must be >= 1; got {self.k_per_class}")
+        if self.rank_pairs < 1 or self.rerank_top < 1:
+            raise ConfigError("rank_pairs and rerank_top must be >= 1")
+        if self.dataset_weight < 0 or self.rank_weight < 0:
+            raise ConfigError("dataset_weight and rank_weight must be >= 0")
 
 
 def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
@@ -102,8 +113,27 @@ def embed_models(enc: TansEncoders, groups: list[MetaGroup]) -> tuple[torch.Tens
     """Model embeddings of every network of ``groups`` and the group index of each."""
     topo = torch.from_numpy(np.concatenate([g.topology for g in groups]))
     func = torch.from_numpy(np.concatenate([g.functional for g in groups]))
-    owner = np.concatenate([[i] * len(g.accuracy) for i, g in enumerate(groups)])
-    return enc.model(topo, func if enc.cfg.use_functional else None), owner
+    return enc.model(topo, func if enc.cfg.use_functional else None), _owners(groups)
+
+
+def _owners(groups: list[MetaGroup]) -> np.ndarray:
+    """The group index of every network of ``groups``, in order."""
+    return np.concatenate([[i] * len(g.accuracy) for i, g in enumerate(groups)])
+
+
+def _candidates(val: list[MetaGroup], zoo: list[MetaGroup]) -> list[MetaGroup]:
+    """What a validation query searches: the zoo and the validation groups' own networks."""
+    return zoo + [g for g in val if g not in zoo]
+
+
+def _good_siblings(val: list[MetaGroup], everyone: list[MetaGroup], owner: np.ndarray, siblings: list,
+                   quantile: float = 0.75) -> list:
+    """Per validation group: the columns of its siblings' *good* networks (accuracy at or above the
+    ``quantile`` of their own group), or None without siblings."""
+    cut = np.array([np.quantile(g.accuracy, quantile) for g in everyone])
+    acc = np.concatenate([g.accuracy for g in everyone])
+    good = acc >= cut[owner]
+    return [None if s is None else s[good[s]] for s in siblings]
 
 
 def _own_and_sibling_positives(val: list[MetaGroup], everyone: list[MetaGroup], owner: np.ndarray):
@@ -117,56 +147,90 @@ def _own_and_sibling_positives(val: list[MetaGroup], everyone: list[MetaGroup], 
     return own, siblings
 
 
-def _retrieval_reports(scores: np.ndarray, own: list, siblings: list) -> dict:
-    """Two retrieval protocols on the same ``[n_val, n_items]`` scores.
+def _without_own(scores: np.ndarray, own: list, rows: list[int]) -> np.ndarray:
+    """``scores[rows]`` with each row's own networks ranked below every other candidate."""
+    x = scores[rows].copy()
+    low = x.min() - 1.0
+    for r, i in enumerate(rows):
+        x[r, own[i]] = low
+    return x
+
+
+def _retrieval_reports(scores: np.ndarray, own: list, siblings: list, good: list | None = None,
+                       final: np.ndarray | None = None) -> dict:
+    """Three retrieval protocols on ``[n_val, n_items]`` scores.
 
     * ``val_recall_at_k`` (TANS's): the group's own networks among every network.
     * ``val_xtask_recall_at_k`` (cross-task, the case of a new dataset): the group's own networks are
       removed from the candidates; the positives are the networks of the other tasks of its dataset
-      (other classes, same domain). Groups of single-group datasets do not count here."""
+      (other classes, same domain). Groups of single-group datasets do not count here.
+    * ``val_xgood_recall_at_k``: as cross-task, but only the siblings' *good* networks (top quarter of
+      their group by accuracy, ``good``) are positives, ranked by ``final`` (retrieval then re-ranking;
+      ``scores`` when None): finding the right domain is not enough, the network must also be one of
+      its best."""
     report = {f"val_{k.replace('@', '_at_')}": v
               for k, v in retrieval_report(scores, [set(o.tolist()) for o in own]).items()}
     rows = [i for i, s in enumerate(siblings) if s is not None]
     if rows:
-        x = scores[rows].copy()
-        low = x.min() - 1.0
-        for r, i in enumerate(rows):
-            x[r, own[i]] = low  # out of the candidates: ranked below everything else
+        x = _without_own(scores, own, rows)
         report |= {f"val_xtask_{k.replace('@', '_at_')}": v
                    for k, v in retrieval_report(x, [set(siblings[i].tolist()) for i in rows]).items()}
+        if good is not None:
+            x = _without_own(scores if final is None else final, own, rows)
+            report |= {f"val_xgood_{k.replace('@', '_at_')}": v
+                       for k, v in retrieval_report(x, [set(good[i].tolist()) for i in rows]).items()}
     return report
 
 
+def _reranked(scores: np.ndarray, predicted: np.ndarray, own: list, top: int) -> np.ndarray:
+    """Final ranking scores: each row's ``top`` best retrieved networks (its own excluded) ordered by the
+    predicted accuracy, above the rest (which keep their retrieval order)."""
+    out = scores.astype(np.float64).copy()
+    lift = np.abs(out).max() + 2.0
+    for i in range(len(out)):
+        s = out[i].copy()
+        s[own[i]] = -np.inf
+        k = min(top, s.size)
+        best = np.argpartition(-s, k - 1)[:k]
+        out[i, best] = lift + predicted[i, best]
+    return out
+
+
 @torch.no_grad()
-def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
-    """Retrieval (both protocols of :func:`_retrieval_reports`) over every zoo and validation network,
+def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup], rerank_top: int = 100) -> dict:
+    """Retrieval (the protocols of :func:`_retrieval_reports`) over every zoo and validation network,
     and the predictor's ranking of each validation group's networks (weighted Kendall tau against
     measured accuracy)."""
     enc.eval()
-    everyone = zoo + [g for g in val if g not in zoo]
+    everyone = _candidates(val, zoo)
     m, owner = embed_models(enc, everyone)
-    x, mask = _set_batch(val, None)
-    q = enc.query(x, mask)
+    d = enc.query(*_set_batch(everyone, None))            # every candidate group's dataset embedding
+    q = d[[everyone.index(g) for g in val]]
+    scores = retrieval_scores(q, m, d[owner], enc.cfg.dataset_weight).numpy()
     own, siblings = _own_and_sibling_positives(val, everyone, owner)
-    report = _retrieval_reports((q @ m.T).numpy(), own, siblings)
+    good = _good_siblings(val, everyone, owner, siblings)
+    final = None
     if enc.predictor is not None:
-        taus, preds, targets = [], [], []
-        for i, g in enumerate(val):
-            p = enc.predictor(q[i].expand(len(own[i]), -1), m[own[i]]).numpy()
-            taus.append((p, g.accuracy))
-            preds.append(p)
-            targets.append(g.accuracy)
+        topo = torch.from_numpy(np.concatenate([g.topology for g in everyone]))
+        predicted = np.stack([enc.predictor(q[i].expand(len(m), -1), m, topo).numpy() for i in range(len(val))])
+        final = _reranked(scores, predicted, own, rerank_top)
+    report = _retrieval_reports(scores, own, siblings, good, final)
+    if enc.predictor is not None:
+        taus = [(predicted[i, own[i]], g.accuracy) for i, g in enumerate(val)]
         report["val_weighted_tau"] = mean_weighted_tau(taus)
-        report.update({f"val_pred_{k}": v for k, v in predictor_errors(np.concatenate(preds), np.concatenate(targets)).items()})
+        report.update({f"val_pred_{k}": v for k, v in predictor_errors(
+            np.concatenate([p for p, _ in taus]), np.concatenate([a for _, a in taus])).items()})
     enc.train()
     return report
 
 
 def selection_score(report: dict) -> float:
-    """What picks the best checkpoint and moves the champion: cross-task Recall@5 when the validation
-    datasets have several groups (the new-dataset case), else TANS's Recall@5; weighted tau breaks ties."""
-    r5 = report.get("val_xtask_recall_at_5", report.get("val_recall_at_5", 0.0))
-    return float(r5) + 1e-3 * float(np.nan_to_num(report.get("val_weighted_tau", 0.0)))
+    """What picks the best checkpoint and moves the champion: Recall@5 of the strictest retrieval
+    protocol the validation datasets allow (good sibling networks, else any sibling network, else the
+    group's own: TANS's) plus the predictor's weighted tau (0 without a predictor)."""
+    r5 = report.get("val_xgood_recall_at_5",
+                    report.get("val_xtask_recall_at_5", report.get("val_recall_at_5", 0.0)))
+    return float(r5) + float(np.nan_to_num(report.get("val_weighted_tau", 0.0)))
 
 
 def pixel_heuristic(val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
@@ -174,17 +238,24 @@ def pixel_heuristic(val: list[MetaGroup], zoo: list[MetaGroup]) -> dict:
     of the training images, :func:`~tans_registry.data.stats.pixel_descriptor`).
 
     Retrieval ranks networks by their source group's descriptor distance to the query's (a group's
-    networks tie; no accuracy oracle breaks the tie). Under TANS's protocol this is trivially perfect (the
+    networks tie; no accuracy oracle breaks the tie; for the good-siblings protocol the bigger network
+    goes first). Under TANS's protocol this is trivially perfect (the
     query's own group is a candidate with the same descriptor); the cross-task protocol is the fair one.
     Ranking (weighted tau): a validation network's predicted accuracy is the measured accuracy of the
     same architecture in the nearest *training* group."""
-    everyone = zoo + [g for g in val if g not in zoo]
-    owner = np.concatenate([[i] * len(g.accuracy) for i, g in enumerate(everyone)])
+    everyone = _candidates(val, zoo)
+    owner = _owners(everyone)
     desc = np.stack([g.descriptor for g in everyone])
     scale = desc.std(0) + 1e-6  # each statistic on its own scale
     scores = np.stack([-np.linalg.norm((desc - g.descriptor) / scale, axis=1)[owner] for g in val])
     own, siblings = _own_and_sibling_positives(val, everyone, owner)
-    report = _retrieval_reports(scores, own, siblings)
+    good = _good_siblings(val, everyone, owner, siblings)
+    final = None
+    if all(g.n_params is not None for g in everyone):
+        # "nearest dataset, then its biggest network": size breaks the ties within a group
+        size = np.concatenate([g.n_params for g in everyone])
+        final = scores + 1e-9 * size / size.max()
+    report = _retrieval_reports(scores, own, siblings, good, final)
     zdesc = np.stack([h.descriptor for h in zoo])
     taus = []
     for g in val:
@@ -218,9 +289,10 @@ def train_encoders(cfg: EncoderTrainConfig, prepared=None) -> dict:
     train, val, val_names, backbone = prepared if prepared is not None else prepare(cfg, exp_zoo)
     torch.manual_seed(cfg.seed)
     enc = TansEncoders(EncoderConfig(pooling=cfg.pooling, use_functional=cfg.use_functional,
-                                     use_predictor=cfg.use_predictor,
+                                     use_predictor=cfg.use_predictor, predictor_topology=cfg.predictor_topology,
+                                     dataset_weight=cfg.dataset_weight,
                                      functional_dim=int(train[0].functional.shape[1])))
-    untrained = evaluate(enc, val, train)
+    untrained = evaluate(enc, val, train, cfg.rerank_top)
     baseline = pixel_heuristic(val, train)
     by_size = size_heuristic(val)
     tags = {"tans.kind": "encoders"} | ({"tans.project_run": tracking.PROJECT_RUN_ID} if tracking.PROJECT_RUN_ID else {})
@@ -260,7 +332,7 @@ def fit(enc: TansEncoders, train: list[MetaGroup], val: list[MetaGroup], cfg: En
         loss = _train_step(enc, opt, train, cfg, rng)
         if step % cfg.eval_every and step != cfg.steps:
             continue
-        report = evaluate(enc, val, train) | {"train_loss": loss}
+        report = evaluate(enc, val, train, cfg.rerank_top) | {"train_loss": loss}
         if on_eval:
             on_eval(step, report)
         score = selection_score(report)
@@ -279,11 +351,10 @@ def fit(enc: TansEncoders, train: list[MetaGroup], val: list[MetaGroup], cfg: En
 
 def _train_step(enc, opt, train, cfg, rng) -> float:
     x, mask = _set_batch(train, rng)
-    pos, other = [], []
+    pos = []
     for g in train:
         w = np.exp(cfg.positive_sharpness * (g.accuracy - g.accuracy.max()))
         pos.append(rng.choice(len(w), p=w / w.sum()))
-        other.append(rng.integers(len(w)))
     topo = torch.from_numpy(np.stack([g.topology[i] for g, i in zip(train, pos)]))
     func = torch.from_numpy(np.stack([g.functional[i] for g, i in zip(train, pos)]))
     q = enc.query(x, mask)
@@ -291,13 +362,23 @@ def _train_step(enc, opt, train, cfg, rng) -> float:
     loss = (hinge_loss(q, m, margin=cfg.margin) if cfg.loss == "hinge"
             else info_nce_loss(q, m, temperature=cfg.temperature))
     if enc.predictor is not None:
-        topo_o = torch.from_numpy(np.stack([g.topology[i] for g, i in zip(train, other)]))
-        func_o = torch.from_numpy(np.stack([g.functional[i] for g, i in zip(train, other)]))
-        m_o = enc.model(topo_o, func_o if cfg.use_functional else None)
-        pred = enc.predictor(torch.cat([q, q]), torch.cat([m, m_o]))
-        target = torch.from_numpy(np.concatenate([[g.accuracy[i] for g, i in zip(train, pos)],
-                                                  [g.accuracy[i] for g, i in zip(train, other)]]).astype(np.float32))
-        loss = loss + cfg.predictor_weight * predictor_loss(pred, target)
+        # the positive, and rank_pairs pairs (a, b) of random networks of each group
+        n_pairs = cfg.rank_pairs
+        a = np.stack([rng.integers(len(g.accuracy), size=n_pairs) for g in train])   # [G, P]
+        b = np.stack([rng.integers(len(g.accuracy), size=n_pairs) for g in train])
+        picks = np.concatenate([np.asarray(pos)[:, None], a, b], axis=1)             # [G, 1 + 2P]
+        gi = np.repeat(np.arange(len(train)), picks.shape[1])
+        ni = picks.ravel()
+        topo_p = torch.from_numpy(np.stack([train[g].topology[n] for g, n in zip(gi, ni)]))
+        func_p = torch.from_numpy(np.stack([train[g].functional[n] for g, n in zip(gi, ni)]))
+        m_p = enc.model(topo_p, func_p if cfg.use_functional else None)
+        pred = enc.predictor(q[torch.from_numpy(gi)], m_p, topo_p).view(len(train), -1)
+        target = torch.from_numpy(np.stack([train[g].accuracy[picks[g]] for g in range(len(train))]).astype(np.float32))
+        loss = loss + cfg.predictor_weight * predictor_loss(pred.ravel(), target.ravel())
+        if cfg.rank_weight:
+            pa, pb = pred[:, 1: 1 + n_pairs].ravel(), pred[:, 1 + n_pairs:].ravel()
+            ta, tb = target[:, 1: 1 + n_pairs].ravel(), target[:, 1 + n_pairs:].ravel()
+            loss = loss + cfg.rank_weight * pairwise_rank_loss(pa, pb, ta, tb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

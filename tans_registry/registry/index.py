@@ -22,9 +22,11 @@ from .. import tracking
 from ..errors import ConfigError, TansError
 from .codec import decode_embedding
 from .naming import ZOO_PREFIX
+from ..zoo.space import TOPOLOGY_DIM, topology
 
 log = logging.getLogger("tans_registry")
-_ARRAYS = ("names", "versions", "groups", "datasets", "accuracy", "n_params", "flops", "model_emb", "dataset_emb")
+_ARRAYS = ("names", "versions", "groups", "datasets", "accuracy", "n_params", "flops", "model_emb", "dataset_emb",
+           "topology")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ZooIndex:
     flops: np.ndarray        # int64
     model_emb: np.ndarray    # float32 [N, D]
     dataset_emb: np.ndarray  # float32 [N, Dd]
+    topology: np.ndarray     # float32 [N, 45] (the predictor's input; zeros where a version has no arch)
     encoder_version: str
     key: str
 
@@ -65,9 +68,11 @@ class ZooIndex:
             keep &= ~np.isin(self.datasets, list(exclude_datasets))
         return keep
 
-    def search(self, query: np.ndarray, k: int = 10, **constraints) -> list[dict]:
-        """Exact top-``k`` by cosine similarity between ``query`` and the model embeddings, among
-        the rows that pass ``constraints`` (see :meth:`mask`); best first."""
+    def search(self, query: np.ndarray, k: int = 10, dataset_weight: float = 0.0, **constraints) -> list[dict]:
+        """Exact top-``k`` by cosine similarity between ``query`` and the model embeddings (plus
+        ``dataset_weight`` times its cosine to each network's source-dataset embedding, as the encoders
+        were validated: ``EncoderConfig.dataset_weight``), among the rows that pass ``constraints``
+        (see :meth:`mask`); best first. Each result carries its ``row`` in the index."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"the 'k' parameter of search must be an int >= 1; got {k!r}")
         q = np.asarray(query, dtype=np.float32).ravel()
@@ -77,7 +82,13 @@ class ZooIndex:
         if rows.size == 0:
             return []
         # score every row, then keep the passing ones: cheaper than copying the passing rows
-        scores = (self.model_emb @ q) / (self.row_norms * max(float(np.linalg.norm(q)), 1e-12))
+        qn = max(float(np.linalg.norm(q)), 1e-12)
+        scores = (self.model_emb @ q) / (self.row_norms * qn)
+        if dataset_weight:
+            if self.dataset_emb.shape[1] != q.shape[0]:
+                raise ConfigError("the index's dataset embeddings are not in the encoders' space; run `tans index build`")
+            dn = np.maximum(np.linalg.norm(self.dataset_emb, axis=1), 1e-12)
+            scores = scores + dataset_weight * (self.dataset_emb @ q) / (dn * qn)
         if rows.size != len(self):
             scores = scores[rows]
         k = min(int(k), rows.size)
@@ -93,7 +104,7 @@ class ZooIndex:
         return self._norms
 
     def row(self, i: int, score: float | None = None) -> dict:
-        out = {"model": str(self.names[i]), "version": int(self.versions[i]), "group": str(self.groups[i]),
+        out = {"row": i, "model": str(self.names[i]), "version": int(self.versions[i]), "group": str(self.groups[i]),
                "dataset": str(self.datasets[i]), "accuracy": float(self.accuracy[i]),
                "n_params": int(self.n_params[i]), "flops": int(self.flops[i])}
         if score is not None:
@@ -111,6 +122,7 @@ class ZooIndex:
 
     @classmethod
     def load(cls, path: Path) -> "ZooIndex":
+        """Raises ``KeyError`` for a cache written by an older version (missing arrays): rebuild it."""
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return cls(**{a: z[a] for a in _ARRAYS}, **meta)
@@ -168,6 +180,7 @@ def index_from_versions(versions, key: str) -> ZooIndex:
         cols["flops"].append(int(t.get("tans.flops", 0)))
         cols["model_emb"].append(decode_embedding(t["tans.model_embedding"]))
         cols["dataset_emb"].append(decode_embedding(t.get("tans.dataset_embedding", "f16:")))
+        cols["topology"].append(topology(json.loads(t["tans.arch"])) if "tans.arch" in t else np.zeros(TOPOLOGY_DIM))
         encoders.add(t.get("tans.encoder_version", "raw"))
     if len(encoders) > 1:
         log.warning("zoo versions carry embeddings of several encoders %s; run `tans index build`", sorted(encoders))
@@ -176,7 +189,7 @@ def index_from_versions(versions, key: str) -> ZooIndex:
         groups=np.array(cols["groups"], dtype=str), datasets=np.array(cols["datasets"], dtype=str),
         accuracy=np.array(cols["accuracy"], dtype=np.float32), n_params=np.array(cols["n_params"], dtype=np.int64),
         flops=np.array(cols["flops"], dtype=np.int64), model_emb=_stack(cols["model_emb"]),
-        dataset_emb=_stack(cols["dataset_emb"]), encoder_version=",".join(sorted(encoders)) or "none", key=key)
+        dataset_emb=_stack(cols["dataset_emb"]), topology=_stack(cols["topology"]), encoder_version=",".join(sorted(encoders)) or "none", key=key)
 
 
 def _stack(vectors: list[np.ndarray]) -> np.ndarray:
@@ -212,8 +225,13 @@ def build_index(work_dir: str | None = None, force: bool = False) -> tuple[ZooIn
     t0 = time.perf_counter()
     key, models = registry_state(client)
     path = cache_path(wd, key)
+    idx = None
     if path.exists() and not force:
-        idx = ZooIndex.load(path)
+        try:
+            idx = ZooIndex.load(path)
+        except KeyError:
+            log.info("index cache %s predates this version; rebuilding it", path.name)
+    if idx is not None:
         return idx, {"cache": "hit", "versions": len(idx), "models": len(models), "seconds": time.perf_counter() - t0,
                      "path": str(path), "key": key}
     if not models:
