@@ -361,7 +361,8 @@ def bench(work_dir, data_dir, holdout, steps, variants, seed, as_json):
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to return.")
 @click.option("--max-params", type=INT, default=None, help="Only networks with at most N parameters (0: no limit).")
 @click.option("--max-flops", type=INT, default=None,
-              help="Only networks with at most N FLOPs, multiply-adds at the zoo's input size (0: no limit).")
+              help="Only networks with at most N FLOPs (torch's counter: 2 per multiply-add, at the zoo's "
+                   "32x32 input; 0: no limit).")
 @click.option("--exclude-dataset", "exclude", multiple=True,
               help="Leave this source dataset's networks out (repeatable; e.g. the query's own, to benchmark).")
 @click.option("--rerank", type=click.Choice(["predictor", "none"]), default="predictor", show_default=True,
