@@ -328,9 +328,15 @@ def index_build(work_dir, data_dir, force, as_json):
 @click.option("--steps", type=INT, default=300, show_default=True, help="Training steps of every variant.")
 @click.option("--variants", default=None,
               help="Comma-separated variants to train [default: all]; `default` is the shipped configuration.")
+@click.option("--snapshot", type=click.Path(dir_okay=False), default=None,
+              help="Learn from a zoo snapshot file (written by --save-snapshot) instead of the work dir's zoo; "
+                   "its images are re-derived from --data-dir.")
+@click.option("--save-snapshot", type=click.Path(dir_okay=False), default=None,
+              help="Also write the work dir's zoo as a snapshot file (networks' descriptors and accuracies, "
+                   "no weights: a few MB).")
 @click.option("--seed", type=INT, default=777, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
-def bench(work_dir, data_dir, holdout, steps, variants, seed, as_json):
+def bench(work_dir, data_dir, holdout, steps, variants, snapshot, save_snapshot, seed, as_json):
     """Benchmark the encoders on the built zoo: ablations against the baselines, on held-out datasets.
 
     Trains each variant (pooling, loss, functional embedding, predictor, positives, ranking term,
@@ -349,8 +355,9 @@ def bench(work_dir, data_dir, holdout, steps, variants, seed, as_json):
         if unknown:
             raise click.BadParameter(f"unknown {unknown}; choose among: {', '.join(VARIANTS)}", param_hint="--variants")
     val = tuple(v.strip() for v in holdout.split(",") if v.strip()) if holdout else None
-    res = run_bench(EncoderTrainConfig(steps=steps, val_datasets=val, seed=seed, work_dir=work_dir, data_dir=data_dir),
-                    names, progress=lambda m: click.echo(m, err=True))
+    res = run_bench(EncoderTrainConfig(steps=steps, val_datasets=val, seed=seed, work_dir=work_dir, data_dir=data_dir,
+                                       snapshot=snapshot),
+                    names, progress=lambda m: click.echo(m, err=True), save_snapshot=save_snapshot)
     click.echo(json.dumps(res, default=float) if as_json else table(res))
 
 

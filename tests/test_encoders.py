@@ -382,3 +382,28 @@ def test_bench_trains_the_chosen_variants_and_logs_the_table(trained, tiny_data_
     assert "| no predictor |" in table and "| pixel-statistics heuristic |" in table
     bad = CliRunner().invoke(main, args + ["--variants", "default,nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_bench_on_a_zoo_snapshot_matches_the_zoo(trained, tiny_data_dir, tmp_path):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from tans_registry.cli import main
+    from tans_registry.encoders.meta import load_meta_snapshot
+
+    work, _ = trained
+    snap = tmp_path / "zoo-snapshot.npz"
+    args = ["bench", "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--holdout", "cells", "--steps", "3",
+            "--variants", "default", "--json"]
+    first = CliRunner().invoke(main, args + ["--save-snapshot", str(snap)])
+    assert first.exit_code == 0, first.output
+    groups = load_meta_snapshot(snap, str(tiny_data_dir))
+    assert len(groups) == 4 and all(len(g.accuracy) == 3 and g.functional.shape == (3, 1280) for g in groups)
+    again = CliRunner().invoke(main, args + ["--snapshot", str(snap)])
+    assert again.exit_code == 0, again.output
+    a, b = _json.loads(first.stdout)["rows"], _json.loads(again.stdout)["rows"]
+    assert a["pixel-statistics heuristic"] == b["pixel-statistics heuristic"]
+    assert a["default"]["val_recall_at_5"] == pytest.approx(b["default"]["val_recall_at_5"])
+    missing = CliRunner().invoke(main, args + ["--snapshot", str(tmp_path / "nope.npz")])
+    assert missing.exit_code == 1 and "no zoo snapshot" in missing.output

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import tracking
 from ..errors import ConfigError
+from .meta import dataset_params, save_meta_snapshot
 from .train import EncoderTrainConfig, prepare, train_encoders
 
 VARIANTS = {
@@ -42,9 +43,11 @@ COLUMNS = [("R@1", "val_recall_at_1", ".3f"), ("R@5", "val_recall_at_5", ".3f"),
            ("predictor MAE", "val_pred_mae", ".3f"), ("s", "seconds", ".0f")]
 
 
-def run_bench(base: EncoderTrainConfig, variants: list[str] | None = None, progress=print) -> dict:
+def run_bench(base: EncoderTrainConfig, variants: list[str] | None = None, progress=print,
+              save_snapshot: str | None = None) -> dict:
     """Train every variant (default: all of :data:`VARIANTS`) on one prepared meta-dataset; returns
-    ``{"rows": {name: metrics}, "val_datasets": [...], "prepare_seconds": s, "run_id": ...}``."""
+    ``{"rows": {name: metrics}, "val_datasets": [...], "prepare_seconds": s, "run_id": ...}``.
+    ``save_snapshot``: also write the zoo's meta-data there (:func:`~.meta.save_meta_snapshot`)."""
     names = list(VARIANTS) if not variants else variants
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -53,8 +56,14 @@ def run_bench(base: EncoderTrainConfig, variants: list[str] | None = None, progr
     base.validate()
     wd, _ = tracking.setup(base.work_dir)
     t0 = time.time()
-    prepared = prepare(base, tracking.experiment_id("zoo", wd))
+    exp_zoo = tracking.experiment_id("zoo", wd)
+    prepared = prepare(base, exp_zoo)
     prep_s = time.time() - t0
+    if save_snapshot:
+        if base.snapshot:
+            raise ConfigError("--save-snapshot writes the work dir's zoo; it cannot be combined with --snapshot")
+        path = save_meta_snapshot(prepared[0] + prepared[1], save_snapshot, dataset_params(exp_zoo))
+        progress(f"bench: zoo snapshot written to {path}")
     rows, val_names = {}, []
     for name in names:
         progress(f"bench: {name}")
@@ -94,6 +103,7 @@ def _log_bench(base: EncoderTrainConfig, result: dict, wd: Path) -> str:
                                               if tracking.PROJECT_RUN_ID else {})
     with mlflow.start_run(experiment_id=exp, run_name="bench-encoders", tags=tags) as run:
         mlflow.log_params({"steps": base.steps, "seed": base.seed, "val_datasets": ",".join(result["val_datasets"]),
+                           "snapshot": base.snapshot or "",
                            "variants": ",".join(k for k in result["rows"] if k in VARIANTS)})
         default = result["rows"].get("default", {})
         mlflow.log_metrics({k: v for k, v in default.items() if isinstance(v, (int, float)) and v == v})

@@ -7,8 +7,10 @@ images per class.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +37,30 @@ class MetaGroup:
     features: np.ndarray | None = None   # [n_instances, F] backbone features of the query set
 
 
+_DATA_PARAMS = ("input_size", "seed", "max_train", "max_test")
+
+
+def _derive(dataset: str, params: dict, names: set[str], data_dir: str | None):
+    """The source dataset (capped as in the build) and its groups' data by group name."""
+    p = {k: int(float(params[k])) for k in _DATA_PARAMS if k in params}
+    source = load_dataset(dataset, data_dir=data_dir, input_size=p.get("input_size", 32), seed=p.get("seed", 0),
+                          max_train=p["max_train"], max_test=p["max_test"])
+    n_tasks = max((int(g.rsplit("-t", 1)[1]) + 1 for g in names if g.startswith(dataset + "-t")), default=0)
+    candidates = {source.name: source}
+    if n_tasks:
+        candidates.update({t.name: t for t in class_subset_tasks(source, n_tasks, seed=p.get("seed", 0))})
+    return source, candidates
+
+
+def _verified(candidates: dict, group: str, fingerprint: str | None, data_dir: str | None) -> ImageDataset | None:
+    ds = candidates.get(group)
+    if ds is None or ds.fingerprint() != fingerprint:
+        log.warning("skipping zoo group %s: its data in %s no longer matches the build's fingerprint",
+                    group, data_dir or "the data directory")
+        return None
+    return ds
+
+
 def load_meta_groups(exp_id: str, data_dir: str | None) -> list[MetaGroup]:
     """Every complete zoo group, with its data re-derived and verified."""
     runs = {g: r for g, r in finished_group_runs(exp_id).items() if g != "__base__"}
@@ -45,19 +71,10 @@ def load_meta_groups(exp_id: str, data_dir: str | None) -> list[MetaGroup]:
         by_dataset.setdefault(run.data.tags.get("tans.dataset", group), []).append((group, run))
     out = []
     for dataset, items in sorted(by_dataset.items()):
-        p = items[0][1].data.params
-        source = load_dataset(dataset, data_dir=data_dir, input_size=int(p.get("input_size", 32)),
-                              seed=int(p.get("seed", 0)), max_train=int(p["max_train"]), max_test=int(p["max_test"]))
-        names = {g for g, _ in items}
-        n_tasks = max((int(g.rsplit("-t", 1)[1]) + 1 for g in names if g.startswith(dataset + "-t")), default=0)
-        candidates = {source.name: source}
-        if n_tasks:
-            candidates.update({t.name: t for t in class_subset_tasks(source, n_tasks, seed=int(p.get("seed", 0)))})
+        source, candidates = _derive(dataset, items[0][1].data.params, {g for g, _ in items}, data_dir)
         for group, run in sorted(items):
-            ds = candidates.get(group)
-            if ds is None or ds.fingerprint() != run.data.tags.get("tans.fingerprint"):
-                log.warning("skipping zoo group %s: its data in %s no longer matches the build's fingerprint",
-                            group, data_dir or "the data directory")
+            ds = _verified(candidates, group, run.data.tags.get("tans.fingerprint"), data_dir)
+            if ds is None:
                 continue
             table = read_table(run.info.run_id)
             rows = table["networks"]
@@ -95,3 +112,67 @@ def split_by_dataset(groups: list[MetaGroup], val_datasets: list[str] | None, se
                         f"negatives); got {len(train)}. Build more groups (`tans zoo build --groups N`) or hold "
                         "out fewer datasets.", code="BAD_CONFIG")
     return train, val, list(val_datasets)
+
+
+# ------------------------------------------------------------------------------ snapshots
+def save_meta_snapshot(groups: list[MetaGroup], path, params_by_dataset: dict[str, dict]) -> Path:
+    """Write what the encoders learn from, without the weights: per group its networks' topology,
+    functional embedding (float16), accuracy and size, and what re-derives its images from the data
+    directory (dataset, capping parameters, fingerprint). A few MB for the bench zoo, against ~1.5 GB of
+    supernets: the encoder benchmark can be rerun on the same zoo without rebuilding it
+    (``tans bench --snapshot``). ``.npz`` with JSON metadata; no pickle."""
+    path = Path(path)
+    header = [{"name": g.name, "dataset": g.dataset, "run_id": g.run_id, "fingerprint": g.data.fingerprint(),
+               "params": {k: params_by_dataset[g.dataset][k] for k in _DATA_PARAMS
+                          if k in params_by_dataset[g.dataset]},
+               "descriptor": g.descriptor.tolist()} for g in groups]
+    arrays = {"header": np.array(json.dumps(header))}
+    for g in groups:
+        arrays[f"topology/{g.name}"] = g.topology.astype(np.int8)
+        arrays[f"functional/{g.name}"] = g.functional.astype(np.float16)
+        arrays[f"accuracy/{g.name}"] = g.accuracy.astype(np.float32)
+        arrays[f"n_params/{g.name}"] = np.asarray(g.n_params, dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_meta_snapshot(path, data_dir: str | None) -> list[MetaGroup]:
+    """The groups of a snapshot written by :func:`save_meta_snapshot`, data re-derived and verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise TansError(f"no zoo snapshot at {path}: write one with `tans bench --save-snapshot FILE`",
+                        code="BAD_CONFIG")
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(str(z["header"]))
+        arrays = {k: z[k] for k in z.files if k != "header"}
+    by_dataset: dict[str, list] = {}
+    for h in header:
+        by_dataset.setdefault(h["dataset"], []).append(h)
+    out = []
+    for dataset, items in sorted(by_dataset.items()):
+        source, candidates = _derive(dataset, items[0]["params"], {h["name"] for h in items}, data_dir)
+        for h in sorted(items, key=lambda h: h["name"]):
+            ds = _verified(candidates, h["name"], h["fingerprint"], data_dir)
+            if ds is None:
+                continue
+            n = h["name"]
+            out.append(MetaGroup(name=n, dataset=dataset, run_id=h["run_id"],
+                                 topology=arrays[f"topology/{n}"].astype(np.float32),
+                                 functional=arrays[f"functional/{n}"].astype(np.float32),
+                                 accuracy=arrays[f"accuracy/{n}"], n_params=arrays[f"n_params/{n}"].astype(np.float64),
+                                 descriptor=np.asarray(h["descriptor"], dtype=np.float32), data=ds, source=source))
+    if not out:
+        raise TansError(f"no group of the snapshot {path} matches the data directory; pass the --data-dir the "
+                        "zoo was built from", code="ZOO_DATA")
+    return out
+
+
+def dataset_params(exp_id: str) -> dict[str, dict]:
+    """The data parameters of each dataset's group runs (for :func:`save_meta_snapshot`)."""
+    out = {}
+    for group, run in finished_group_runs(exp_id).items():
+        if group != "__base__":
+            out.setdefault(run.data.tags.get("tans.dataset", group),
+                           {k: run.data.params[k] for k in _DATA_PARAMS if k in run.data.params})
+    return out

@@ -27,7 +27,7 @@ from .. import tracking
 from ..errors import ConfigError
 from .backbone import extract_features, sample_per_class, save_backbone, train_backbone
 from .losses import hinge_loss, info_nce_loss, pairwise_rank_loss, predictor_loss
-from .meta import MetaGroup, load_meta_groups, split_by_dataset
+from .meta import MetaGroup, load_meta_groups, load_meta_snapshot, split_by_dataset
 from .metrics import mean_weighted_tau, predictor_errors, retrieval_report
 from .models import EncoderConfig, TansEncoders, retrieval_scores
 from ..registry.index import ENCODERS_MODEL
@@ -62,6 +62,7 @@ class EncoderTrainConfig:
     seed: int = 777                  # TANS's seed
     work_dir: str | None = None
     data_dir: str | None = None
+    snapshot: str | None = None      # learn from a zoo snapshot file instead of the work dir's zoo
     register: bool = True
     progress: bool = True
 
@@ -82,7 +83,7 @@ class EncoderTrainConfig:
 
 def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
     """Groups with their query-set features, the backbone, and the train/val split."""
-    groups = load_meta_groups(exp_zoo, cfg.data_dir)
+    groups = load_meta_snapshot(cfg.snapshot, cfg.data_dir) if cfg.snapshot else load_meta_groups(exp_zoo, cfg.data_dir)
     train, val, val_names = split_by_dataset(groups, list(cfg.val_datasets) if cfg.val_datasets else None, cfg.seed)
     # the backbone learns from the training groups' whole source datasets, never the validation ones
     sources = {g.dataset: g.source if g.source is not None else g.data for g in train}
@@ -282,6 +283,9 @@ def train_encoders(cfg: EncoderTrainConfig, prepared=None) -> dict:
     import mlflow
 
     cfg.validate()
+    if cfg.snapshot and cfg.register:
+        raise ConfigError("encoders trained on a zoo snapshot are not registered (the index embeds the registry's "
+                          "zoo); use `tans bench --snapshot`")
     wd, uri = tracking.setup(cfg.work_dir)
     exp_zoo = tracking.experiment_id("zoo", wd)
     exp_enc = tracking.experiment_id("encoders", wd)
