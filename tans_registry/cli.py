@@ -238,8 +238,9 @@ def encoders() -> None:
 @click.option("--loss", type=click.Choice(["hinge", "infonce"]), default="hinge", show_default=True,
               help="Contrastive loss: margin hinge over in-batch negatives (TANS) or InfoNCE.")
 @click.option("--k-per-class", type=INT, default=20, show_default=True, help="Images per class in a query set.")
-@click.option("--functional/--no-functional", default=True, show_default=True,
-              help="Feed the functional embedding to the model encoder (ablation: topology only).")
+@click.option("--functional/--no-functional", default=False, show_default=True,
+              help="Feed the functional embedding to the model encoder as well as the topology (off by default: "
+                   "it generalised worse to held-out datasets, BENCHMARKS.md).")
 @click.option("--predictor/--no-predictor", default=True, show_default=True, help="Train the accuracy predictor.")
 @click.option("--dataset-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Retrieval: weight of the query's similarity to each network's source dataset (0: TANS's "

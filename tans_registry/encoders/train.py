@@ -47,7 +47,10 @@ class EncoderTrainConfig:
     margin: float = 0.2              # TANS
     temperature: float = 0.1
     predictor_weight: float = 1.0    # TANS: 1:1
-    use_functional: bool = True
+    # The functional embedding (penultimate activation on noise probes) is off by default: on held-out
+    # datasets it made retrieval and ranking worse in both measured snapshots of the bench zoo
+    # (BENCHMARKS.md, "Encoders"); `--functional` turns it on.
+    use_functional: bool = False
     use_predictor: bool = True
     predictor_topology: bool = True  # the predictor also sees the topology (EncoderConfig)
     rank_weight: float = 1.0         # pairwise ranking term of the predictor (0: MSE only)
@@ -362,7 +365,7 @@ def _train_step(enc, opt, train, cfg, rng) -> float:
     topo = torch.from_numpy(np.stack([g.topology[i] for g, i in zip(train, pos)]))
     func = torch.from_numpy(np.stack([g.functional[i] for g, i in zip(train, pos)]))
     q = enc.query(x, mask)
-    m = enc.model(topo, func if cfg.use_functional else None)
+    m = enc.model(topo, func if enc.cfg.use_functional else None)
     loss = (hinge_loss(q, m, margin=cfg.margin) if cfg.loss == "hinge"
             else info_nce_loss(q, m, temperature=cfg.temperature))
     if enc.predictor is not None:
@@ -375,7 +378,7 @@ def _train_step(enc, opt, train, cfg, rng) -> float:
         ni = picks.ravel()
         topo_p = torch.from_numpy(np.stack([train[g].topology[n] for g, n in zip(gi, ni)]))
         func_p = torch.from_numpy(np.stack([train[g].functional[n] for g, n in zip(gi, ni)]))
-        m_p = enc.model(topo_p, func_p if cfg.use_functional else None)
+        m_p = enc.model(topo_p, func_p if enc.cfg.use_functional else None)
         pred = enc.predictor(q[torch.from_numpy(gi)], m_p, topo_p).view(len(train), -1)
         target = torch.from_numpy(np.stack([train[g].accuracy[picks[g]] for g in range(len(train))]).astype(np.float32))
         loss = loss + cfg.predictor_weight * predictor_loss(pred.ravel(), target.ravel())
