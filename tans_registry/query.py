@@ -12,7 +12,6 @@ Fine-tuning the candidates (``--finetune``) is not built yet; this returns the r
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +23,6 @@ import torch
 from . import tracking
 from .errors import ConfigError, TansError
 
-log = logging.getLogger("tans_registry")
 RERANK = ("predictor", "none")
 
 
