@@ -58,7 +58,7 @@ def load_query_models(client):
     from .registry.embed import load_champion
     from .registry.index import ENCODERS_MODEL
 
-    champ = load_champion(client)
+    champ = load_champion(client, with_query_sets=False)
     if champ is None:
         raise TansError("no trained encoders are registered: run `tans encoders train`, then `tans index build`",
                         code="NO_ENCODERS")

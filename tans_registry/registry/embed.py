@@ -23,8 +23,9 @@ from .index import ENCODERS_MODEL, all_zoo_versions, champion_encoder_version
 log = logging.getLogger("tans_registry")
 
 
-def load_champion(client):
-    """(version, encoders, query-set features by group) of `tans-encoders@champion`, or None."""
+def load_champion(client, with_query_sets: bool = True):
+    """(version, encoders, query-set features by group) of `tans-encoders@champion`, or None.
+    ``with_query_sets=False`` skips the query sets (a query does not need them): features is None."""
     import mlflow
 
     from ..encoders.models import TansEncoders
@@ -34,6 +35,8 @@ def load_champion(client):
         return None
     mv = client.get_model_version(ENCODERS_MODEL, version)
     folder = Path(mlflow.artifacts.download_artifacts(mv.source))
+    if not with_query_sets:
+        return version, TansEncoders.load(folder), None
     sets = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="query_sets.npz"))
     with np.load(sets, allow_pickle=False) as z:
         features = {k.split("/", 1)[1]: z[k] for k in z.files}
