@@ -44,6 +44,12 @@ class _IntLike(click.ParamType):
 INT = _IntLike()
 
 
+def _split(csv: str | None) -> tuple[str, ...] | None:
+    """``"a, b,"`` -> ``("a", "b")``; empty or None -> None."""
+    names = tuple(v.strip() for v in csv.split(",") if v.strip()) if csv else ()
+    return names or None
+
+
 def common_options(fn):
     """--work-dir and --data-dir, on every command (environment variables as fallbacks)."""
 
@@ -146,10 +152,13 @@ def zoo() -> None:
               help="Groups built at once, each in its own process with its share of the CPU threads. "
                    "2 on a 2-core machine builds ~1.4x faster than 1 (small networks use 2 threads poorly).")
 @click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
+@click.option("--only-groups", default=None,
+              help="Comma-separated group names (e.g. gtsrb-t1,gtsrb-t2): build just these groups of the "
+                   "build (the base supernet too, if it is missing); with --resume the rest follow later.")
 @click.option("--seed", type=INT, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as one JSON document.")
 def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, executor, workers,
-              resume, seed, as_json):
+              resume, only_groups, seed, as_json):
     """Train one OFA supernet per group, cut out subnets, measure them, record them in MLflow.
 
     Each group is a run of the experiment `tans/zoo`. A killed build loses at most the group in
@@ -159,9 +168,9 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
 
     from .zoo import ZooConfig, build_zoo
 
-    names = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets else None
+    names = _split(datasets)
     rec = build_zoo(ZooConfig(profile=profile, datasets=names, subnets=subnets, groups=groups, epochs=epochs,
-                              base_epochs=base_epochs, workers=workers,
+                              base_epochs=base_epochs, workers=workers, only_groups=_split(only_groups),
                               resume=resume, data_dir=data_dir, work_dir=work_dir, seed=seed))
     if as_json:
         click.echo(json.dumps(asdict(rec) | {"n_networks": rec.n_networks}))
@@ -260,7 +269,7 @@ def encoders_train(work_dir, data_dir, steps, val_datasets, pooling, loss, k_per
     """
     from .encoders.train import EncoderTrainConfig, train_encoders
 
-    val = tuple(v.strip() for v in val_datasets.split(",") if v.strip()) if val_datasets else None
+    val = _split(val_datasets)
     rec = train_encoders(EncoderTrainConfig(steps=steps, val_datasets=val, pooling=pooling, loss=loss,
                                             k_per_class=k_per_class, use_functional=functional,
                                             use_predictor=predictor, dataset_weight=dataset_weight,
@@ -350,12 +359,12 @@ def bench(work_dir, data_dir, holdout, steps, variants, snapshot, save_snapshot,
     from .encoders.bench import VARIANTS, run_bench, table
     from .encoders.train import EncoderTrainConfig
 
-    names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    names = _split(variants)
     if names:
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
             raise click.BadParameter(f"unknown {unknown}; choose among: {', '.join(VARIANTS)}", param_hint="--variants")
-    val = tuple(v.strip() for v in holdout.split(",") if v.strip()) if holdout else None
+    val = _split(holdout)
     res = run_bench(EncoderTrainConfig(steps=steps, val_datasets=val, seed=seed, work_dir=work_dir, data_dir=data_dir,
                                        snapshot=snapshot),
                     names, progress=lambda m: click.echo(m, err=True), save_snapshot=save_snapshot)

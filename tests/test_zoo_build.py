@@ -197,3 +197,26 @@ def test_many_class_groups_get_a_step_floor():
     assert n_train_steps(2100, 20, cfg) == 400                # 20 classes: 20 steps each
     assert n_train_steps(700, 48, cfg) == 30 * 11             # capped at 30 passes
     assert n_train_steps(2100, 20, TrainConfig(epochs=6, steps_per_class=0)) == 6 * 33
+
+
+def test_long_schedules_are_the_ones_the_step_floor_raised():
+    from tans_registry.zoo.train import TrainConfig, is_long_schedule
+
+    cfg = TrainConfig(epochs=6, batch_size=64, steps_per_class=20, max_epochs=30)
+    assert not is_long_schedule(2500, 5, cfg)    # 240 steps by the epochs: regular
+    assert is_long_schedule(2100, 20, cfg)       # gtsrb's tasks: 400 steps instead of 198
+    assert not is_long_schedule(2100, 20, TrainConfig(epochs=6, steps_per_class=0))
+
+
+def test_only_groups_builds_the_named_groups_and_resume_adds_the_rest(tiny_data_dir, tmp_path):
+    from tans_registry.errors import ConfigError
+
+    work = tmp_path / "w"
+    with pytest.raises(ConfigError, match="no group named 'nope'.*digits, cells"):
+        build_zoo(tiny(tiny_data_dir, work, only_groups=("nope",)))
+    rec = build_zoo(tiny(tiny_data_dir, work, only_groups=("cells",)))
+    assert [(g.group, g.status) for g in rec.groups] == [("cells", "built")]
+    tracking.setup(work)
+    assert {n.group for n in list_networks(tracking.experiment_id("zoo", work))} == {"cells"}
+    rest = build_zoo(tiny(tiny_data_dir, work, resume=True))
+    assert [(g.group, g.status) for g in rest.groups] == [("digits", "built"), ("cells", "skipped")]

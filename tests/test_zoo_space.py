@@ -153,3 +153,44 @@ def test_gradient_clipping_bounds_each_update():
     bound = 0.5 * 1e-3 * 1.9  # one step (the cosine schedule starts at lr)
     assert moved(1e-3) <= bound * 1.001
     assert moved(0.0) > 10 * bound  # unclipped, the same step is much larger
+
+
+def test_color_jitter_changes_contrast_and_brightness_per_image_only():
+    from tans_registry.zoo.tensors import color_jitter
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(60, 200, (8, 32, 32, 3), dtype=np.uint8)
+    assert color_jitter(x, 0.0, rng) is x  # off: untouched, and no random numbers drawn
+    out = color_jitter(x, 0.4, np.random.default_rng(1))
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    assert np.array_equal(out, color_jitter(x, 0.4, np.random.default_rng(1)))  # seeded
+    f, g = x.astype(np.float64), out.astype(np.float64)
+    for i in range(len(x)):
+        # an affine map of each image's pixels (channels alike, hue kept): a correlation of 1 where nothing clips
+        inside = (g[i] > 0) & (g[i] < 255)
+        assert inside.mean() > 0.5
+        assert np.corrcoef(f[i][inside], g[i][inside])[0, 1] > 0.999
+    means = g.mean(axis=(1, 2, 3)) - f.mean(axis=(1, 2, 3))
+    assert np.ptp(means) > 5  # brightness differs between images
+
+
+def test_long_schedules_train_with_jitter_and_label_smoothing():
+    """The same step floor, with and without the long-schedule regularisation: different weights."""
+    from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
+    from tans_registry.zoo.train import TrainConfig, train_supernet
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 64)
+
+    def weights(**kw):
+        torch.manual_seed(0)
+        net = build_supernet(SPEC)
+        cfg = TrainConfig(epochs=1, batch_size=32, warmup_fraction=1.0, eval_images=0, steps_per_class=1, **kw)
+        out = train_supernet(net, SPEC, x, y, cfg, DEFAULT_MEAN, DEFAULT_STD)
+        assert out["steps"] == 5 and out["long_schedule"] == 1.0  # 5 classes x 1 > 1 pass of 2 steps
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    plain = weights()
+    assert torch.equal(plain, weights())
+    assert not torch.allclose(plain, weights(long_jitter=0.4))
+    assert not torch.allclose(plain, weights(long_label_smoothing=0.1))

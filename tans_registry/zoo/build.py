@@ -48,6 +48,7 @@ class ZooConfig:
     seed: int = 0
     progress: bool = True
     workers: int = 1                          # groups built at once, each in its own process
+    only_groups: tuple[str, ...] | None = None  # build just these groups (names as `tans zoo list` shows)
 
 
 @dataclass
@@ -107,6 +108,13 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     exp_id = tracking.experiment_id("zoo", work_dir)
     sources = _load_sources(profile, cfg)
     groups = make_groups(sources, profile.n_groups or len(sources), seed=cfg.seed)
+    if cfg.only_groups:
+        names = [g.name for g in groups]
+        unknown = [n for n in cfg.only_groups if n not in names]
+        if unknown:
+            raise ConfigError(f"--only-groups: no group named {', '.join(map(repr, unknown))} in this build; "
+                              f"its groups are {', '.join(names)}")
+        groups = [g for g in groups if g.name in cfg.only_groups]
     record = ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id)
 
     done = store.finished_group_runs(exp_id) if cfg.resume else {}

@@ -36,3 +36,17 @@ def random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray
     for i in range(n):
         out[i] = padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
     return out
+
+
+def color_jitter(x: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Random contrast and brightness, one draw per image: each pixel moves to
+    ``(p - m) * c + m + b`` (``m`` the image's mean, ``c`` in ``[1 - s, 1 + s]``, ``b`` in
+    ``[-s, s] x 128``), clipped to uint8. Same change on every channel, so colours keep their hue."""
+    if strength <= 0:
+        return x
+    n = len(x)
+    c = rng.uniform(1.0 - strength, 1.0 + strength, size=(n, 1, 1, 1)).astype(np.float32)
+    b = rng.uniform(-strength, strength, size=(n, 1, 1, 1)).astype(np.float32) * 128.0
+    f = x.astype(np.float32)
+    m = f.mean(axis=(1, 2, 3), keepdims=True)
+    return np.clip((f - m) * c + m + b, 0, 255).round().astype(np.uint8)
