@@ -256,10 +256,13 @@ def encoders() -> None:
                    "query-to-model similarity alone).")
 @click.option("--rank-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Weight of the predictor's within-dataset ranking term (0: MSE only).")
+@click.option("--rerank-groups", type=INT, default=1, show_default=True,
+              help="Re-ranking: the predictor orders the retrieved networks of the first N groups in retrieval "
+                   "order (0: all retrieved networks). Stored with the encoders; `tans query` uses it.")
 @click.option("--seed", type=INT, default=777, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as one JSON document.")
 def encoders_train(work_dir, data_dir, steps, val_datasets, pooling, loss, k_per_class, functional, predictor,
-                   dataset_weight, rank_weight, seed, as_json):
+                   dataset_weight, rank_weight, rerank_groups, seed, as_json):
     """Train query encoder, model encoder and predictor; log them to `tans/encoders`; register them.
 
     Validation holds out whole datasets. The encoders are registered as `tans-encoders` (and the
@@ -273,7 +276,8 @@ def encoders_train(work_dir, data_dir, steps, val_datasets, pooling, loss, k_per
     rec = train_encoders(EncoderTrainConfig(steps=steps, val_datasets=val, pooling=pooling, loss=loss,
                                             k_per_class=k_per_class, use_functional=functional,
                                             use_predictor=predictor, dataset_weight=dataset_weight,
-                                            rank_weight=rank_weight, seed=seed, work_dir=work_dir,
+                                            rank_weight=rank_weight, rerank_groups=rerank_groups,
+                                            seed=seed, work_dir=work_dir,
                                             data_dir=data_dir))
     if as_json:
         click.echo(json.dumps(rec, default=float))
@@ -386,11 +390,14 @@ def bench(work_dir, data_dir, holdout, steps, variants, snapshot, save_snapshot,
               help="Re-rank the retrieved shortlist by the predicted accuracy, or keep the retrieval order.")
 @click.option("--shortlist", type=click.IntRange(min=1), default=100, show_default=True,
               help="Networks retrieved for re-ranking.")
+@click.option("--rerank-groups", type=click.IntRange(min=0), default=None,
+              help="Re-rank only the shortlisted networks of the first N groups in retrieval order (0: the whole "
+                   "shortlist). Default: the value the champion encoders were trained and validated with.")
 @click.option("--k-per-class", type=INT, default=20, show_default=True, help="Images per class embedded.")
 @click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the image sample (and of a folder's split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the query record as one JSON document.")
-def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, rerank, shortlist, k_per_class, seed,
-          as_json):
+def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, rerank, shortlist, rerank_groups,
+          k_per_class, seed, as_json):
     """Rank the zoo's networks as starting points for DATA.
 
     DATA is a dataset name from the data directory, a .npz archive in the shared format, or a folder
@@ -407,6 +414,7 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, reran
     max_params, max_flops = max_params or None, max_flops or None
     rec = run_query(QueryConfig(data=data, top_k=top_k, max_params=max_params, max_flops=max_flops,
                                 exclude_datasets=tuple(exclude), rerank=rerank, shortlist=shortlist,
+                                rerank_groups=rerank_groups,
                                 k_per_class=k_per_class, seed=seed, work_dir=work_dir, data_dir=data_dir))
     if as_json:
         click.echo(json.dumps(rec))

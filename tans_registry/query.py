@@ -35,6 +35,7 @@ class QueryConfig:
     exclude_datasets: tuple[str, ...] = ()   # e.g. the query's own source dataset, in a benchmark
     rerank: str = "predictor"                # or "none": retrieval order
     shortlist: int = 100                     # retrieved networks the predictor re-ranks
+    rerank_groups: int | None = None         # ... of the first N groups among them; None: the encoders' setting
     k_per_class: int = 20                    # images per class in the query set (as in training)
     seed: int = 0
     work_dir: str | None = None
@@ -47,6 +48,8 @@ class QueryConfig:
         for name in ("top_k", "shortlist", "k_per_class"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if self.rerank_groups is not None and int(self.rerank_groups) < 0:
+            raise ConfigError(f"rerank-groups must be >= 0 (0: every shortlisted network); got {self.rerank_groups}")
 
 
 def load_query_models(client):
@@ -85,24 +88,38 @@ def embed_dataset(enc, backbone, ds, k_per_class: int, seed: int) -> np.ndarray:
 
 @torch.no_grad()
 def rank_candidates(enc, idx, q: np.ndarray, cfg: QueryConfig) -> list[dict]:
-    """Retrieve under the constraints, re-rank with the predictor, keep ``top_k``; best first."""
+    """Retrieve under the constraints, re-rank with the predictor, keep ``top_k``; best first.
+
+    The predictor orders the shortlisted networks of the first ``rerank_groups`` groups in retrieval
+    order (0: the whole shortlist); the other shortlisted networks follow in retrieval order."""
+    from .encoders.train import first_groups
+
     use_predictor = cfg.rerank == "predictor" and enc.predictor is not None
     hits = idx.search(q, k=cfg.shortlist if use_predictor else cfg.top_k, dataset_weight=enc.cfg.dataset_weight,
                       max_params=cfg.max_params, max_flops=cfg.max_flops,
                       exclude_datasets=list(cfg.exclude_datasets) or None)
     if use_predictor and hits:
-        rows = [h["row"] for h in hits]
+        n_groups = rerank_groups(enc, cfg)
+        keep = set(first_groups([h["group"] for h in hits], n_groups)) if n_groups else None
+        pool = [h for h in hits if keep is None or h["group"] in keep]
+        rows = [h["row"] for h in pool]
         qt = torch.from_numpy(q).float()[None].expand(len(rows), -1)
         pred = enc.predictor(qt, torch.from_numpy(idx.model_emb[rows]).float(),
                              torch.from_numpy(idx.topology[rows]).float()).numpy()
-        for h, p in zip(hits, pred):
+        for h, p in zip(pool, pred):
             h["predicted_accuracy"] = float(p)
-        hits.sort(key=lambda h: -h["predicted_accuracy"])
+        pool.sort(key=lambda h: -h["predicted_accuracy"])
+        hits = pool + [h for h in hits if keep is not None and h["group"] not in keep]
     out = []
     for rank, h in enumerate(hits[: cfg.top_k], start=1):
         h = {k: v for k, v in h.items() if k != "row"}
         out.append({"rank": rank, **h, "model_uri": f"models:/{h['model']}/{h['version']}"})
     return out
+
+
+def rerank_groups(enc, cfg: QueryConfig) -> int:
+    """The query's ``rerank_groups``, else the one the encoders were validated with."""
+    return int(cfg.rerank_groups) if cfg.rerank_groups is not None else int(enc.cfg.rerank_groups)
 
 
 def run_query(cfg: QueryConfig) -> dict:
@@ -139,6 +156,7 @@ def run_query(cfg: QueryConfig) -> dict:
               "constraints": {"max_params": cfg.max_params, "max_flops": cfg.max_flops,
                               "exclude_datasets": list(cfg.exclude_datasets)},
               "rerank": cfg.rerank if enc.predictor is not None else "none",
+              "rerank_groups": rerank_groups(enc, cfg),
               "candidates": candidates,
               "seconds": {"load": t_embed - t0, "embed": t_search - t_embed, "search": t_done - t_search}}
     if cfg.log_run:

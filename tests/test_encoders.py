@@ -112,6 +112,19 @@ def test_good_sibling_protocol_and_reranking():
     assert rep["val_xgood_recall_at_1"] == 1.0 and rep["val_xtask_recall_at_1"] == 0.0
     # re-ranking only the top 2 leaves the siblings below b's networks
     assert _retrieval_reports(scores, own, sib, good, _reranked(scores, predicted, own, top=2))["val_xgood_mean_rank"] == 4.0
+    # re-ranking within the first group retrieved (b): the siblings stay below it, in retrieval order
+    one = _reranked(scores, predicted, own, top=4, owner=owner, groups=1)
+    assert one[0, [0, 1]].min() > one[0, [4, 5]].max() and one[0, 5] > one[0, 4]
+    assert _retrieval_reports(scores, own, sib, good, one)["val_xgood_mean_rank"] == 4.0
+    two = _reranked(scores, predicted, own, top=4, owner=owner, groups=2)  # b and a-t1: as all four
+    np.testing.assert_array_equal(two, final)
+
+
+def test_first_groups_keeps_retrieval_order():
+    from tans_registry.encoders.train import first_groups
+
+    assert first_groups(["b", "b", "a", "c", "a", "d"], 2) == ["b", "a"]
+    assert first_groups(["b", "b"], 3) == ["b"]
 
 
 def test_pixel_and_size_heuristics():
@@ -296,7 +309,8 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
 
     work, _ = trained
     client = _ready_index(work)
-    every = run_query(QueryConfig(data="cells", top_k=12, work_dir=str(work), data_dir=str(tiny_data_dir)))
+    every = run_query(QueryConfig(data="cells", top_k=12, rerank_groups=0, work_dir=str(work),
+                                  data_dir=str(tiny_data_dir)))
     assert len(every["candidates"]) == 12 and every["dataset"]["classes"] == 3
     preds = [c["predicted_accuracy"] for c in every["candidates"]]
     assert preds == sorted(preds, reverse=True) and all(0 < p < 1 for p in preds)
@@ -315,6 +329,25 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
     assert len(plain["candidates"]) == 3 and "predicted_accuracy" not in plain["candidates"][0]
     scores = [c["score"] for c in plain["candidates"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_query_reranks_within_the_first_groups_retrieved(trained, tiny_data_dir):
+    from tans_registry.query import QueryConfig, run_query
+
+    work, _ = trained
+    _ready_index(work)
+    plain = run_query(QueryConfig(data="digits", top_k=12, rerank="none", log_run=False, work_dir=str(work),
+                                  data_dir=str(tiny_data_dir)))
+    first = plain["candidates"][0]["group"]
+    one = run_query(QueryConfig(data="digits", top_k=12, rerank_groups=1, log_run=False, work_dir=str(work),
+                                data_dir=str(tiny_data_dir)))
+    assert one["rerank_groups"] == 1
+    head = [c for c in one["candidates"] if "predicted_accuracy" in c]
+    tail = one["candidates"][len(head):]
+    assert len(head) == 3 and {c["group"] for c in head} == {first}  # a group's 3 networks, re-ranked
+    assert [c["predicted_accuracy"] for c in head] == sorted((c["predicted_accuracy"] for c in head), reverse=True)
+    assert all("predicted_accuracy" not in c and c["group"] != first for c in tail)
+    assert [c["version"] for c in tail] == [c["version"] for c in plain["candidates"] if c["group"] != first]
 
 
 def test_query_bad_input_fails_cleanly_and_logs_nothing(trained, tiny_data_dir):
@@ -337,6 +370,8 @@ def test_query_bad_input_fails_cleanly_and_logs_nothing(trained, tiny_data_dir):
     assert res.exit_code == 1 and "no zoo network satisfies" in res.output and "--max-params" in res.output
     res = CliRunner().invoke(main, args + ["cells", "--rerank", "oracle"])
     assert res.exit_code == 2
+    res = CliRunner().invoke(main, args + ["cells", "--rerank-groups", "-1"])
+    assert res.exit_code == 2 and "--rerank-groups" in res.output
     assert n_query_runs() == before
     ok = CliRunner().invoke(main, args + ["cells", "--top-k", "2", "--json"])
     assert ok.exit_code == 0, ok.output

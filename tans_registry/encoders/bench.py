@@ -32,6 +32,8 @@ VARIANTS = {
     "no ranking term (MSE only)": {"rank_weight": 0.0},
     "predictor without topology": {"predictor_topology": False},
     "no dataset term (TANS retrieval)": {"dataset_weight": 0.0},
+    "re-rank 2 groups": {"rerank_groups": 2},
+    "re-rank the whole shortlist": {"rerank_groups": 0},
 }
 BASELINES = {"untrained encoder": "untrained", "pixel-statistics heuristic": "pixel_heuristic",
              "bigger-is-better heuristic": "size_heuristic"}

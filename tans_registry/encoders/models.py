@@ -40,6 +40,9 @@ class EncoderConfig:
     use_predictor: bool = True    # ablation: no accuracy predictor
     predictor_topology: bool = True  # the predictor also sees the normalised topology
     dataset_weight: float = 1.0   # retrieval: weight of the query-to-source-dataset similarity
+    # re-ranking: the predictor orders the retrieved networks of the `rerank_groups` groups retrieved first
+    # (0: every retrieved network, whatever its group)
+    rerank_groups: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -57,6 +57,9 @@ class EncoderTrainConfig:
     rank_pairs: int = 4              # random same-group pairs per group per step for the predictor
     dataset_weight: float = 1.0      # retrieval: + weight * cos(query, network's source dataset)
     rerank_top: int = 100            # the predictor re-ranks this many retrieved networks
+    # ... of the first group among them (0: all; EncoderConfig). The whole shortlist mixed other datasets'
+    # networks into the top: xgood Recall@1 0.6 vs 1.0 on the bench zoo (BENCHMARKS.md, "Encoders").
+    rerank_groups: int = 1
     positive_sharpness: float = 5.0  # positive sampling ~ exp(sharpness * accuracy)
     val_datasets: tuple[str, ...] | None = None
     eval_every: int = 20
@@ -80,6 +83,8 @@ class EncoderTrainConfig:
             raise ConfigError(f"--k-per-class must be >= 1; got {self.k_per_class}")
         if self.rank_pairs < 1 or self.rerank_top < 1:
             raise ConfigError("rank_pairs and rerank_top must be >= 1")
+        if self.rerank_groups < 0:
+            raise ConfigError(f"--rerank-groups must be >= 0 (0: every retrieved network); got {self.rerank_groups}")
         if self.dataset_weight < 0 or self.rank_weight < 0:
             raise ConfigError("dataset_weight and rank_weight must be >= 0")
 
@@ -186,9 +191,11 @@ def _retrieval_reports(scores: np.ndarray, own: list, siblings: list, good: list
     return report
 
 
-def _reranked(scores: np.ndarray, predicted: np.ndarray, own: list, top: int) -> np.ndarray:
-    """Final ranking scores: each row's ``top`` best retrieved networks (its own excluded) ordered by the
-    predicted accuracy, above the rest (which keep their retrieval order)."""
+def _reranked(scores: np.ndarray, predicted: np.ndarray, own: list, top: int, owner: np.ndarray | None = None,
+              groups: int = 0) -> np.ndarray:
+    """Final ranking scores: each row's ``top`` best retrieved networks (its own excluded), narrowed to
+    those of the first ``groups`` groups they come from (by ``owner``; 0: all), ordered by the predicted
+    accuracy, above the rest (which keep their retrieval order)."""
     out = scores.astype(np.float64).copy()
     lift = np.abs(out).max() + 2.0
     for i in range(len(out)):
@@ -196,8 +203,21 @@ def _reranked(scores: np.ndarray, predicted: np.ndarray, own: list, top: int) ->
         s[own[i]] = -np.inf
         k = min(top, s.size)
         best = np.argpartition(-s, k - 1)[:k]
+        if groups and owner is not None:
+            best = best[np.isin(owner[best], first_groups(owner[best[np.argsort(-s[best], kind="stable")]], groups))]
         out[i, best] = lift + predicted[i, best]
     return out
+
+
+def first_groups(owners_in_order, n: int) -> list:
+    """The first ``n`` distinct values of ``owners_in_order`` (the groups of networks in retrieval order)."""
+    seen: list = []
+    for g in owners_in_order:
+        if g not in seen:
+            seen.append(g)
+            if len(seen) == n:
+                break
+    return seen
 
 
 @torch.no_grad()
@@ -217,7 +237,7 @@ def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup], rera
     if enc.predictor is not None:
         topo = torch.from_numpy(np.concatenate([g.topology for g in everyone]))
         predicted = np.stack([enc.predictor(q[i].expand(len(m), -1), m, topo).numpy() for i in range(len(val))])
-        final = _reranked(scores, predicted, own, rerank_top)
+        final = _reranked(scores, predicted, own, rerank_top, owner, enc.cfg.rerank_groups)
     report = _retrieval_reports(scores, own, siblings, good, final)
     if enc.predictor is not None:
         taus = [(predicted[i, own[i]], g.accuracy) for i, g in enumerate(val)]
@@ -297,7 +317,7 @@ def train_encoders(cfg: EncoderTrainConfig, prepared=None) -> dict:
     torch.manual_seed(cfg.seed)
     enc = TansEncoders(EncoderConfig(pooling=cfg.pooling, use_functional=cfg.use_functional,
                                      use_predictor=cfg.use_predictor, predictor_topology=cfg.predictor_topology,
-                                     dataset_weight=cfg.dataset_weight,
+                                     dataset_weight=cfg.dataset_weight, rerank_groups=cfg.rerank_groups,
                                      functional_dim=int(train[0].functional.shape[1])))
     untrained = evaluate(enc, val, train, cfg.rerank_top)
     baseline = pixel_heuristic(val, train)
