@@ -47,19 +47,22 @@ class TrainConfig:
     long_label_smoothing: float = 0.0
 
 
+def _pass_steps(n_images: int, passes: float, cfg: TrainConfig) -> int:
+    """Steps of ``passes`` passes over ``n_images`` in batches of ``cfg.batch_size``."""
+    return int(round(passes * max(1, math.ceil(n_images / cfg.batch_size))))
+
+
 def is_long_schedule(n_images: int, n_classes: int, cfg: TrainConfig) -> bool:
     """Whether ``steps_per_class`` raised this training beyond ``epochs`` passes."""
-    per_epoch = max(1, math.ceil(n_images / cfg.batch_size))
-    return n_train_steps(n_images, n_classes, cfg) > max(1, int(round(cfg.epochs * per_epoch)))
+    return n_train_steps(n_images, n_classes, cfg) > max(1, _pass_steps(n_images, cfg.epochs, cfg))
 
 
 def n_train_steps(n_images: int, n_classes: int, cfg: TrainConfig) -> int:
     """Steps of a training on ``n_images``: ``epochs`` passes, raised to ``steps_per_class`` steps per
     class (at most ``max_epochs`` passes)."""
-    per_epoch = max(1, math.ceil(n_images / cfg.batch_size))
-    total = int(round(cfg.epochs * per_epoch))
+    total = _pass_steps(n_images, cfg.epochs, cfg)
     if cfg.steps_per_class > 0:
-        total = max(total, min(cfg.steps_per_class * n_classes, int(round(cfg.max_epochs * per_epoch))))
+        total = max(total, min(cfg.steps_per_class * n_classes, _pass_steps(n_images, cfg.max_epochs, cfg)))
     return max(1, total)
 
 
