@@ -1,11 +1,13 @@
 """Summarise a built zoo for BENCHMARKS.md: per group accuracy range, logistic-regression floor, cost.
 
-    .venv/bin/python scripts/zoo_report.py --work-dir tans-work [--json]
+    .venv/bin/python scripts/zoo_report.py --work-dir tans-work [--json] [--compare SNAPSHOT.npz]
 
 Reads the complete runs of experiment ``tans/zoo`` (the latest per group) and prints a Markdown table:
 group, source dataset, train images, best / smallest-net / largest-net test accuracy, spread, logistic
 regression on raw pixels (bench profile), whether the best network beats it, and seconds spent; then
 per-dataset totals and the time per step and per measured network, to extrapolate other budgets.
+``--compare`` adds, per group, the best accuracy of an earlier build saved with ``tans bench
+--save-snapshot`` (e.g. ``benchmarks/zoo-bench-snapshot.npz``) and the change since.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,20 +51,28 @@ def collect(work_dir: str | None) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def snapshot_best(path: str) -> dict[str, float]:
+    """Best measured accuracy per group of a zoo snapshot (no pickle: ``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k.split("/", 1)[1]: float(z[k].max()) for k in z.files if k.startswith("accuracy/")}
+
+
+def markdown(rows: list[dict], before: dict[str, float] | None = None) -> str:
+    extra = " best before | change |" if before is not None else ""
     out = ["| group | dataset | classes | train | steps | nets | best | smallest | largest | spread | logreg | beats "
-           "| s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| s |" + extra,
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if extra else "")]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         if r.get("base"):
-            out.append(f"| base supernet | {r['dataset']} | | {r['n_train']} | | | | | | | | | {r['seconds']:.0f} |")
+            out.append(f"| base supernet | {r['dataset']} | | {r['n_train']} | | | | | | | | | {r['seconds']:.0f} |"
+                       + (" | |" if before is not None else ""))
             continue
         beats = "-" if r["logreg"] is None else ("yes" if r["best"] > r["logreg"] else "**no**")
         out.append(f"| {r['group']} | {r['dataset']} | {r['n_classes']} | {r['n_train']} | {r['steps']} | "
                    f"{r['networks']} | "
                    f"{f(r['best'])} | {f(r['smallest'])} | {f(r['largest'])} | {f(r['spread'])} | "
-                   f"{f(r['logreg'])} | {beats} | {r['seconds']:.0f} |")
+                   f"{f(r['logreg'])} | {beats} | {r['seconds']:.0f} |" + _compared(r, before))
     groups = [r for r in rows if not r.get("base")]
     total = sum(r["seconds"] for r in rows)
     out.append("")
@@ -87,13 +99,31 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _compared(r: dict, before: dict[str, float] | None) -> str:
+    if before is None:
+        return ""
+    b = before.get(r["group"])
+    return " - | - |" if b is None else f" {b:.3f} | {round(r['best'] - b, 3) + 0.0:+.3f} |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", metavar="SNAPSHOT", default=None,
+                    help="zoo snapshot (.npz from `tans bench --save-snapshot`) whose best accuracy per group to show")
     args = ap.parse_args()
+    if args.compare and not Path(args.compare).is_file():
+        sys.exit(f"error: no zoo snapshot at {args.compare}: write one with `tans bench --save-snapshot FILE`")
     rows = collect(args.work_dir)
-    print(json.dumps(rows) if args.json else markdown(rows))
+    before = snapshot_best(args.compare) if args.compare else None
+    if args.json:
+        for r in rows:
+            if before is not None and r["group"] in before:
+                r["best_before"] = before[r["group"]]
+        print(json.dumps(rows))
+    else:
+        print(markdown(rows, before))
 
 
 if __name__ == "__main__":
