@@ -7,7 +7,7 @@ For every store (``sqlite``: a file in a temp work dir; ``postgres``: a fresh da
 on ``--pg-admin``'s server, handed over as ``MLFLOW_TRACKING_URI``) and size, synthetic complete group
 runs of 50 networks are written to ``tans/zoo`` exactly as ``tans zoo build`` leaves them (setup, not
 timed); then timed: ``register_zoo``, a second ``register_zoo`` (idempotent: nothing created),
-``build_index(force=True)`` from the registry, ``build_index()`` from its cache, and
+``load_index(force=True)`` from the registry, ``load_index()`` from its cache, and
 ``MlflowClient().search_registered_models(max_results=5)`` (the Models page's call, store side only).
 At the largest size, ``ZooIndex.search`` (k=10) over that index and over a synthetic in-memory
 1,000,000 x 128 index. Logs go to stderr; temp dirs and databases are removed even on failure. Offline.
@@ -33,8 +33,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tans_registry import tracking  # noqa: E402
-from tans_registry.registry import register_zoo  # noqa: E402
-from tans_registry.registry.index import ZooIndex, build_index  # noqa: E402
+from tans_registry.registry.config import RegisterConfig  # noqa: E402
+from tans_registry.registry.index import ZooIndex, load_index  # noqa: E402
+from tans_registry.registry.register import register_zoo  # noqa: E402
 from tans_registry.zoo.space import N_BLOCKS, N_STAGES, SupernetSpec, arch_hash, topology  # noqa: E402
 from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD  # noqa: E402
 
@@ -157,13 +158,13 @@ def bench_store(store: str, size: int, seed: int) -> tuple[dict, ZooIndex]:
             raise RuntimeError(f"registry {mlflow.get_registry_uri()} != tracking {mlflow.get_tracking_uri()}")
         before = db_bytes(store, wd, db)
         log.info("%s %d: register_zoo", store, size)
-        rec, t_reg = timed(lambda: register_zoo(wd, progress=False))
+        rec, t_reg = timed(lambda: register_zoo(RegisterConfig(work_dir=str(wd), progress=False)))
         after = db_bytes(store, wd, db)
-        art, art_disk = tree_bytes(wd / "artifacts", "/artifacts/registry/")
-        rec2, t_reg2 = timed(lambda: register_zoo(wd, progress=False))
-        log.info("%s %d: build_index", store, size)
-        (idx, irec), t_build = timed(lambda: build_index(wd, force=True))
-        (idx2, irec2), t_load = timed(lambda: build_index(wd))
+        art, art_disk = tree_bytes(wd / "mlruns", "/artifacts/registry/")
+        rec2, t_reg2 = timed(lambda: register_zoo(RegisterConfig(work_dir=str(wd), progress=False)))
+        log.info("%s %d: load_index", store, size)
+        (idx, irec), t_build = timed(lambda: load_index(wd, force=True))
+        (idx2, irec2), t_load = timed(lambda: load_index(wd))
         client = mlflow.MlflowClient()
         page_ms = statistics.median(time_ms(lambda: client.search_registered_models(max_results=5), n=20))
         out = {

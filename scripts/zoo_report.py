@@ -1,12 +1,12 @@
 """Summarise a built zoo for BENCHMARKS.md: per group accuracy range, logistic-regression floor, cost.
 
-    .venv/bin/python scripts/zoo_report.py --work-dir tans-work [--json] [--compare SNAPSHOT.npz]
+    .venv/bin/python scripts/zoo_report.py --work-dir . [--json] [--compare SNAPSHOT.npz]
 
 Reads the complete runs of experiment ``tans/zoo`` (the latest per group) and prints a Markdown table:
 group, source dataset, train images, best / smallest-net / largest-net test accuracy, spread, logistic
 regression on raw pixels (bench profile), whether the best network beats it, and seconds spent; then
 per-dataset totals and the time per step and per measured network, to extrapolate other budgets.
-``--compare`` adds, per group, the best accuracy of an earlier build saved with ``tans bench
+``--compare`` adds, per group, the best accuracy of an earlier build saved with ``tans encoders bench
 --save-snapshot`` (e.g. ``benchmarks/zoo-bench-snapshot.npz``) and the change since.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tans_registry import tracking  # noqa: E402
 from tans_registry.zoo.store import finished_group_runs, read_table  # noqa: E402
-from tans_registry.zoo.train import TrainConfig, n_train_steps  # noqa: E402
+from tans_registry.zoo.profiles import TrainConfig  # noqa: E402
+from tans_registry.zoo.train import n_train_steps  # noqa: E402
 
 
 def collect(work_dir: str | None) -> list[dict]:
@@ -111,10 +112,10 @@ def main() -> None:
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare", metavar="SNAPSHOT", default=None,
-                    help="zoo snapshot (.npz from `tans bench --save-snapshot`) whose best accuracy per group to show")
+                    help="zoo snapshot (.npz from `tans encoders bench --save-snapshot`) whose best accuracy per group to show")
     args = ap.parse_args()
     if args.compare and not Path(args.compare).is_file():
-        sys.exit(f"error: no zoo snapshot at {args.compare}: write one with `tans bench --save-snapshot FILE`")
+        sys.exit(f"error: no zoo snapshot at {args.compare}: write one with `tans encoders bench --save-snapshot FILE`")
     rows = collect(args.work_dir)
     before = snapshot_best(args.compare) if args.compare else None
     if args.json:

@@ -1,8 +1,11 @@
 """Where runs and artifacts go: the work directory, the tracking URI, the project's experiments.
 
-Default (embedded): ``./tans-work/mlflow.db`` (SQLite) with artifacts in ``./tans-work/artifacts``.
-``--work-dir`` / ``TANS_WORK_DIR`` move the work directory; ``MLFLOW_TRACKING_URI`` points at any other
-store (``postgresql+psycopg://user@host/db`` for a team database, ``http://...`` for a tracking server).
+Default (embedded): MLflow's own default store, ``./mlflow.db`` (SQLite) beside ``./mlruns`` (artifacts) in
+the current directory, so ``tans``, ``mlflow run . --env-manager local``, ``mlflow ui`` and ``mlflow models
+serve`` with no option all see the same store. ``--work-dir`` / ``TANS_WORK_DIR`` move that folder
+(``<work dir>/mlflow.db``, ``<work dir>/mlruns``; the zoo index cache goes to ``<work dir>/tans-cache``);
+``MLFLOW_TRACKING_URI`` points at any other store (``postgresql+psycopg://user@host/db`` for a team
+database, ``http://...`` for a tracking server).
 """
 from __future__ import annotations
 
@@ -14,14 +17,17 @@ from .errors import TrackingError
 
 log = logging.getLogger("tans_registry")
 
-DEFAULT_WORK_DIR = "tans-work"
+DEFAULT_WORK_DIR = "."  # MLflow's own default: ./mlflow.db beside ./mlruns
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlruns"
+CACHE_DIR = "tans-cache"
 EXPERIMENTS = {"zoo": "tans/zoo", "encoders": "tans/encoders", "queries": "tans/queries", "bench": "tans/bench"}
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 PROJECT_RUN_ID: str | None = None  # the enclosing `mlflow run`, when there is one
 
 
 def resolve_work_dir(work_dir: str | Path | None = None) -> Path:
-    """Explicit argument > ``TANS_WORK_DIR`` > ``./tans-work``; created when missing."""
+    """Explicit argument > ``TANS_WORK_DIR`` > the current directory; created when missing."""
     path = Path(work_dir or os.environ.get("TANS_WORK_DIR") or DEFAULT_WORK_DIR).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -43,7 +49,12 @@ def tracking_uri(work_dir: Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env and env not in _DEFAULTS_SET:
         return env
-    return f"sqlite:///{work_dir / 'mlflow.db'}"
+    return f"sqlite:///{work_dir / STORE_FILE}"
+
+
+def cache_dir(work_dir: Path) -> Path:
+    """Where the zoo index cache lives (``<work dir>/tans-cache``)."""
+    return work_dir / CACHE_DIR
 
 
 def is_database_uri(uri: str) -> bool:
@@ -65,11 +76,23 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     uri = tracking_uri(wd)
     if is_database_uri(uri) and not uri.startswith("sqlite"):
         check_database(uri)
-    if uri == f"sqlite:///{wd / 'mlflow.db'}":
+    if uri == f"sqlite:///{wd / STORE_FILE}":
         _DEFAULTS_SET.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # the registry always lives with the runs (else a stale one is used)
     return wd, uri
+
+
+def paged(fetch, page_size: int = 1000) -> list:
+    """Every item of a paged MLflow search: ``fetch(max_results, page_token)`` returns one page (a
+    ``PagedList`` with ``.token``). The one paging loop of the project (runs and registry alike)."""
+    out, token = [], None
+    while True:
+        page = fetch(page_size, token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def check_database(uri: str, timeout_s: int = 5) -> None:
@@ -90,8 +113,8 @@ def check_database(uri: str, timeout_s: int = 5) -> None:
 def experiment_id(key: str, work_dir: Path) -> str:
     """Id of one of the project's experiments (``zoo``, ``encoders``, ...), created when missing.
 
-    On a database store the artifacts go under ``<work_dir>/artifacts/<experiment>``; behind a
-    tracking server they go where the server serves them.
+    On a database store the artifacts go under ``<work_dir>/mlruns/<experiment>`` (``tans-zoo``, ...);
+    behind a tracking server they go where the server serves them.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -106,7 +129,7 @@ def experiment_id(key: str, work_dir: Path) -> str:
             return exp.experiment_id
         location = None
         if is_database_uri(mlflow.get_tracking_uri()):
-            location = (work_dir / "artifacts" / name.replace("/", "-")).as_uri()
+            location = (work_dir / ARTIFACT_DIR / name.replace("/", "-")).as_uri()
         return client.create_experiment(name, artifact_location=location)
     except MlflowException as exc:
         raise TrackingError(_explain(mlflow.get_tracking_uri(), exc)) from exc

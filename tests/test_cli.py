@@ -47,7 +47,9 @@ def test_unknown_dataset_is_a_clean_error(tmp_path):
 def test_bad_flag_values_exit_2_or_1(tmp_path):
     assert run("zoo", "build", "--profile", "huge").exit_code == 2
     res = run("zoo", "build", "--subnets", "0", "--work-dir", str(tmp_path / "w"))
-    assert res.exit_code == 1 and "--subnets must be an int >= 1" in res.stderr
+    assert res.exit_code == 2 and "the 'subnets' parameter of zoo build (--subnets) must be an int >= 1; got 0" in res.stderr
+    res = run("query", "mnist", "--max-params", "0", "--work-dir", str(tmp_path / "w"))
+    assert res.exit_code == 2 and "(--max-params) must be an int >= 1; got 0" in res.stderr
 
 
 def test_bad_tracking_uri_is_a_clean_error(tmp_path, monkeypatch):

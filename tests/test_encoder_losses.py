@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tans_registry.encoders.losses import hinge_loss, info_nce_loss, positive_weights, predictor_loss
-from tans_registry.encoders.metrics import (
+from tans_registry.validation.metrics import (
     mean_weighted_tau,
     predictor_errors,
     ranks,

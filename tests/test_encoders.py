@@ -1,13 +1,18 @@
 """Encoder training: learning on a seeded synthetic meta-dataset, save/load, the real pipeline on a tiny zoo."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from tans_registry.encoders.meta import MetaGroup, split_by_dataset
-from tans_registry.encoders.models import EncoderConfig, TansEncoders
-from tans_registry.encoders.train import EncoderTrainConfig, evaluate, fit
+from tans_registry.encoders.config import EncoderConfig
+from tans_registry.encoders.models import TansEncoders
+from tans_registry.training.config import EncoderTrainConfig
+from tans_registry.training.loop import fit
+from tans_registry.validation.evaluate import evaluate
+from tans_registry.zoo.meta import MetaGroup, split_by_dataset
 
 
 def synthetic_groups(n_groups=24, nets=8, feat_dim=32, func_dim=48, seed=0):
@@ -36,10 +41,9 @@ def test_seeded_training_raises_validation_recall(loss, pooling):
     # dataset_weight 0: the cross-modal space alone (with it, a group's own networks are found through
     # its own dataset embedding, trivially)
     enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling=pooling,
-                                     dataset_weight=0.0))
+                                     dataset_weight=0.0, use_functional=True))
     before = evaluate(enc, val, train)
-    cfg = EncoderTrainConfig(steps=150, eval_every=25, patience=10, loss=loss, pooling=pooling, lr=3e-3,
-                             progress=False)
+    cfg = EncoderTrainConfig(steps=150, eval_every=25, patience=10, loss=loss, lr=3e-3, progress=False)
     best = fit(enc, train, val, cfg)
     assert best["val_mean_rank"] < before["val_mean_rank"]
     assert best["val_recall_at_5"] > before["val_recall_at_5"]
@@ -58,7 +62,7 @@ def test_predictor_learns_the_order_within_held_out_datasets():
         g.accuracy = (rng.uniform(0.2, 0.7) + 0.03 * g.topology[:, 0]).astype(np.float32)
     train, val, _ = split_by_dataset(groups, [f"d{i}" for i in range(18, 24)])
     torch.manual_seed(0)
-    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32))
+    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, use_functional=True))
     before = evaluate(enc, val, train)
     best = fit(enc, train, val, EncoderTrainConfig(steps=150, eval_every=25, patience=10, lr=3e-3, progress=False))
     assert best["val_weighted_tau"] > max(0.4, before["val_weighted_tau"] + 0.2)
@@ -74,7 +78,8 @@ def _group(name, dataset, acc, descriptor, topology=None, n_params=None):
 
 
 def test_cross_task_protocol_removes_own_networks_and_scores_siblings():
-    from tans_registry.encoders.train import _own_and_sibling_positives, _retrieval_reports
+    from tans_registry.validation.protocols import own_and_sibling_positives as _own_and_sibling_positives
+    from tans_registry.validation.protocols import retrieval_reports as _retrieval_reports
 
     # validation dataset "a" has two tasks; "b" is a training dataset; "c" a single-group dataset
     a0, a1, b, c = (_group("a-t0", "a", [.5, .6], [0]), _group("a-t1", "a", [.5, .6], [0]),
@@ -95,7 +100,13 @@ def test_cross_task_protocol_removes_own_networks_and_scores_siblings():
 
 
 def test_good_sibling_protocol_and_reranking():
-    from tans_registry.encoders.train import _good_siblings, _reranked, _retrieval_reports
+    from tans_registry.retrieval.rerank import RerankPolicy, rerank_scores
+    from tans_registry.validation.protocols import good_siblings as _good_siblings
+    from tans_registry.validation.protocols import retrieval_reports as _retrieval_reports
+
+    def _reranked(scores, predicted, own, top, owner=None, groups=0):
+        return rerank_scores(scores, predicted, np.repeat(np.arange(3), 2) if owner is None else owner, own,
+                             RerankPolicy(shortlist=top, groups=groups))
 
     # columns: b b | a0 a0 | a1 a1 (a1's accuracies .9 and .1: only column 4 is a "good" network)
     groups = [_group("b", "b", [.5, .6], [0]), _group("a-t0", "a", [.5, .6], [0]), _group("a-t1", "a", [.9, .1], [0])]
@@ -121,14 +132,16 @@ def test_good_sibling_protocol_and_reranking():
 
 
 def test_first_groups_keeps_retrieval_order():
-    from tans_registry.encoders.train import first_groups
+    from tans_registry.retrieval.rerank import first_groups, pool
 
     assert first_groups(["b", "b", "a", "c", "a", "d"], 2) == ["b", "a"]
     assert first_groups(["b", "b"], 3) == ["b"]
+    assert pool(["b", "b", "a", "c", "a", "d"], 2).tolist() == [0, 1, 2, 4]
+    assert pool(["b", "a"], 0).tolist() == [0, 1]
 
 
 def test_pixel_and_size_heuristics():
-    from tans_registry.encoders.train import pixel_heuristic, size_heuristic
+    from tans_registry.validation.baselines import pixel_heuristic, size_heuristic
 
     topo = np.eye(3, 45, dtype=np.float32)
     near = _group("near", "n", [.9, .5, .1], [1, 1], topo)      # same pixel statistics as the query
@@ -145,7 +158,8 @@ def test_pixel_and_size_heuristics():
 
 
 def test_encoders_round_trip_through_safetensors(tmp_path):
-    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling="attention"))
+    enc = TansEncoders(EncoderConfig(feature_dim=32, functional_dim=48, embed_dim=16, hidden=32, pooling="attention",
+                                     use_functional=True))
     back = TansEncoders.load(enc.save(tmp_path / "enc"))
     x = torch.randn(3, 7, 32)
     topo, func = torch.randn(5, 45), torch.randn(5, 48)
@@ -156,7 +170,8 @@ def test_encoders_round_trip_through_safetensors(tmp_path):
 
 
 def test_model_encoder_normalises_each_part_on_its_own():
-    enc = TansEncoders(EncoderConfig(functional_dim=48, feature_dim=32, embed_dim=16, hidden=32)).eval()
+    enc = TansEncoders(EncoderConfig(functional_dim=48, feature_dim=32, embed_dim=16, hidden=32,
+                                     use_functional=True)).eval()
     topo, func = torch.rand(2, 45) * 7, torch.randn(2, 48)
     # scaling the functional part by 1000 changes nothing: it cannot drown the topology
     torch.testing.assert_close(enc.model(topo, func * 1000), enc.model(topo, func))
@@ -173,18 +188,16 @@ def test_split_rejects_unknown_validation_datasets():
 # ------------------------------------------------------------------------------ the real pipeline
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, tmp_path_factory):
-    from tans_registry.encoders.train import train_encoders
-    from tans_registry.registry import register_zoo
-    from tans_registry.zoo import ZooConfig, build_zoo
+    from tans_registry import RegisterConfig, ZooConfig, build_zoo, register_zoo, train_encoders
 
     work = tmp_path_factory.mktemp("enc-work")
     # 4 groups: three class-subset tasks of digits, cells whole (3 classes); re-derived from the data
     build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
                         data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
-    register_zoo(str(work), progress=False)
-    rec = train_encoders(EncoderTrainConfig(steps=6, eval_every=3, val_datasets=("cells",), k_per_class=4,
-                                            backbone_epochs=0.5, work_dir=str(work), data_dir=str(tiny_data_dir),
-                                            progress=False))
+    register_zoo(RegisterConfig(work_dir=str(work), progress=False))
+    rec = train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=6, eval_every=3,
+                                            val_datasets=("cells",), backbone_epochs=0.5, work_dir=str(work),
+                                            data_dir=str(tiny_data_dir), progress=False))
     return work, rec
 
 
@@ -196,14 +209,14 @@ def test_training_is_tracked_and_registered(trained):
     work, rec = trained
     tracking.setup(work)
     client = mlflow.MlflowClient()
-    run = client.get_run(rec["run_id"])
+    run = client.get_run(rec.run_id)
     assert run.data.params["loss"] == "hinge" and run.data.params["val_datasets_used"] == "cells"
     assert run.data.params["n_train_groups"] == "3" and run.data.params["n_val_groups"] == "1"
     assert "best_val_recall_at_5" in run.data.metrics and "pixel_heuristic_val_recall_at_5" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_recall_at_5")] == [3, 6]
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"encoders", "backbone", "embedding_map.png", "query_sets.npz"} <= names
-    assert rec["encoders_version"] == 1 and rec["champion"] is True
+    assert rec.encoders_version == 1 and rec.champion is True
     assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == "1"
     assert client.get_registered_model("tans-backbone").latest_versions
 
@@ -212,16 +225,16 @@ def test_champion_moves_only_when_validation_improves(trained):
     import mlflow
 
     from tans_registry import tracking
-    from tans_registry.encoders.train import _register
+    from tans_registry.registry.models import register_encoders
 
     work, rec = trained
     tracking.setup(work)
     client = mlflow.MlflowClient()
     current = float(client.get_model_version("tans-encoders", "1").tags["tans.val_score"])
-    worse = _register(rec["run_id"], {"val_recall_at_5": current - 0.5})
+    worse = register_encoders(rec.run_id, current - 0.5, "val_recall_at_5")
     assert worse["champion"] is False
     assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == "1"
-    better = _register(rec["run_id"], {"val_recall_at_5": current + 0.5})
+    better = register_encoders(rec.run_id, current + 0.5, "val_recall_at_5")
     assert better["champion"] is True
     assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == str(better["encoders_version"])
 
@@ -230,73 +243,43 @@ def test_index_build_writes_decodable_learned_embeddings(trained):
     import mlflow
 
     from tans_registry import tracking
-    from tans_registry.registry import decode_embedding
-    from tans_registry.registry.embed import apply_encoders
-    from tans_registry.registry.index import all_zoo_versions, build_index
+    from tans_registry.registry.codec import decode_embedding
+    from tans_registry.registry.index import load_index
+    from tans_registry.registry.register import current_zoo_versions
+    from tans_registry.retrieval.embed import embed_zoo
 
     work, _ = trained
     tracking.setup(work)
     client = mlflow.MlflowClient()
-    raw_idx, raw_rec = build_index(str(work))
+    raw_idx, raw_rec = load_index(work)
     champion = str(client.get_model_version_by_alias("tans-encoders", "champion").version)
-    first = apply_encoders(progress=False)
+    first = embed_zoo(progress=False)
     assert first["updated"] == 12 and first["encoder_version"] == champion
-    assert apply_encoders(progress=False)["updated"] == 0  # idempotent
-    for v in all_zoo_versions(client):
+    assert embed_zoo(progress=False)["updated"] == 0  # idempotent
+    for v in current_zoo_versions():
         assert v.tags["tans.encoder_version"] == champion
         assert decode_embedding(v.tags["tans.model_embedding"]).shape == (128,)
         assert decode_embedding(v.tags["tans.dataset_embedding"]).shape == (128,)
-    idx, rec = build_index(str(work))
+    idx, rec = load_index(work)
     assert rec["cache"] == "built" and rec["key"] != raw_rec["key"]
     assert idx.model_emb.shape == (12, 128) and idx.encoder_version == champion
     np.testing.assert_allclose(np.linalg.norm(idx.model_emb, axis=1), 1.0, atol=2e-3)
 
 
-def test_mlproject_entry_points_match_the_cli():
-    import re
-    import shlex
-    from pathlib import Path
-
-    import click
-    import yaml
-
-    from tans_registry.cli import main
-
-    project = yaml.safe_load((Path(__file__).resolve().parent.parent / "MLproject").read_text())
-    entry = project["entry_points"]
-    assert {"main", "build_zoo", "register_zoo", "train_encoders", "build_index", "query", "benchmark"} <= set(entry)
-    for name, ep in entry.items():
-        params = ep.get("parameters", {})
-        for p, spec in params.items():
-            assert isinstance(spec, dict) and spec.get("type") in ("string", "float", "path", "uri"), (name, p)
-            assert "default" in spec, (name, p)
-            assert "{" + p + "}" in ep["command"], (name, p)
-        for part in ep["command"].split("&&"):
-            words = shlex.split(part)
-            assert words[0] == "tans", part
-            cmd, i = main, 1
-            while i < len(words) and isinstance(cmd, click.Group) and not words[i].startswith("-"):
-                cmd, i = cmd.commands[words[i]], i + 1
-            options = {o for prm in cmd.params for o in prm.opts + prm.secondary_opts}
-            for flag in re.findall(r"(--[a-z-]+)", part):
-                assert flag in options, (name, flag)
-            # the command line MLflow would run with the defaults parses (arguments, options, values)
-            args = [re.sub(r"\{(\w+)\}", lambda mt: str(params[mt.group(1)]["default"]), w) for w in words[i:]]
-            ctx = cmd.make_context(cmd.name, args)
-            assert ctx is not None, (name, args)
-
-
 # ------------------------------------------------------------------------------ tans query
+def run_query(cfg):
+    """The query stage's record, as the dict `tans query --json` prints."""
+    from tans_registry import query
+
+    return query(cfg).to_dict()
+
+
 def _ready_index(work):
     import mlflow
 
-    from tans_registry import tracking
-    from tans_registry.registry.embed import apply_encoders
-    from tans_registry.registry.index import build_index
+    from tans_registry import IndexConfig, build_index
 
-    tracking.setup(work)
-    apply_encoders(progress=False)
-    build_index(str(work))
+    build_index(IndexConfig(work_dir=str(work), progress=False))
     return mlflow.MlflowClient()
 
 
@@ -305,13 +288,15 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
 
     import mlflow
 
-    from tans_registry.query import QueryConfig, run_query
+    from tans_registry import QueryConfig
 
     work, _ = trained
     client = _ready_index(work)
     every = run_query(QueryConfig(data="cells", top_k=12, rerank_groups=0, work_dir=str(work),
                                   data_dir=str(tiny_data_dir)))
     assert len(every["candidates"]) == 12 and every["dataset"]["classes"] == 3
+    # the policy and the query-set size the champion was trained and validated with
+    assert (every["shortlist"], every["rerank_groups"], every["k_per_class"]) == (100, 0, 4)
     preds = [c["predicted_accuracy"] for c in every["candidates"]]
     assert preds == sorted(preds, reverse=True) and all(0 < p < 1 for p in preds)
     limit = sorted(c["n_params"] for c in every["candidates"])[5]
@@ -326,13 +311,13 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
     # without re-ranking: retrieval order, no predictions
     plain = run_query(QueryConfig(data="cells", top_k=3, rerank="none", log_run=False, work_dir=str(work),
                                   data_dir=str(tiny_data_dir)))
-    assert len(plain["candidates"]) == 3 and "predicted_accuracy" not in plain["candidates"][0]
+    assert len(plain["candidates"]) == 3 and plain["candidates"][0]["predicted_accuracy"] is None
     scores = [c["score"] for c in plain["candidates"]]
     assert scores == sorted(scores, reverse=True)
 
 
 def test_query_reranks_within_the_first_groups_retrieved(trained, tiny_data_dir):
-    from tans_registry.query import QueryConfig, run_query
+    from tans_registry import QueryConfig
 
     work, _ = trained
     _ready_index(work)
@@ -342,11 +327,11 @@ def test_query_reranks_within_the_first_groups_retrieved(trained, tiny_data_dir)
     one = run_query(QueryConfig(data="digits", top_k=12, rerank_groups=1, log_run=False, work_dir=str(work),
                                 data_dir=str(tiny_data_dir)))
     assert one["rerank_groups"] == 1
-    head = [c for c in one["candidates"] if "predicted_accuracy" in c]
+    head = [c for c in one["candidates"] if c["predicted_accuracy"] is not None]
     tail = one["candidates"][len(head):]
     assert len(head) == 3 and {c["group"] for c in head} == {first}  # a group's 3 networks, re-ranked
     assert [c["predicted_accuracy"] for c in head] == sorted((c["predicted_accuracy"] for c in head), reverse=True)
-    assert all("predicted_accuracy" not in c and c["group"] != first for c in tail)
+    assert all(c["predicted_accuracy"] is None and c["group"] != first for c in tail)
     assert [c["version"] for c in tail] == [c["version"] for c in plain["candidates"] if c["group"] != first]
 
 
@@ -381,14 +366,14 @@ def test_query_bad_input_fails_cleanly_and_logs_nothing(trained, tiny_data_dir):
 
 
 def test_query_refuses_a_stale_index(trained, tiny_data_dir):
-    from tans_registry.encoders.train import _register
+    from tans_registry.registry.models import register_encoders
     from tans_registry.errors import TansError
-    from tans_registry.query import QueryConfig, run_query
+    from tans_registry import QueryConfig
 
     work, rec = trained
     client = _ready_index(work)
     current = float(client.get_model_version_by_alias("tans-encoders", "champion").tags["tans.val_score"])
-    assert _register(rec["run_id"], {"val_recall_at_5": current + 1.0})["champion"]  # a new champion
+    assert register_encoders(rec.run_id, current + 1.0, "val_recall_at_5")["champion"]  # a new champion
     with pytest.raises(TansError, match="tans index build") as err:
         run_query(QueryConfig(data="cells", work_dir=str(work), data_dir=str(tiny_data_dir)))
     assert err.value.code == "INDEX_STALE"
@@ -403,7 +388,7 @@ def test_bench_trains_the_chosen_variants_and_logs_the_table(trained, tiny_data_
     from tans_registry.cli import main
 
     work, _ = trained
-    args = ["bench", "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--holdout", "cells", "--steps", "3"]
+    args = ["encoders", "bench", "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--holdout", "cells", "--steps", "3"]
     res = CliRunner().invoke(main, args + ["--variants", "default,no predictor", "--json"])
     assert res.exit_code == 0, res.output
     out = _json.loads(res.stdout)
@@ -425,11 +410,11 @@ def test_bench_on_a_zoo_snapshot_matches_the_zoo(trained, tiny_data_dir, tmp_pat
     from click.testing import CliRunner
 
     from tans_registry.cli import main
-    from tans_registry.encoders.meta import load_meta_snapshot
+    from tans_registry.zoo.meta import load_meta_snapshot
 
     work, _ = trained
     snap = tmp_path / "zoo-snapshot.npz"
-    args = ["bench", "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--holdout", "cells", "--steps", "3",
+    args = ["encoders", "bench", "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--holdout", "cells", "--steps", "3",
             "--variants", "default", "--json"]
     first = CliRunner().invoke(main, args + ["--save-snapshot", str(snap)])
     assert first.exit_code == 0, first.output
@@ -442,3 +427,42 @@ def test_bench_on_a_zoo_snapshot_matches_the_zoo(trained, tiny_data_dir, tmp_pat
     assert a["default"]["val_recall_at_5"] == pytest.approx(b["default"]["val_recall_at_5"])
     missing = CliRunner().invoke(main, args + ["--snapshot", str(tmp_path / "nope.npz")])
     assert missing.exit_code == 1 and "no zoo snapshot" in missing.output
+
+
+def test_encoders_and_backbone_load_as_mlflow_pyfunc_models(trained, tiny_data_dir):
+    """`mlflow.pyfunc.load_model` on the champions: the encoders turn a set of images into the dataset
+    embedding the query path computes, the backbone into per-image features; signature, input example,
+    safetensors, no pickle."""
+    import mlflow
+    from mlflow.models import Model
+
+    from tans_registry import tracking
+    from tans_registry.data import load_dataset
+    from tans_registry.encoders.backbone import extract_features
+    from tans_registry.retrieval.embed import load_champion
+
+    work, _ = trained
+    tracking.setup(work)
+    x = load_dataset("cells", data_dir=tiny_data_dir).x_train[:12]
+    emb = mlflow.pyfunc.load_model("models:/tans-encoders@champion").predict(x)
+    feats = mlflow.pyfunc.load_model("models:/tans-backbone@champion").predict(x)
+    assert emb.shape == (1, 128) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb), 1.0, atol=1e-5)
+    assert feats.shape == (12, 256) and np.isfinite(feats).all()
+    champ = load_champion()
+    np.testing.assert_allclose(feats, extract_features(champ.backbone, x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        expected = champ.encoders.query(torch.from_numpy(extract_features(champ.backbone, x))[None]).numpy()
+    np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-6)
+    client = mlflow.MlflowClient()
+    for name in ("tans-encoders", "tans-backbone"):
+        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+        model = Model.load(str(folder / "MLmodel"))
+        assert model.signature is not None and model.saved_input_example_info is not None
+        assert model.signature.inputs.inputs[0].type == np.dtype(np.uint8)
+        files = [p.name for p in folder.rglob("*") if p.is_file()]
+        assert any(f.endswith(".safetensors") for f in files)
+        assert not any(f.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin")) for f in files), files
+    # the backbone's champion is the champion encoders' own backbone
+    enc_v = client.get_model_version_by_alias("tans-encoders", "champion")
+    assert str(client.get_model_version_by_alias("tans-backbone", "champion").version) == enc_v.tags["tans.backbone_version"]

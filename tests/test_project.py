@@ -1,8 +1,15 @@
-"""The project's promises about itself: the README Quickstart and what CI runs."""
+"""The project's promises about itself: the README Quickstart and what CI runs, the three doors (CLI,
+MLproject, Python API) onto one store, and the README's Python example."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,12 +27,120 @@ def test_readme_quickstart_has_exactly_two_commands():
     assert "pytest" in tests
 
 
-def test_ci_runs_the_readme_commands():
+def test_ci_runs_the_readme_commands_and_nothing_else():
+    """CI starts PostgreSQL when it is down and runs the README's two commands; all other set-up (the
+    browser included) is in the first command, so a new user's fresh machine gets it too."""
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/quickstart.py" in ci and "pg_ctlcluster" in ci
+    assert "install_browser" not in ci and "apt-get" not in ci and "pip install" not in ci
+    setup, _ = _quickstart()
+    assert "scripts/install_browser.sh" in setup
 
 
 def test_demo_data_is_documented():
     readme = (ROOT / "tans_registry" / "demo_data" / "README.md").read_text()
     for npz in (ROOT / "tans_registry" / "demo_data").glob("*.npz"):
         assert npz.stem in readme
+
+
+def test_mlproject_entry_points_match_the_cli():
+    import re
+    import shlex
+
+    import click
+    import yaml
+
+    from tans_registry.cli import main
+
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    entry = project["entry_points"]
+    assert {"main", "build_zoo", "register_zoo", "train_encoders", "build_index", "query", "bench_encoders"} <= set(entry)
+    for name, ep in entry.items():
+        params = ep.get("parameters", {})
+        for p, spec in params.items():
+            assert isinstance(spec, dict) and spec.get("type") in ("string", "float", "path", "uri"), (name, p)
+            assert "default" in spec, (name, p)
+            assert "{" + p + "}" in ep["command"], (name, p)
+        for part in ep["command"].split("&&"):
+            words = shlex.split(part)
+            assert words[0] == "mlproject/tans", part  # the launcher, which finds `tans` without PATH
+            cmd, i = main, 1
+            while i < len(words) and isinstance(cmd, click.Group) and not words[i].startswith("-"):
+                cmd, i = cmd.commands[words[i]], i + 1
+            options = {o for prm in cmd.params for o in prm.opts + prm.secondary_opts}
+            for flag in re.findall(r"(--[a-z-]+)", part):
+                assert flag in options, (name, flag)
+            # the command line MLflow would run with the defaults parses (arguments, options, values)
+            args = [re.sub(r"\{(\w+)\}", lambda mt: str(params[mt.group(1)]["default"]), w) for w in words[i:]]
+            ctx = cmd.make_context(cmd.name, args)
+            assert ctx is not None, (name, args)
+
+
+def _env_without_venv(**extra) -> dict:
+    """The environment with no MLFLOW_*/TANS_* variables and no virtual environment on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_", "VIRTUAL_ENV"))}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    return env | extra
+
+
+def test_the_embedded_default_is_mlflows_own_store(tmp_path, monkeypatch, tiny_data_dir):
+    """No variable set: `tans` writes ./mlflow.db beside ./mlruns, which a fresh MLflow process (what
+    `mlflow ui` and `mlflow models serve` run) reads by default."""
+    from tans_registry import RegisterConfig, ZooConfig, build_zoo, register_zoo, tracking
+
+    monkeypatch.delenv("TANS_WORK_DIR")
+    monkeypatch.chdir(tmp_path)
+    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir), progress=False))
+    register_zoo(RegisterConfig(progress=False))
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlruns" / "tans-zoo").is_dir()
+    assert tracking.setup()[1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    probe = ("import mlflow; c = mlflow.MlflowClient(); print(mlflow.get_tracking_uri()); "
+             "print(sorted(e.name for e in c.search_experiments())); "
+             "print(mlflow.pyfunc.load_model('models:/zoo.cells/1').predict(__import__('numpy').zeros((1, 32, 32, 3), "
+             "'uint8')).shape)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=_env_without_venv(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    uri, names, shape = out.stdout.strip().splitlines()[-3:]
+    assert uri in ("sqlite:///mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}")  # MLflow's default: the same file
+    assert "tans/zoo" in names and shape == "(1, 3)"
+
+
+@pytest.mark.slow
+def test_an_entry_point_runs_through_mlflow_run_without_the_venv_on_path(tmp_path, monkeypatch, tiny_data_dir):
+    """`mlflow run . -e register_zoo --env-manager local`, with the environment's bin off PATH: the
+    launcher finds `tans`, the stage runs against the store the project run uses, and tags nothing wrong."""
+    import mlflow
+
+    from tans_registry import ZooConfig, build_zoo, tracking
+
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "w"
+    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir), work_dir=str(work),
+                        progress=False))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    out = subprocess.run([str(mlflow_bin), "run", str(ROOT), "-e", "register_zoo", "--env-manager", "local"],
+                         cwd=tmp_path, env=_env_without_venv(MLFLOW_TRACKING_URI=uri, TANS_WORK_DIR=str(work)),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions("name = 'zoo.cells'")) == 2
+    runs = client.search_runs(["0"], "tags.`mlflow.project.entryPoint` = 'register_zoo'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert not (ROOT / "mlflow.db").exists() or (ROOT / "mlflow.db").stat().st_mtime < runs[0].info.start_time / 1000
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's "Python API" example, run as written (in a fresh work directory)."""
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Python API\n(.*?)(?=^## )", readme, re.S | re.M)
+    assert section, "README has no '## Python API' section"
+    code = re.search(r"```python\n(.*?)```", section.group(1), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TANS_WORK_DIR")
+    namespace: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)  # noqa: S102
+    assert namespace["ranked"].candidates, "the example's query found no candidate"

@@ -10,16 +10,31 @@ import torch
 
 from tans_registry import tracking
 from tans_registry.errors import ConfigError
-from tans_registry.registry import decode_embedding, encode_embedding, load_module, register_zoo, zoo_model_name
-from tans_registry.registry.index import ZooIndex, build_index
-from tans_registry.registry.naming import quote
+from tans_registry.registry.codec import decode_embedding, encode_embedding
+from tans_registry.registry.config import RegisterConfig
+from tans_registry.registry.index import ZooIndex, load_index
+from tans_registry.registry.names import quote, zoo_model_name
+from tans_registry.registry.pyfunc import load_module
+from tans_registry.registry.register import register_zoo as _register_zoo
 from tans_registry.registry.register import version_tags
-from tans_registry.zoo import ZooConfig, build_zoo, list_networks, load_network
+from tans_registry.zoo.build import build_zoo
+from tans_registry.zoo.config import ZooConfig
+from tans_registry.zoo.store import list_networks, load_network
 from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD, to_tensor
 
 TAGS = ["dataset", "dataset_embedding", "model_embedding", "encoder_version", "accuracy", "n_params", "flops",
         "arch", "input_size", "mean", "std", "classes", "supernet_run"]
 WEIRD = "x' OR name LIKE '%"
+
+
+def register_zoo(work, progress=False):
+    return _register_zoo(RegisterConfig(work_dir=str(work), progress=progress))
+
+
+def build_index(work):
+    """The index of the work dir's registry (cached or rebuilt) and its record."""
+    wd, _ = tracking.setup(work)
+    return load_index(wd)
 
 
 def registry_dump(client):
@@ -144,7 +159,7 @@ def test_index_cache_follows_the_registry(registered):
     # a group whose networks were all registered is skipped as a whole: a deleted version stays deleted
     assert register_zoo(str(work), progress=False).created == 0
     assert build_index(str(work))[1]["cache"] == "hit"
-    assert len(list((work / "cache").glob("zoo-index-*.npz"))) == 1  # older caches pruned
+    assert len(list((work / "tans-cache").glob("zoo-index-*.npz"))) == 1  # older caches pruned
 
 
 def _synthetic_index(n=500, seed=0):
@@ -216,3 +231,60 @@ def test_register_and_index_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, 
     assert len(idx) == 2 and rec["cache"] == "built"
     probs = mlflow.pyfunc.load_model("models:/zoo.cells/1").predict(np.zeros((2, 32, 32, 3), np.uint8))
     assert probs.shape == (2, 3)
+
+
+def test_a_rebuilt_group_supersedes_its_old_versions(tiny_data_dir, tmp_path):
+    """Rebuild one group of a registered zoo and register again: its old versions stay in the registry,
+    tagged superseded, and the index, `tans zoo list` and the encoders' meta-dataset hold only the
+    current networks."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tans_registry.cli import main
+    from tans_registry.registry.register import SUPERSEDED_TAG, current_zoo_versions
+    from tans_registry.zoo.meta import load_meta_groups
+
+    work = tmp_path / "w"
+    cfg = dict(profile="quick", datasets=("digits", "cells"), subnets=2, epochs=1, data_dir=str(tiny_data_dir),
+               work_dir=str(work), progress=False)
+    first = build_zoo(ZooConfig(**cfg))
+    assert register_zoo(work).created == 4
+    old_cells = next(g.run_id for g in first.groups if g.group == "cells")
+    rebuilt = build_zoo(ZooConfig(**cfg, only_groups=("cells",)))  # no --resume: built again
+    new_cells = rebuilt.groups[0].run_id
+    assert new_cells != old_cells
+    rec = register_zoo(work)
+    assert rec.created == 2 and rec.superseded == 2 and rec.models == {"zoo.cells": 2}
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    every = client.search_model_versions("name = 'zoo.cells'")
+    assert len(every) == 4  # lineage: the old versions are still there
+    old = [v for v in every if v.tags["tans.supernet_run"] == old_cells]
+    assert len(old) == 2 and all(v.tags[SUPERSEDED_TAG] == new_cells for v in old)
+    current = {(v.name, v.tags["tans.supernet_run"]) for v in current_zoo_versions()}
+    assert ("zoo.cells", old_cells) not in current and ("zoo.cells", new_cells) in current
+    idx, _ = build_index(work)
+    assert len(idx) == 4 and sorted(idx.versions[idx.names == "zoo.cells"].tolist()) == [3, 4]
+    listed = json.loads(CliRunner().invoke(main, ["zoo", "list", "--work-dir", str(work), "--json"]).stdout)
+    assert {n["run_id"] for n in listed if n["group"] == "cells"} == {new_cells} and len(listed) == 4
+    groups = load_meta_groups(tracking.experiment_id("zoo", work), str(tiny_data_dir))
+    assert {g.run_id for g in groups if g.name == "cells"} == {new_cells}
+    again = register_zoo(work)  # idempotent after a rebuild too
+    assert again.created == 0 and again.superseded == 0
+
+
+def test_registry_errors_leave_the_boundary_as_tans_errors(registered):
+    """An MlflowException inside registry/ leaves it as a RegistryError naming the store and the next step."""
+    from tans_registry.errors import RegistryError
+    from tans_registry.registry.models import champion, get_version, register_encoders
+
+    work, _, _ = registered
+    tracking.setup(work)
+    with pytest.raises(RegistryError, match=r"cannot read a model version in the model registry at sqlite:///.*"
+                                            r"MLFLOW_TRACKING_URI"):
+        get_version("zoo.digits", "999")
+    with pytest.raises(RegistryError, match="cannot register the encoders .* rerun `tans encoders train`"):
+        register_encoders("0" * 32, 1.0, "val_recall_at_5")
+    assert champion("tans-encoders") is None  # no such model: no champion, not an error
+    assert "tans-encoders" not in {m.name for m in mlflow.MlflowClient().search_registered_models()}  # nothing half-made

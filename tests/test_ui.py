@@ -31,8 +31,11 @@ import numpy as np
 import pytest
 
 from tans_registry import tracking
-from tans_registry.registry import decode_embedding, register_zoo
-from tans_registry.zoo import ZooConfig, build_zoo
+from tans_registry.registry.codec import decode_embedding
+from tans_registry.registry.config import RegisterConfig
+from tans_registry.registry.register import register_zoo
+from tans_registry.zoo.build import build_zoo
+from tans_registry.zoo.config import ZooConfig
 
 pytestmark = pytest.mark.ui
 
@@ -107,7 +110,7 @@ def mlflow_server(work: Path, logs: Path):
     for attempt in range(3):  # a free port can be taken between picking and binding it: pick again
         port = _free_port()
         cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-               "--artifacts-destination", str(work / "artifacts"),
+               "--artifacts-destination", str(work / "mlruns"),
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         out, err = logs / f"server-{attempt}.out", logs / f"server-{attempt}.err"
         with open(out, "wb") as fout, open(err, "wb") as ferr:
@@ -306,7 +309,7 @@ def test_mlflow_ui_shows_the_zoo_registry(tiny_data_dir, tmp_path, request):
     t0 = time.perf_counter()
     build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=N_SUBNETS, epochs=1,
                         data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
-    rec = register_zoo(str(work), progress=False)
+    rec = register_zoo(RegisterConfig(work_dir=str(work), progress=False))
     assert rec.models == {name: N_SUBNETS for name in GROUPS}
     record_property("zoo_build_register_s", round(time.perf_counter() - t0, 1))
 

@@ -9,7 +9,9 @@ import pytest
 
 from tans_registry import tracking
 from tans_registry.data import load_dataset
-from tans_registry.zoo import ZooConfig, build_zoo, list_networks, load_network
+from tans_registry.zoo.build import build_zoo
+from tans_registry.zoo.config import ZooConfig
+from tans_registry.zoo.store import list_networks, load_network
 from tans_registry.zoo import build as build_mod
 from tans_registry.zoo.measure import accuracy
 from tans_registry.zoo.store import COMPLETE_TAG, load_functional_embeddings
@@ -132,7 +134,7 @@ def test_build_and_list_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, pg_d
         (n_runs,) = conn.execute("select count(*) from runs where status = 'FINISHED'").fetchone()
         (name,) = conn.execute("select name from experiments where name = 'tans/zoo'").fetchone()
     assert n_runs == 1 and name == "tans/zoo"
-    table = json.loads((tmp_path / "w" / "artifacts").joinpath("tans-zoo").glob("*/artifacts/zoo/zoo.json").__next__().read_text())
+    table = json.loads((tmp_path / "w" / "mlruns").joinpath("tans-zoo").glob("*/artifacts/zoo/zoo.json").__next__().read_text())
     assert table["header"]["dataset"] == "cells"
 
 
@@ -190,7 +192,8 @@ def test_workers_must_be_positive(tiny_data_dir, tmp_path):
 
 
 def test_many_class_groups_get_a_step_floor():
-    from tans_registry.zoo.train import TrainConfig, n_train_steps
+    from tans_registry.zoo.profiles import TrainConfig
+    from tans_registry.zoo.train import n_train_steps
 
     cfg = TrainConfig(epochs=6, batch_size=64, steps_per_class=20, max_epochs=30)
     assert n_train_steps(2500, 5, cfg) == 6 * 40              # 5 classes: the epochs decide
@@ -200,7 +203,8 @@ def test_many_class_groups_get_a_step_floor():
 
 
 def test_long_schedules_are_the_ones_the_step_floor_raised():
-    from tans_registry.zoo.train import TrainConfig, is_long_schedule
+    from tans_registry.zoo.profiles import TrainConfig
+    from tans_registry.zoo.train import is_long_schedule
 
     cfg = TrainConfig(epochs=6, batch_size=64, steps_per_class=20, max_epochs=30)
     assert not is_long_schedule(2500, 5, cfg)    # 240 steps by the epochs: regular

@@ -136,7 +136,8 @@ def test_gradient_clipping_bounds_each_update():
     """A clipped step moves the weights by at most lr * clip * (1 + momentum): one Nesterov step on a fresh
     buffer applies (1 + momentum) * gradient; no weight decay."""
     from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
-    from tans_registry.zoo.train import TrainConfig, train_supernet
+    from tans_registry.zoo.profiles import TrainConfig
+    from tans_registry.zoo.train import train_supernet
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 64)
@@ -177,7 +178,8 @@ def test_color_jitter_changes_contrast_and_brightness_per_image_only():
 def test_long_schedules_train_with_jitter_and_label_smoothing():
     """The same step floor, with and without the long-schedule regularisation: different weights."""
     from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
-    from tans_registry.zoo.train import TrainConfig, train_supernet
+    from tans_registry.zoo.profiles import TrainConfig
+    from tans_registry.zoo.train import train_supernet
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 64)

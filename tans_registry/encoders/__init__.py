@@ -1,1 +1,2 @@
-"""The meta-contrastive encoders: query encoder, model encoder, accuracy predictor."""
+"""The learned parts: query encoder, model encoder, accuracy predictor (``models``), the feature backbone
+(``backbone``), the losses (``losses``), and their MLflow pyfunc models (``flavour``)."""

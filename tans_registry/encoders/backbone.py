@@ -1,9 +1,8 @@
 """The feature backbone of the query encoder.
 
-TANS used an ImageNet ResNet-18; no such weights exist offline here, so the default is the project's
+TANS used an ImageNet ResNet-18; no such weights exist offline here, so the backbone is the project's
 own small CNN, trained on the meta-training datasets only (pooled, one joint head; never on validation
-or held-out datasets) and registered as ``tans-backbone``. A user with a network may choose torchvision's
-ImageNet ResNet-18 instead (``backbone="resnet18-imagenet"``, which downloads its weights).
+or held-out datasets) and registered as ``tans-backbone`` (an MLflow model: ``encoders.flavour``).
 """
 from __future__ import annotations
 
@@ -106,15 +105,4 @@ def load_backbone(folder: Path) -> SmallBackbone:
 
     net = SmallBackbone()
     net.load_state_dict(load_file(str(folder / "backbone.safetensors")))
-    return net.eval()
-
-
-def torchvision_backbone(name: str = "resnet18-imagenet") -> nn.Module:
-    """Opt-in: torchvision's ImageNet ResNet-18 without its head (512-d). Downloads its weights."""
-    if name != "resnet18-imagenet":
-        raise ConfigError(f"unknown backbone {name!r}; choose 'small-cnn' (default) or 'resnet18-imagenet'")
-    from torchvision.models import ResNet18_Weights, resnet18
-
-    net = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
-    net.fc = nn.Identity()
     return net.eval()

@@ -14,46 +14,20 @@ Retrieval scores a network by ``cos(query, model embedding) + dataset_weight * c
 the network's source dataset)``: the registry tags every network with its dataset's embedding, and a
 network trained on a dataset like the query's is a good start (see ``retrieval_scores``).
 
-Everything needed to rebuild the modules is in :class:`EncoderConfig` (saved beside the safetensors).
+Everything needed to rebuild the modules is in :class:`~.config.EncoderConfig` (saved beside the
+safetensors).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..zoo.space import TOPOLOGY_DIM
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    feature_dim: int = 256        # backbone feature size
-    embed_dim: int = 128          # the shared space (TANS: 128)
-    hidden: int = 256
-    pooling: str = "mean"         # "mean" (TANS) or "attention" (MetaD2A-style set encoder)
-    functional_dim: int = 1280    # OFA MobileNetV3 width 1.0 penultimate size
-    use_functional: bool = True   # ablation: topology only
-    use_predictor: bool = True    # ablation: no accuracy predictor
-    predictor_topology: bool = True  # the predictor also sees the normalised topology
-    dataset_weight: float = 1.0   # retrieval: weight of the query-to-source-dataset similarity
-    # re-ranking: the predictor orders the retrieved networks of the `rerank_groups` groups retrieved first
-    # (0: every retrieved network, whatever its group)
-    rerank_groups: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "EncoderConfig":
-        d = json.loads(text)
-        # encoders saved before these fields existed were built without them
-        d.setdefault("predictor_topology", False)
-        d.setdefault("dataset_weight", 0.0)
-        return cls(**d)
+from .config import EncoderConfig
 
 
 def retrieval_scores(q, model_emb, dataset_emb, dataset_weight: float):
@@ -64,6 +38,18 @@ def retrieval_scores(q, model_emb, dataset_emb, dataset_weight: float):
     if dataset_weight:
         s = s + dataset_weight * (q @ dataset_emb.T)
     return s
+
+
+def pad_sets(sets: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature sets of different sizes (``[n_i, F]`` arrays) as a padded ``[B, N, F]`` batch and its
+    ``[B, N]`` mask (True where an instance is real)."""
+    n = max(len(s) for s in sets)
+    x = np.zeros((len(sets), n, sets[0].shape[1]), np.float32)
+    mask = np.zeros((len(sets), n), bool)
+    for i, s in enumerate(sets):
+        x[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return torch.from_numpy(x), torch.from_numpy(mask)
 
 
 class QueryEncoder(nn.Module):

@@ -1,8 +1,7 @@
-"""The MLflow Model Registry side of the zoo: naming, tags, pyfunc loading, bulk registration."""
-from .codec import decode_embedding, encode_embedding
-from .naming import zoo_model_name
-from .pyfunc import load_module
-from .register import RegisterRecord, register_zoo
+"""The only door to the MLflow Model Registry.
 
-__all__ = ["decode_embedding", "encode_embedding", "zoo_model_name", "load_module", "RegisterRecord",
-           "register_zoo"]
+``names`` (every registered-model name), ``client`` (the boundary: paging reads, error wrapping),
+``codec`` (embedding tags), ``pyfunc`` (the zoo network's MLflow model), ``register`` (the
+``zoo register`` stage, superseded versions, embedding tags), ``models`` (encoders and backbone, the
+champion alias, downloads), ``index`` (the zoo as cached arrays, constrained search).
+"""

@@ -5,6 +5,7 @@ the index is built once by paging through the versions and cached (``.npz``, no 
 of the registry's state (each zoo model's name and last-update time) and the encoder version. A query
 reads the state (one page of registered models), then loads the cache: under a second at 14,000.
 
+Only the groups' current builds are indexed (a rebuilt group's superseded versions are left out).
 Constraint filters run before ranking; :meth:`ZooIndex.search` is exact cosine top-k over what passes.
 """
 from __future__ import annotations
@@ -20,9 +21,12 @@ import numpy as np
 
 from .. import tracking
 from ..errors import ConfigError, TansError
-from .codec import decode_embedding
-from .naming import ZOO_PREFIX
 from ..zoo.space import TOPOLOGY_DIM, topology
+from . import client as C
+from .codec import decode_embedding
+from .models import champion_version
+from .names import ENCODERS_MODEL, ZOO_PREFIX
+from .register import DONE_TAG, current_zoo_versions
 
 log = logging.getLogger("tans_registry")
 _ARRAYS = ("names", "versions", "groups", "datasets", "accuracy", "n_params", "flops", "model_emb", "dataset_emb",
@@ -91,10 +95,7 @@ class ZooIndex:
             scores = scores + dataset_weight * (self.dataset_emb @ q) / (dn * qn)
         if rows.size != len(self):
             scores = scores[rows]
-        k = min(int(k), rows.size)
-        part = np.argpartition(-scores, k - 1)[:k]
-        order = part[np.argsort(-scores[part], kind="stable")]
-        return [self.row(int(rows[i]), score=float(scores[i])) for i in order]
+        return [self.row(int(rows[i]), score=float(scores[i])) for i in top_k(scores, int(k))]
 
     @property
     def row_norms(self) -> np.ndarray:
@@ -128,39 +129,26 @@ class ZooIndex:
             return cls(**{a: z[a] for a in _ARRAYS}, **meta)
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores``, best first (ties in position order)."""
+    k = min(int(k), scores.size)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
 def _check_limit(name, value, typ) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (typ, np.integer)) or value < 1):
         raise ConfigError(f"{name} must be a positive integer; got {value!r}")
 
 
 # ---------------------------------------------------------------------- building from the registry
-def registry_state(client) -> tuple[str, list[str]]:
-    """A key of the zoo's registry state (names and last-update times of the zoo models)."""
-    items, token = [], None
-    while True:
-        page = client.search_registered_models(f"name LIKE '{ZOO_PREFIX}%'", max_results=1000, page_token=token)
-        # the model tag tans.encoder_version moves when `tans index build` re-embeds the versions
-        items.extend((m.name, int(m.last_updated_timestamp or 0), m.tags.get("tans.encoder_version", "raw"))
-                     for m in page)
-        token = page.token
-        if not token:
-            break
-    items.sort()
-    blob = json.dumps({"models": items, "encoder": champion_encoder_version(client)})
+def registry_state() -> tuple[str, list[str]]:
+    """A key of the zoo's registry state: each zoo model's name, last-update time, registered build and
+    encoder version, and the champion encoders' version."""
+    items = sorted((m.name, int(m.last_updated_timestamp or 0), m.tags.get(DONE_TAG, ""),
+                    m.tags.get("tans.encoder_version", "raw")) for m in C.models_like(ZOO_PREFIX))
+    blob = json.dumps({"models": items, "encoder": champion_version(ENCODERS_MODEL) or "raw"})
     return hashlib.sha256(blob.encode()).hexdigest()[:20], [n for n, *_ in items]
-
-
-ENCODERS_MODEL = "tans-encoders"
-
-
-def champion_encoder_version(client) -> str:
-    """Version of `tans-encoders@champion`, or "raw" while no encoders are registered."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(ENCODERS_MODEL, "champion").version)
-    except MlflowException:
-        return "raw"
 
 
 def index_from_versions(versions, key: str) -> ZooIndex:
@@ -201,29 +189,18 @@ def _stack(vectors: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def all_zoo_versions(client, page_size: int = 1000) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_model_versions(f"name LIKE '{ZOO_PREFIX}%'", max_results=page_size, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
 def cache_path(work_dir: Path, key: str) -> Path:
-    return work_dir / "cache" / f"zoo-index-{key}.npz"
+    return tracking.cache_dir(work_dir) / f"zoo-index-{key}.npz"
 
 
-def build_index(work_dir: str | None = None, force: bool = False) -> tuple[ZooIndex, dict]:
-    """Build the index from the registry (or reuse the cache of the same state); returns it and
-    a record with timings and whether the cache was hit."""
-    import mlflow
-
-    wd, _ = tracking.setup(work_dir)
-    client = mlflow.MlflowClient()
+@C.boundary("read the zoo index")
+def load_index(work_dir: Path, force: bool = False) -> tuple[ZooIndex, dict]:
+    """The index of the registry's current state (tracking set up on ``work_dir``): from the cache when
+    fresh (and not ``force``), else rebuilt from the registry and cached; returns it and a record with
+    timings and whether the cache was hit."""
+    wd = Path(work_dir)
     t0 = time.perf_counter()
-    key, models = registry_state(client)
+    key, models = registry_state()
     path = cache_path(wd, key)
     idx = None
     if path.exists() and not force:
@@ -236,7 +213,7 @@ def build_index(work_dir: str | None = None, force: bool = False) -> tuple[ZooIn
                      "path": str(path), "key": key}
     if not models:
         raise TansError("no zoo models in the registry: run `tans zoo register` first", code="ZOO_EMPTY")
-    idx = index_from_versions(all_zoo_versions(client), key)
+    idx = index_from_versions(current_zoo_versions(), key)
     idx.save(path)
     for old in path.parent.glob("zoo-index-*.npz"):  # one cache per work dir: older states go
         if old != path:
@@ -244,11 +221,6 @@ def build_index(work_dir: str | None = None, force: bool = False) -> tuple[ZooIn
     _log_index_artifact(wd, path, key, len(idx))
     return idx, {"cache": "built", "versions": len(idx), "models": len(models),
                  "seconds": time.perf_counter() - t0, "path": str(path), "key": key}
-
-
-def load_index(work_dir: str | None = None) -> ZooIndex:
-    """The index for the registry's current state: from the cache when fresh, else rebuilt."""
-    return build_index(work_dir)[0]
 
 
 def _log_index_artifact(wd: Path, path: Path, key: str, n: int) -> None:

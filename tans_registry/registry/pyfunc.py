@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.readers import as_images
+from ..zoo.tensors import to_tensor
+
 FLAVOR = "tans_zoo"
 DATA_FILE = "network.json"
 
@@ -52,35 +55,14 @@ class ZooNetworkModel:
         self.classes = list(network["classes"])
 
     def predict(self, model_input, params=None) -> np.ndarray:
-        from ..zoo.tensors import to_tensor
 
-        x = _as_images(model_input, int(self.network["input_size"]))
+        x = as_images(model_input, int(self.network["input_size"]))
         out = []
         with torch.no_grad():
             for start in range(0, len(x), 256):
                 logits = self.module(to_tensor(x[start:start + 256], self.network["mean"], self.network["std"]))
                 out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-
-
-def _as_images(model_input, size: int) -> np.ndarray:
-    x = model_input
-    if isinstance(x, dict):  # a named tensor input
-        x = next(iter(x.values()))
-    if hasattr(x, "to_numpy"):  # a pandas DataFrame of flattened images
-        x = x.to_numpy()
-    x = np.asarray(x)
-    if x.ndim == 2 and x.shape[1] in (size * size, size * size * 3):
-        x = x.reshape(len(x), size, size, -1)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[1:3] != (size, size) or x.shape[3] not in (1, 3):
-        raise ValueError(f"expected images [N, {size}, {size}, 3] (or 1 channel); got shape {x.shape}")
-    if x.shape[3] == 1:
-        x = np.repeat(x, 3, axis=3)
-    if x.dtype != np.uint8:
-        x = np.clip(x * 255.0 if x.max() <= 1.0 else x, 0, 255).astype(np.uint8)
-    return x
 
 
 def _local_zoo_dir(uri: str, scratch: Path) -> Path:

@@ -4,12 +4,15 @@ Bulk and cheap: a version's source is a tiny MLmodel folder (``registry/n<index>
 that points at the group's supernet, so a version costs one ``create_model_version`` call (~10 ms) and
 about a kilobyte of artifacts, never a copy of the weights. Idempotent: a network already registered
 (tag ``tans.network_id`` = ``<run_id>:<index>``) is skipped, so a second run changes nothing.
+
+A rebuilt group's earlier versions stay (lineage) but are tagged ``tans.superseded_by`` = the run of the
+current build; the index, and so queries, leave them out. Also here: writing the encoders' embeddings
+into the zoo versions' tags (:func:`write_embeddings`, part of ``tans index build``).
 """
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +21,17 @@ from tqdm.auto import tqdm
 from .. import tracking
 from ..errors import TansError
 from ..zoo.store import finished_group_runs, load_functional_embeddings, read_table
+from . import client as C
 from .codec import compact_json, encode_embedding, fit_tag
-from .naming import quote, zoo_model_name
+from .config import RegisterConfig, RegisterRecord
+from .names import ZOO_PREFIX, zoo_model_name
 from .pyfunc import write_model_dir
 
 log = logging.getLogger("tans_registry")
 RAW_ENCODER = "raw"  # tans.encoder_version until `tans index build` writes learned embeddings
 REGISTRY_DIR = "registry"
 DONE_TAG = "tans.registered_run"  # model tag: the group run whose networks are all registered
-
-
-@dataclass
-class RegisterRecord:
-    tracking_uri: str
-    models: dict[str, int] = field(default_factory=dict)  # model name -> versions created now
-    created: int = 0
-    existing: int = 0
+SUPERSEDED_TAG = "tans.superseded_by"  # version tag: the run of the group's build that replaced it
 
 
 def version_tags(header: dict, row: dict, run_id: str, f_emb: np.ndarray) -> dict[str, str]:
@@ -84,75 +82,94 @@ def model_card(header: dict, row: dict, name: str) -> str:
     )
 
 
-def register_zoo(work_dir: str | None = None, progress: bool = True) -> RegisterRecord:
-    """Register every network of the zoo's latest complete group runs (idempotent)."""
-    import mlflow
-
-    wd, uri = tracking.setup(work_dir)
+def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
+    """Register every network of the zoo's latest complete group runs (idempotent); mark the versions
+    of a rebuilt group's earlier builds as superseded."""
+    wd, uri = tracking.setup(cfg.work_dir)
     exp_id = tracking.experiment_id("zoo", wd)
-    client = mlflow.MlflowClient()
-    rec = RegisterRecord(tracking_uri=tracking.redact(uri))
     groups = {g: r for g, r in finished_group_runs(exp_id).items() if g != "__base__"}
     if not groups:
         raise TansError("the zoo is empty: build it first with `tans zoo build --profile quick`", code="ZOO_EMPTY")
-    for group, run in tqdm(sorted(groups.items()), desc="register", unit="group", disable=not progress):
-        name = zoo_model_name(group)
-        model = _get_model(client, name)
-        if model is not None and model.tags.get(DONE_TAG) == run.info.run_id:
-            rec.existing += int(model.tags.get("tans.n_networks", 0))  # the whole group is in: skip cheaply
-            continue
-        table = read_table(run.info.run_id)
-        header, rows = table["header"], table["networks"]
-        if model is None:
-            _create_model(client, name, header)
-        have = {v.tags.get("tans.network_id") for v in _versions(client, name)}
-        todo = [r for r in rows if f"{run.info.run_id}:{r['index']}" not in have]
-        rec.existing += len(rows) - len(todo)
-        if not todo:
-            _mark_done(client, name, run.info.run_id, len(rows))
-            continue
-        _ensure_model_dirs(client, run, header, rows)
-        f_emb = load_functional_embeddings(run.info.run_id)
-        for row in todo:
-            client.create_model_version(
-                name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}", run_id=run.info.run_id,
-                tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
-                description=model_card(header, row, name))
-        _mark_done(client, name, run.info.run_id, len(rows))
-        rec.models[name] = len(todo)
-        rec.created += len(todo)
-    return rec
+    models: dict[str, int] = {}
+    created = existing = superseded = 0
+    with C.wrapped("register the zoo"):
+        for group, run in tqdm(sorted(groups.items()), desc="register", unit="group", disable=not cfg.progress):
+            name = zoo_model_name(group)
+            model = C.get_model(name)
+            if model is not None and model.tags.get(DONE_TAG) == run.info.run_id:
+                existing += int(model.tags.get("tans.n_networks", 0))  # the whole group is in: skip cheaply
+                continue
+            table = read_table(run.info.run_id)
+            header, rows = table["header"], table["networks"]
+            if model is None:
+                _create_model(name, header)
+            have = C.versions(name)
+            ids = {v.tags.get("tans.network_id") for v in have}
+            todo = [r for r in rows if f"{run.info.run_id}:{r['index']}" not in ids]
+            existing += len(rows) - len(todo)
+            if todo:
+                _ensure_model_dirs(run, header, rows)
+                f_emb = load_functional_embeddings(run.info.run_id)
+                for row in todo:
+                    C.client().create_model_version(
+                        name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
+                        run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
+                        description=model_card(header, row, name))
+                models[name] = len(todo)
+                created += len(todo)
+            superseded += _supersede(name, have, run.info.run_id)
+            _mark_done(name, run.info.run_id, len(rows))
+    return RegisterRecord(tracking_uri=tracking.redact(uri), models=models, created=created, existing=existing,
+                          superseded=superseded)
 
 
-def _versions(client, name: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_model_versions(f"name = {quote(name)}", max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+def _supersede(name: str, versions: list, run_id: str) -> int:
+    """Tag the versions of ``name`` that an earlier build of the group made (``tans.supernet_run`` !=
+    ``run_id``) as superseded by ``run_id``; returns how many were tagged now."""
+    n = 0
+    for v in versions:
+        if v.tags.get("tans.supernet_run", run_id) != run_id and SUPERSEDED_TAG not in v.tags:
+            C.client().set_model_version_tag(name, v.version, SUPERSEDED_TAG, run_id)
+            n += 1
+    return n
 
 
-def _get_model(client, name: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        return None
+def is_current(version) -> bool:
+    """Whether a zoo version belongs to its group's current build (not superseded)."""
+    return SUPERSEDED_TAG not in version.tags
 
 
-def _mark_done(client, name: str, run_id: str, n: int) -> None:
+def current_zoo_versions() -> list:
+    """Every zoo version of the groups' current builds (superseded ones left out)."""
+    with C.wrapped("list the zoo's versions"):
+        return [v for v in C.versions_like(ZOO_PREFIX) if is_current(v)]
+
+
+def write_embeddings(updates: list[tuple[object, str, str]], encoder_version: str, progress: bool = True) -> int:
+    """Write ``(version, model embedding tag, dataset embedding tag)`` into each zoo version's tags, with
+    ``tans.encoder_version``; then tag each touched model, which moves the index cache key on."""
+    touched = set()
+    with C.wrapped("write the encoders' embeddings into the zoo versions",
+                   "check the store and rerun `tans index build` (versions already written are skipped)"):
+        c = C.client()
+        for v, model_tag, dataset_tag in tqdm(updates, desc="embed zoo", unit="version", disable=not progress):
+            c.set_model_version_tag(v.name, v.version, "tans.model_embedding", model_tag)
+            c.set_model_version_tag(v.name, v.version, "tans.dataset_embedding", dataset_tag)
+            c.set_model_version_tag(v.name, v.version, "tans.encoder_version", encoder_version)
+            touched.add(v.name)
+        for name in touched:  # bumps the model's update time: the index cache key moves on
+            c.set_registered_model_tag(name, "tans.encoder_version", encoder_version)
+    return len(touched)
+
+
+def _mark_done(name: str, run_id: str, n: int) -> None:
     """Record on the model that every network of ``run_id`` is registered (set last, after them)."""
-    client.set_registered_model_tag(name, "tans.n_networks", str(n))
-    client.set_registered_model_tag(name, DONE_TAG, run_id)
+    C.client().set_registered_model_tag(name, "tans.n_networks", str(n))
+    C.client().set_registered_model_tag(name, DONE_TAG, run_id)
 
 
-def _create_model(client, name: str, header: dict) -> None:
-    client.create_registered_model(
+def _create_model(name: str, header: dict) -> None:
+    C.ensure_model(
         name, tags={"tans.kind": "zoo", "tans.group": header["group"], "tans.dataset": header["dataset"]},
         description=(f"Zoo networks of group `{header['group']}` (source dataset `{header['dataset']}`, "
                      f"{len(header['classes'])} classes): one version per OFA MobileNetV3 subnet cut out "
@@ -160,8 +177,9 @@ def _create_model(client, name: str, header: dict) -> None:
                      "and embeddings."))
 
 
-def _ensure_model_dirs(client, run, header: dict, rows: list[dict]) -> None:
+def _ensure_model_dirs(run, header: dict, rows: list[dict]) -> None:
     """Log the per-network MLmodel folders into the group run, once."""
+    client = C.client()
     if client.list_artifacts(run.info.run_id, REGISTRY_DIR):
         return
     zoo_uri = f"{run.info.artifact_uri}/zoo"

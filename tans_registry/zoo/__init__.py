@@ -1,11 +1,8 @@
-"""The model zoo: OFA supernets trained per meta-training group, subnets cut out and measured."""
-from .build import GroupResult, ZooBuildRecord, ZooConfig, build_zoo
-from .profiles import PROFILES, ZooProfile, get_profile
-from .space import SupernetSpec, arch_hash, materialize, sample_archs, topology
-from .store import ZooNetwork, list_networks, load_network
+"""The model zoo: OFA supernets trained per meta-training group, subnets cut out and measured.
 
-__all__ = [
-    "GroupResult", "ZooBuildRecord", "ZooConfig", "build_zoo", "PROFILES", "ZooProfile", "get_profile",
-    "SupernetSpec", "arch_hash", "materialize", "sample_archs", "topology", "ZooNetwork",
-    "list_networks", "load_network",
-]
+Stage: :func:`tans_registry.zoo.build.build_zoo` (:class:`~.config.ZooConfig` ->
+:class:`~.config.ZooBuildRecord`); :func:`~.store.list_zoo` lists it. Modules: ``config`` (configs and
+records, no torch), ``profiles`` (quick/bench and the training recipe), ``space`` (the OFA space),
+``train`` (supernet training), ``measure``, ``build`` (the stage), ``workers`` (parallel groups),
+``store`` (a group's artifacts), ``meta`` (the zoo as the encoders' meta-dataset, snapshots).
+"""

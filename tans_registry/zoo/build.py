@@ -12,7 +12,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,75 +24,28 @@ from ..data import ImageDataset, load_dataset, make_groups, resolve_data_dir
 from ..data.stats import pixel_descriptor
 from ..errors import ConfigError
 from . import store
+from .config import GroupResult, ZooBuildRecord, ZooConfig
 from .measure import accuracy, count_flops, functional_embedding, n_params, recalibrate_bn
 from .profiles import ZooProfile, get_profile
 from .space import SupernetSpec, arch_hash, bn_state, build_supernet, extract_subnet, sample_archs, topology
 from .tensors import DEFAULT_MEAN, DEFAULT_STD
 from .train import n_train_steps, train_supernet
+from .workers import build_in_workers
 
 log = logging.getLogger("tans_registry")
 PROBE_SEED = 777  # seed of the probe batch behind every functional embedding (TANS's seed)
 
 
-@dataclass(frozen=True)
-class ZooConfig:
-    profile: str = "quick"
-    datasets: tuple[str, ...] | None = None  # overrides the profile's list
-    subnets: int | None = None               # overrides the profile's count
-    groups: int | None = None                # overrides the profile's group count
-    epochs: float | None = None              # overrides the per-group training epochs
-    base_epochs: float | None = None         # overrides the base supernet's epochs (0: no base)
-    resume: bool = False
-    data_dir: str | None = None
-    work_dir: str | None = None
-    seed: int = 0
-    progress: bool = True
-    workers: int = 1                          # groups built at once, each in its own process
-    only_groups: tuple[str, ...] | None = None  # build just these groups (names as `tans zoo list` shows)
-
-
-@dataclass
-class GroupResult:
-    group: str
-    dataset: str
-    run_id: str
-    status: str  # "built" or "skipped"
-    n_networks: int
-    best_accuracy: float
-    min_accuracy: float
-    seconds: float
-    logreg_accuracy: float | None = None
-
-
-@dataclass
-class ZooBuildRecord:
-    profile: str
-    tracking_uri: str
-    experiment_id: str
-    groups: list[GroupResult] = field(default_factory=list)
-
-    @property
-    def n_networks(self) -> int:
-        return sum(g.n_networks for g in self.groups)
-
-
 def resolve_profile(cfg: ZooConfig) -> ZooProfile:
+    """The profile with the config's overrides (validated by :class:`ZooConfig`)."""
     p = get_profile(cfg.profile)
     if cfg.subnets is not None:
-        if cfg.subnets < 1:
-            raise ConfigError(f"--subnets must be an int >= 1; got {cfg.subnets}")
         p = replace(p, subnets=cfg.subnets)
     if cfg.groups is not None:
-        if cfg.groups < 1:
-            raise ConfigError(f"--groups must be an int >= 1; got {cfg.groups}")
         p = replace(p, n_groups=cfg.groups)
     if cfg.epochs is not None:
-        if cfg.epochs <= 0:
-            raise ConfigError(f"--epochs must be > 0; got {cfg.epochs}")
         p = replace(p, train=replace(p.train, epochs=cfg.epochs))
     if cfg.base_epochs is not None:
-        if cfg.base_epochs < 0:
-            raise ConfigError(f"--base-epochs must be >= 0; got {cfg.base_epochs}")
         p = replace(p, base_epochs=cfg.base_epochs)
     if cfg.datasets:
         p = replace(p, datasets=tuple(cfg.datasets))
@@ -102,8 +55,6 @@ def resolve_profile(cfg: ZooConfig) -> ZooProfile:
 def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     """Build (or resume) the zoo described by ``cfg``; returns what was built and skipped."""
     profile = resolve_profile(cfg)
-    if cfg.workers < 1:
-        raise ConfigError(f"--workers must be an int >= 1; got {cfg.workers}")
     work_dir, uri = tracking.setup(cfg.work_dir)
     exp_id = tracking.experiment_id("zoo", work_dir)
     sources = _load_sources(profile, cfg)
@@ -115,8 +66,6 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
             raise ConfigError(f"--only-groups: no group named {', '.join(map(repr, unknown))} in this build; "
                               f"its groups are {', '.join(names)}")
         groups = [g for g in groups if g.name in cfg.only_groups]
-    record = ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id)
-
     done = store.finished_group_runs(exp_id) if cfg.resume else {}
     base_state, base_hash, base_run = None, None, None
     if profile.base_epochs > 0:
@@ -142,90 +91,14 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
         if cfg.workers == 1 or len(todo) < 2:
             for group, chash in todo:
                 bar.set_postfix_str(group.name)
-                results[group.name] = _build_group(group, profile, cfg, exp_id, chash, base_state)
+                results[group.name] = build_group(group, profile, cfg, exp_id, chash, base_state)
                 bar.update(1)
         else:
-            _build_in_workers(todo, profile, cfg, exp_id, uri, base_run, results, bar)
+            build_in_workers(build_group, todo, profile, cfg, exp_id, uri, base_run, results, bar)
     finally:
         bar.close()
-    record.groups = [results[g.name] for g in groups]
-    return record
-
-
-def _build_in_workers(todo, profile, cfg, exp_id, uri, base_run, results, bar) -> None:
-    """Build the groups of ``todo`` in ``cfg.workers`` processes, the cores split between them.
-
-    Small networks use two cores poorly (one step of the largest subnet: 0.70 s on 2 threads, 0.96 s
-    on 1), so two one-thread builds side by side do ~1.45x the work of one two-thread build. A
-    failing group or an interrupt stops every worker at once; nothing is half-written (a group's run
-    is marked complete last, so `--resume` rebuilds the groups that were in progress)."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-    workers = min(cfg.workers, len(todo))
-    threads = max(1, torch.get_num_threads() // workers)
-    worker_cfg = replace(cfg, progress=False)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(uri, threads, tracking.PROJECT_RUN_ID, base_run))
-    try:
-        pending = {pool.submit(_worker_build, group, profile, worker_cfg, exp_id, chash) for group, chash in todo}
-        bar.set_postfix_str(f"{workers} workers x {threads} threads")
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in finished:
-                exc = fut.exception()
-                if exc is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise exc
-                res = fut.result()
-                results[res.group] = res
-                bar.set_postfix_str(f"{res.group} {res.best_accuracy:.3f}")
-                bar.update(1)
-    except BaseException:
-        # interrupted (Ctrl-C) or a group failed: stop the workers too, instead of leaving them building in
-        # the background (a `kill` of this process reaches them through _die_with_parent)
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            if proc.is_alive():
-                proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
-
-_WORKER_BASE: dict | None = None
-
-
-def _worker_init(uri: str, threads: int, project_run: str | None, base_run: str | None) -> None:
-    import mlflow
-
-    global _WORKER_BASE
-    _die_with_parent()
-    torch.set_num_threads(threads)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    tracking.PROJECT_RUN_ID = project_run
-    if base_run is not None:
-        from safetensors.torch import load_file
-
-        _WORKER_BASE = load_file(str(store.group_dir(base_run) / "supernet.safetensors"))
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGTERM to this worker when the build process dies, however it dies
-    (seen without it: a killed build left its workers building for minutes)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: Ctrl-C still stops the workers (same process group)
-
-
-def _worker_build(group, profile, cfg, exp_id, chash) -> GroupResult:
-    return _build_group(group, profile, cfg, exp_id, chash, _WORKER_BASE)
+    return ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id,
+                          groups=tuple(results[g.name] for g in groups))
 
 
 def _load_sources(profile: ZooProfile, cfg: ZooConfig) -> list[ImageDataset]:
@@ -302,7 +175,7 @@ def _base_settings(profile: ZooProfile) -> dict:
             "crop_pad": t.crop_pad, "grad_clip": t.grad_clip}
 
 
-def _build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id: str, chash: str,
+def build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id: str, chash: str,
                  base_state: dict | None) -> GroupResult:
     import mlflow
 

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import tracking
 from ..errors import TansError
+from .config import ZooListConfig
 from .space import SupernetSpec, materialize
 
 ARTIFACT_DIR = "zoo"
@@ -108,20 +110,24 @@ def finished_group_runs(experiment_id: str) -> dict[str, object]:
     import mlflow
 
     client = mlflow.MlflowClient()
+    runs = tracking.paged(lambda n, token: client.search_runs(
+        [experiment_id], filter_string=f"tags.`{COMPLETE_TAG}` = 'true' and tags.`tans.kind` = 'zoo'",
+        order_by=["attributes.start_time DESC"], max_results=n, page_token=token), page_size=5000)
     latest: dict[str, object] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id],
-                                  filter_string=f"tags.`{COMPLETE_TAG}` = 'true' and tags.`tans.kind` = 'zoo'",
-                                  order_by=["attributes.start_time DESC"], max_results=5000, page_token=token)
-        for run in page:
-            latest.setdefault(run.data.tags.get("tans.group"), run)
-        token = page.token
-        if not token:
-            return latest
+    for run in runs:
+        latest.setdefault(run.data.tags.get("tans.group"), run)
+    return latest
+
+
+def list_zoo(cfg: ZooListConfig) -> tuple[ZooNetwork, ...]:
+    """`tans zoo list`: the networks of the latest complete build of every group (a rebuilt group's
+    earlier builds, and their superseded registry versions, are not listed)."""
+    wd, _ = tracking.setup(cfg.work_dir)
+    return tuple(list_networks(tracking.experiment_id("zoo", wd), dataset=cfg.dataset, max_params=cfg.max_params))
 
 
 def list_networks(experiment_id: str, dataset: str | None = None, max_params: int | None = None) -> list[ZooNetwork]:
+    """The networks of the latest complete build of every group of the zoo experiment."""
     out = []
     for group, run in sorted(finished_group_runs(experiment_id).items()):
         header_dataset = run.data.tags.get("tans.dataset", group)

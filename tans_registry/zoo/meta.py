@@ -1,4 +1,4 @@
-"""The meta-dataset the encoders learn from: every zoo group with its networks and its image set.
+"""The zoo as a meta-dataset, what the encoders learn from: every group with its networks and its images.
 
 A zoo group is re-derived from the data directory (its source dataset, capped and split as in the zoo
 build, then the same class-subset task) and checked against the fingerprint the build recorded, so the
@@ -17,7 +17,7 @@ import numpy as np
 from ..data import ImageDataset, class_subset_tasks, load_dataset
 from ..data.stats import pixel_descriptor
 from ..errors import TansError
-from ..zoo.store import finished_group_runs, load_functional_embeddings, read_table
+from .store import finished_group_runs, load_functional_embeddings, read_table
 
 log = logging.getLogger("tans_registry")
 
@@ -120,7 +120,7 @@ def save_meta_snapshot(groups: list[MetaGroup], path, params_by_dataset: dict[st
     functional embedding (float16), accuracy and size, and what re-derives its images from the data
     directory (dataset, capping parameters, fingerprint). A few MB for the bench zoo, against ~1.5 GB of
     supernets: the encoder benchmark can be rerun on the same zoo without rebuilding it
-    (``tans bench --snapshot``). ``.npz`` with JSON metadata; no pickle."""
+    (``tans encoders bench --snapshot``). ``.npz`` with JSON metadata; no pickle."""
     path = Path(path)
     header = [{"name": g.name, "dataset": g.dataset, "run_id": g.run_id, "fingerprint": g.data.fingerprint(),
                "params": {k: params_by_dataset[g.dataset][k] for k in _DATA_PARAMS
@@ -141,7 +141,7 @@ def load_meta_snapshot(path, data_dir: str | None) -> list[MetaGroup]:
     """The groups of a snapshot written by :func:`save_meta_snapshot`, data re-derived and verified."""
     path = Path(path)
     if not path.is_file():
-        raise TansError(f"no zoo snapshot at {path}: write one with `tans bench --save-snapshot FILE`",
+        raise TansError(f"no zoo snapshot at {path}: write one with `tans encoders bench --save-snapshot FILE`",
                         code="BAD_CONFIG")
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(str(z["header"]))

@@ -1,7 +1,7 @@
-"""``tans bench``: the encoders' benchmark on the built zoo, the ablations against the baselines.
+"""``tans encoders bench``: the encoders' benchmark on the built zoo, the ablations against the baselines.
 
 Every variant is trained with the same seed, the same held-out datasets and one shared backbone and set
-of query features (:func:`~tans_registry.encoders.train.prepare`, timed apart). Each variant is a real
+of query features (:func:`~.stage.prepare`, timed apart). Each variant is a real
 `tans/encoders` run (not registered: the champion does not move); the summary table and the JSON of
 every row are artifacts of one run in `tans/bench`.
 
@@ -12,29 +12,19 @@ encoder (same seed) and the heuristics. Columns: see :data:`COLUMNS` and README 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from .. import tracking
 from ..errors import ConfigError
-from .meta import dataset_params, save_meta_snapshot
-from .train import EncoderTrainConfig, prepare, train_encoders
+from ..zoo.meta import dataset_params, save_meta_snapshot
+from .config import VARIANTS, AblationConfig, AblationRecord
+from .stage import prepare, train_prepared
 
-VARIANTS = {
-    "default": {},
-    "attention pooling": {"pooling": "attention"},
-    "InfoNCE": {"loss": "infonce"},
-    "with functional embedding": {"use_functional": True},
-    "no predictor": {"use_predictor": False},
-    "uniform positives (TANS)": {"positive_sharpness": 0.0},
-    "no ranking term (MSE only)": {"rank_weight": 0.0},
-    "predictor without topology": {"predictor_topology": False},
-    "no dataset term (TANS retrieval)": {"dataset_weight": 0.0},
-    "re-rank 2 groups": {"rerank_groups": 2},
-    "re-rank the whole shortlist": {"rerank_groups": 0},
-}
+log = logging.getLogger("tans_registry")
+
 BASELINES = {"untrained encoder": "untrained", "pixel-statistics heuristic": "pixel_heuristic",
              "bigger-is-better heuristic": "size_heuristic"}
 # (column title, metric key, format)
@@ -45,43 +35,38 @@ COLUMNS = [("R@1", "val_recall_at_1", ".3f"), ("R@5", "val_recall_at_5", ".3f"),
            ("predictor MAE", "val_pred_mae", ".3f"), ("s", "seconds", ".0f")]
 
 
-def run_bench(base: EncoderTrainConfig, variants: list[str] | None = None, progress=print,
-              save_snapshot: str | None = None) -> dict:
-    """Train every variant (default: all of :data:`VARIANTS`) on one prepared meta-dataset; returns
-    ``{"rows": {name: metrics}, "val_datasets": [...], "prepare_seconds": s, "run_id": ...}``.
-    ``save_snapshot``: also write the zoo's meta-data there (:func:`~.meta.save_meta_snapshot`)."""
-    names = list(VARIANTS) if not variants else variants
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ConfigError(f"unknown variants {unknown}; choose among: {', '.join(VARIANTS)}")
-    base = replace(base, register=False)
-    base.validate()
+def run_ablation(cfg: AblationConfig) -> AblationRecord:
+    """Train every variant of ``cfg.variants`` (default: all of :data:`~.config.VARIANTS`) on one prepared
+    meta-dataset; log the table to `tans/bench`. ``cfg.save_snapshot``: also write the zoo's meta-data
+    there (:func:`~tans_registry.zoo.meta.save_meta_snapshot`)."""
+    base = cfg.train
     wd, _ = tracking.setup(base.work_dir)
     t0 = time.time()
     exp_zoo = tracking.experiment_id("zoo", wd)
     prepared = prepare(base, exp_zoo)
     prep_s = time.time() - t0
-    if save_snapshot:
+    if cfg.save_snapshot:
         if base.snapshot:
             raise ConfigError("--save-snapshot writes the work dir's zoo; it cannot be combined with --snapshot")
-        path = save_meta_snapshot(prepared[0] + prepared[1], save_snapshot, dataset_params(exp_zoo))
-        progress(f"bench: zoo snapshot written to {path}")
-    rows, val_names = {}, []
-    for name in names:
-        progress(f"bench: {name}")
-        rec = train_encoders(replace(base, **VARIANTS[name]), prepared=prepared)
-        rows[name] = rec["best"] | {"seconds": rec["seconds"]}
-        val_names = rec["val_datasets"]
+        path = save_meta_snapshot(prepared[0] + prepared[1], cfg.save_snapshot, dataset_params(exp_zoo))
+        log.info("bench: zoo snapshot written to %s", path)
+    rows, val_names = {}, ()
+    for name in cfg.variants or tuple(VARIANTS):
+        log.info("bench: %s", name)
+        rec = train_prepared(base.with_overrides(**VARIANTS[name]), prepared)
+        rows[name] = rec.best | {"seconds": rec.seconds}
+        val_names = rec.val_datasets
         if name == "default":
-            rows |= {label: rec[key] for label, key in BASELINES.items()}
-    out = {"rows": rows, "val_datasets": val_names, "prepare_seconds": prep_s,
+            rows |= {label: getattr(rec, key) for label, key in BASELINES.items()}
+    out = {"rows": rows, "val_datasets": list(val_names), "prepare_seconds": prep_s,
            "n_train_groups": len(prepared[0]), "n_val_groups": len(prepared[1])}
-    out["run_id"] = _log_bench(base, out, wd)
-    return out
+    return AblationRecord(**out, run_id=_log_bench(base, out, wd))
 
 
-def table(result: dict) -> str:
+def table(result: AblationRecord | dict) -> str:
     """The result as a Markdown table (``-``: not measured for that row)."""
+    if isinstance(result, AblationRecord):
+        result = result.to_dict()
     lines = ["| variant | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for name, r in result["rows"].items():
@@ -97,7 +82,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _log_bench(base: EncoderTrainConfig, result: dict, wd: Path) -> str:
+def _log_bench(base, result: dict, wd: Path) -> str:
     import mlflow
 
     exp = tracking.experiment_id("bench", wd)

@@ -1,0 +1,84 @@
+"""What every command shares: parameter types, the --work-dir/--data-dir options and the error mapping,
+and defaults read from the stages' configs (so a default is written once, in its config)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+
+import click
+
+from ..errors import ParamError, TansError
+
+
+class _IntLike(click.ParamType):
+    """An integer that also accepts "20.0" (MLproject's numeric parameters are floats)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        if not f.is_integer():
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        return int(f)
+
+
+class _Limit(_IntLike):
+    """An optional upper limit: an integer, or ``none`` for no limit (what the MLproject passes by
+    default; 0 and negative limits are refused by the stage's config)."""
+
+    name = "integer|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+            return None
+        return super().convert(value, param, ctx)
+
+
+INT = _IntLike()
+LIMIT = _Limit()
+
+
+def split(csv: str | None) -> tuple[str, ...] | None:
+    """``"a, b,"`` -> ``("a", "b")``; empty or None -> None."""
+    names = tuple(v.strip() for v in csv.split(",") if v.strip()) if csv else ()
+    return names or None
+
+
+def default(cls, name: str):
+    """The default of field ``name`` of the dataclass ``cls``: the one source of a CLI default."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()
+
+
+def as_json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(fn)
+
+
+def common_options(fn):
+    """--work-dir and --data-dir on every command (environment variables as fallbacks), and the one
+    place a :class:`TansError` becomes a message: exit 2 for a bad parameter value, 1 otherwise."""
+
+    @click.option("--work-dir", envvar="TANS_WORK_DIR", type=click.Path(file_okay=False), default=None,
+                  help="Folder of the embedded store: <work dir>/mlflow.db and <work dir>/mlruns [env TANS_WORK_DIR; "
+                       "default: the current directory, MLflow's own default]. MLFLOW_TRACKING_URI, when set, "
+                       "names the tracking store instead.")
+    @click.option("--data-dir", envvar="TANS_DATA_DIR", type=click.Path(file_okay=False), default=None,
+                  help="Folder of .npz datasets [env TANS_DATA_DIR; default: the demo set shipped "
+                       "with the package].")
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TansError as exc:
+            click.echo(f"error [{exc.code}]: {exc}", err=True)
+            sys.exit(2 if isinstance(exc, ParamError) else 1)
+
+    return wrapper

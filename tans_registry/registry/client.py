@@ -1,0 +1,132 @@
+"""The registry boundary: every MLflow Model Registry call goes through this package, and every
+``MlflowException`` it raises leaves it as a :class:`~tans_registry.errors.RegistryError` whose message
+names the store (password redacted), what failed, and the next step.
+
+Also the few reads every registry module needs: a model or None, a model's versions (paged), the
+version behind an alias or None ("no such alias" is None; any other store error is an error).
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+from .. import tracking
+from ..errors import RegistryError, TansError
+from .names import quote
+
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+_NEXT = ("check that the store is reachable (MLFLOW_TRACKING_URI) and run the command again; "
+         "registration is idempotent")
+
+
+def client():
+    """An ``MlflowClient`` on the store ``tracking.setup`` chose."""
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def error_code(exc: Exception) -> str:
+    return str(getattr(exc, "error_code", "") or "")
+
+
+@contextmanager
+def wrapped(action: str, next_step: str = _NEXT):
+    """Turn an ``MlflowException`` (or a connection error from the store's driver) raised inside into
+    a :class:`RegistryError`: ``cannot <action> in the model registry at <uri>: <cause>; <next step>``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except TansError:
+        raise
+    except (MlflowException, OSError) as exc:
+        raise _error(action, exc, next_step) from exc
+    except Exception as exc:  # SQLAlchemy / psycopg errors from a database store
+        if type(exc).__module__.split(".", 1)[0] not in ("sqlalchemy", "psycopg", "requests", "urllib3"):
+            raise
+        raise _error(action, exc, next_step) from exc
+
+
+def boundary(action: str, next_step: str = _NEXT):
+    """Decorator form of :func:`wrapped` for the registry's public functions."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with wrapped(action, next_step):
+                return fn(*args, **kwargs)
+        return inner
+    return deco
+
+
+def _error(action: str, exc: Exception, next_step: str) -> RegistryError:
+    import mlflow
+
+    text = str(getattr(exc, "message", None) or exc).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    return RegistryError(f"cannot {action} in the model registry at {tracking.redact(mlflow.get_registry_uri())}: "
+                         f"{first}; {next_step}")
+
+
+def get_model(name: str):
+    """The registered model ``name``, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_registered_model(name)
+    except MlflowException as exc:
+        if error_code(exc) in MISSING:
+            return None
+        raise
+
+
+def ensure_model(name: str, tags: dict | None = None, description: str | None = None):
+    """The registered model ``name``, created (with ``tags`` and ``description``) when missing."""
+    model = get_model(name)
+    if model is None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = client().create_registered_model(name, tags=tags, description=description)
+        except MlflowException as exc:  # another process created it in between
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            model = client().get_registered_model(name)
+    return model
+
+
+def versions(name: str) -> list:
+    """Every version of the registered model ``name`` (paged)."""
+    c = client()
+    return tracking.paged(lambda n, token: c.search_model_versions(f"name = {quote(name)}", max_results=n,
+                                                                   page_token=token))
+
+
+def versions_like(prefix: str) -> list:
+    """Every version of the registered models whose names start with ``prefix`` (paged)."""
+    c = client()
+    quote(prefix)  # refuses anything but [A-Za-z0-9_.-]
+    return tracking.paged(lambda n, token: c.search_model_versions(f"name LIKE '{prefix}%'", max_results=n,
+                                                                   page_token=token))
+
+
+def models_like(prefix: str) -> list:
+    """Every registered model whose name starts with ``prefix`` (paged)."""
+    c = client()
+    quote(prefix)
+    return tracking.paged(lambda n, token: c.search_registered_models(f"name LIKE '{prefix}%'", max_results=n,
+                                                                      page_token=token))
+
+
+def alias_version(name: str, alias: str):
+    """The version ``name@alias`` points at, or None when the model or the alias does not exist.
+    Any other store error propagates (a failing store is not "no champion")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        text = str(exc).lower()
+        if error_code(exc) in MISSING or ("alias" in text and "not found" in text):
+            return None
+        raise

@@ -1,0 +1,100 @@
+"""The product's other registered models: the encoders and their backbone (and, with the coming
+stages, fine-tuned winners and ONNX exports): registering a version, the ``champion`` alias, loading.
+
+A stage writes its MLflow model folder with the flavour APIs into its own run's artifacts; this module
+registers it (one ``create_model_version`` pointing at that folder), tags it and moves aliases.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import client as C
+from .names import BACKBONE_MODEL, CHAMPION, ENCODERS_MODEL
+
+SCORE_TAG = "tans.val_score"      # encoders: selection score of the version's best checkpoint
+METRIC_TAG = "tans.val_metric"    # ... and the validation metric it was driven by
+BACKBONE_TAG = "tans.backbone_version"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered version, as the stages need it."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _ref(mv) -> ModelRef:
+    return ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id or "", source=mv.source,
+                    tags=dict(mv.tags))
+
+
+@C.boundary("read a champion alias")
+def champion(name: str) -> ModelRef | None:
+    """The version ``name@champion`` points at, or None when there is none."""
+    mv = C.alias_version(name, CHAMPION)
+    return None if mv is None else _ref(mv)
+
+
+def champion_version(name: str) -> str | None:
+    ref = champion(name)
+    return None if ref is None else ref.version
+
+
+@C.boundary("read a model version")
+def get_version(name: str, version: str) -> ModelRef:
+    return _ref(C.client().get_model_version(name, str(version)))
+
+
+@C.boundary("download a registered model", "check that its artifacts exist (`mlflow ui` shows the version's source)")
+def download(ref: ModelRef, dst: str | None = None) -> Path:
+    """A local folder with the version's MLflow model (downloaded when the store is remote)."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=dst))
+
+
+@C.boundary("load a registered model as a pyfunc")
+def load_pyfunc(uri: str):
+    """``mlflow.pyfunc.load_model(uri)`` behind the registry boundary."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)
+
+
+@C.boundary("register the encoders", "check the store and rerun `tans encoders train`")
+def register_encoders(run_id: str, score: float, metric: str, encoders_path: str = "encoders",
+                      backbone_path: str = "backbone") -> dict:
+    """Register the encoders and their backbone (MLflow model folders ``encoders_path`` and
+    ``backbone_path`` of run ``run_id``); move ``tans-encoders@champion`` (and ``tans-backbone@champion``
+    with it) only when ``score`` beats the current champion's (a champion whose score cannot be read
+    counts as no score)."""
+    c = C.client()
+    artifacts = c.get_run(run_id).info.artifact_uri  # first: an unknown run registers nothing
+    for name in (ENCODERS_MODEL, BACKBONE_MODEL):
+        C.ensure_model(name, tags={"tans.kind": name.split("-", 1)[1]})
+    bb = c.create_model_version(BACKBONE_MODEL, f"{artifacts}/{backbone_path}", run_id=run_id)
+    v = c.create_model_version(ENCODERS_MODEL, f"{artifacts}/{encoders_path}", run_id=run_id,
+                               tags={SCORE_TAG: f"{score:.6f}", METRIC_TAG: metric, BACKBONE_TAG: str(bb.version)})
+    current = C.alias_version(ENCODERS_MODEL, CHAMPION)
+    current_score = -math.inf
+    if current is not None:
+        try:
+            current_score = float(current.tags.get(SCORE_TAG, "-inf"))
+        except ValueError:
+            pass
+    promoted = score > current_score
+    if promoted:  # the backbone's champion is the champion encoders' own backbone
+        c.set_registered_model_alias(BACKBONE_MODEL, CHAMPION, bb.version)
+        c.set_registered_model_alias(ENCODERS_MODEL, CHAMPION, v.version)
+    return {"encoders_version": int(v.version), "backbone_version": int(bb.version), "champion": promoted,
+            "previous_champion": int(current.version) if current is not None else None}

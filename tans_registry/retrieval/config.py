@@ -1,0 +1,109 @@
+"""What the retrieval stages take and give (no torch here: the CLI reads these defaults).
+
+:class:`IndexConfig` -> :func:`~.indexing.build_index` -> :class:`IndexRecord`;
+:class:`QueryConfig` -> :func:`~.search.query` -> :class:`QueryRecord` (its :class:`Candidate` rows).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .. import params as P
+
+RERANK = ("predictor", "none")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    work_dir: str | None = None
+    force: bool = False       # rebuild the cache even when it matches the registry
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        P.store(self, work_dir=P.as_path("index build", "work_dir", self.work_dir),
+                force=P.as_bool("index build", "force", self.force),
+                progress=P.as_bool("index build", "progress", self.progress, flag=False))
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    cache: str                # "hit" or "built"
+    versions: int             # zoo versions indexed (current builds only)
+    models: int               # zoo models in the registry
+    seconds: float
+    path: str                 # the cache file
+    key: str                  # the registry state it was built from
+    encoder_version: str      # whose embeddings it holds ("raw" before the encoders)
+    embedded: dict = field(default_factory=dict)  # what re-embedding the zoo did
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    data: str                                # dataset name, .npz archive, or image folder
+    top_k: int = 5
+    max_params: int | None = None            # None: no limit
+    max_flops: int | None = None             # None: no limit
+    exclude_datasets: tuple[str, ...] = ()   # e.g. the query's own source dataset, in a benchmark
+    rerank: str = "predictor"                # or "none": retrieval order
+    shortlist: int | None = None             # retrieved networks re-ranked; None: the encoders' setting
+    rerank_groups: int | None = None         # ... of the first N groups among them; None: the encoders' setting
+    k_per_class: int | None = None           # images per class embedded; None: as the encoders were trained
+    seed: int = 0
+    work_dir: str | None = None
+    data_dir: str | None = None
+    log_run: bool = True
+
+    def __post_init__(self) -> None:
+        st = "query"
+        P.store(self,
+                data=P.as_path(st, "data", self.data, optional=False, flag=False),
+                top_k=P.as_int(st, "top_k", self.top_k, 1),
+                max_params=P.as_int(st, "max_params", self.max_params, 1, optional=True),
+                max_flops=P.as_int(st, "max_flops", self.max_flops, 1, optional=True),
+                exclude_datasets=P.as_names(st, "exclude_datasets", self.exclude_datasets) or (),
+                rerank=P.as_choice(st, "rerank", self.rerank, RERANK),
+                shortlist=P.as_int(st, "shortlist", self.shortlist, 1, optional=True),
+                rerank_groups=P.as_int(st, "rerank_groups", self.rerank_groups, 0, optional=True),
+                k_per_class=P.as_int(st, "k_per_class", self.k_per_class, 1, optional=True),
+                seed=P.as_int(st, "seed", self.seed, 0),
+                work_dir=P.as_path(st, "work_dir", self.work_dir),
+                data_dir=P.as_path(st, "data_dir", self.data_dir),
+                log_run=P.as_bool(st, "log_run", self.log_run, flag=False))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked starting point: a registered zoo version."""
+
+    rank: int
+    model: str                 # registered model (zoo.<group>)
+    version: int
+    group: str
+    dataset: str
+    accuracy: float            # measured on its source dataset
+    n_params: int
+    flops: int
+    score: float               # retrieval score
+    model_uri: str             # models:/zoo.<group>/<version>
+    predicted_accuracy: float | None = None   # set when the predictor re-ranked it
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    dataset: dict              # name, fingerprint, classes, train_images, skipped_images
+    encoder_version: str
+    index_key: str
+    zoo_networks: int
+    constraints: dict
+    rerank: str
+    shortlist: int
+    rerank_groups: int
+    k_per_class: int
+    candidates: tuple[Candidate, ...]
+    seconds: dict              # load, embed, search
+    run_id: str | None = None  # the query's run in tans/queries
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,124 @@
+"""``tans encoders train``: meta-contrastive training of the encoders on the zoo, tracked in MLflow.
+
+The zoo's groups (re-derived from the data directory, or a snapshot) are split by source dataset into
+training and validation; a feature backbone learns from the training datasets only; the encoders are
+trained (:mod:`.loop`) with early stopping on the validation protocols; the run logs the parameters,
+per-evaluation metrics, the baselines, the encoders and the backbone as MLflow models
+(:mod:`~tans_registry.encoders.flavour`), the query sets and a 2-D embedding map; the registry then
+registers both and moves ``tans-encoders@champion`` only when the selection score improves.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import tracking
+from ..encoders.backbone import extract_features, sample_per_class, train_backbone
+from ..encoders.flavour import save_backbone_model, save_encoders_model
+from ..encoders.models import TansEncoders, pad_sets
+from ..registry.models import register_encoders
+from ..retrieval.embed import QUERY_SETS
+from ..validation.baselines import pixel_heuristic, size_heuristic
+from ..validation.evaluate import embed_models, evaluate, selection_metric, selection_score
+from ..zoo.meta import MetaGroup, load_meta_groups, load_meta_snapshot, split_by_dataset
+from .config import EncoderTrainConfig, EncoderTrainRecord
+from .loop import fit
+
+log = logging.getLogger("tans_registry")
+
+
+def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
+    """Groups with their query-set features, the backbone, and the train/val split."""
+    groups = load_meta_snapshot(cfg.snapshot, cfg.data_dir) if cfg.snapshot else load_meta_groups(exp_zoo, cfg.data_dir)
+    train, val, val_names = split_by_dataset(groups, list(cfg.val_datasets) if cfg.val_datasets else None, cfg.seed)
+    # the backbone learns from the training groups' whole source datasets, never the validation ones
+    sources = {g.dataset: g.source if g.source is not None else g.data for g in train}
+    backbone = train_backbone(list(sources.values()), epochs=cfg.backbone_epochs, seed=cfg.seed)
+    for g in groups:
+        g.features = extract_features(backbone, g.data.x_train[sample_per_class(g.data, cfg.encoder.k_per_class, cfg.seed)])
+    return train, val, val_names, backbone
+
+
+def train_encoders(cfg: EncoderTrainConfig) -> EncoderTrainRecord:
+    """Train, validate, log and register the encoders (`champion` moves only when validation improves)."""
+    wd, _ = tracking.setup(cfg.work_dir)
+    return train_prepared(cfg, prepare(cfg, tracking.experiment_id("zoo", wd)))
+
+
+def train_prepared(cfg: EncoderTrainConfig, prepared) -> EncoderTrainRecord:
+    """:func:`train_encoders` on ``prepared`` (:func:`prepare`'s result for the same zoo, data, seed, K and
+    validation datasets), so that the ablations share one backbone and set of query features; the
+    preparation's time is not counted."""
+    import mlflow
+
+    wd, _ = tracking.setup(cfg.work_dir)
+    exp_enc = tracking.experiment_id("encoders", wd)
+    t0 = time.time()
+    train, val, val_names, backbone = prepared
+    torch.manual_seed(cfg.seed)
+    enc = TansEncoders(replace(cfg.encoder, functional_dim=int(train[0].functional.shape[1])))
+    untrained = evaluate(enc, val, train)
+    baseline = pixel_heuristic(val, train)
+    by_size = size_heuristic(val)
+    tags = {"tans.kind": "encoders"} | ({"tans.project_run": tracking.PROJECT_RUN_ID} if tracking.PROJECT_RUN_ID else {})
+    with mlflow.start_run(experiment_id=exp_enc, run_name=f"encoders-{cfg.loss}-{cfg.encoder.pooling}", tags=tags) as run:
+        mlflow.log_params(cfg.to_params() | {"val_datasets_used": ",".join(val_names), "n_train_groups": len(train),
+                                             "n_val_groups": len(val)})
+        mlflow.log_metrics({f"untrained_{k}": v for k, v in untrained.items() if np.isfinite(v)}
+                           | {f"pixel_heuristic_{k}": v for k, v in baseline.items() if np.isfinite(v)}
+                           | {f"size_heuristic_{k}": v for k, v in by_size.items() if np.isfinite(v)}, step=0)
+        best_report = fit(enc, train, val, cfg, on_eval=lambda step, m: mlflow.log_metrics(
+            {k: v for k, v in m.items() if np.isfinite(v)}, step=step))
+        mlflow.log_metrics({f"best_{k}": v for k, v in best_report.items() if np.isfinite(v)})
+        example = train[0].data.x_train[:4] if train[0].data is not None else None
+        with tempfile.TemporaryDirectory() as tmp:
+            save_encoders_model(Path(tmp) / "encoders", enc, backbone, example)
+            save_backbone_model(Path(tmp) / "backbone", backbone, example)
+            _save_query_sets(Path(tmp) / QUERY_SETS, train + val)
+            _embedding_map(enc, train + val, Path(tmp) / "embedding_map.png")
+            mlflow.log_artifacts(tmp)
+        registered = {}
+        if cfg.register:
+            registered = register_encoders(run.info.run_id, selection_score(best_report), selection_metric(best_report))
+    return EncoderTrainRecord(run_id=run.info.run_id, best=best_report, untrained=untrained, pixel_heuristic=baseline,
+                              size_heuristic=by_size, val_datasets=tuple(val_names), seconds=time.time() - t0,
+                              **registered)
+
+
+def _save_query_sets(path: Path, groups: list[MetaGroup]) -> None:
+    """The query sets' features by group (`tans index build` embeds the zoo's datasets from them)."""
+    np.savez(path, **{f"features/{g.name}": g.features for g in groups})
+
+
+def _embedding_map(enc: TansEncoders, groups: list[MetaGroup], path: Path) -> None:
+    """2-D PCA map of dataset embeddings (stars) and model embeddings (dots), coloured by dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        m, owner = embed_models(enc, groups)
+        q = enc.query(*pad_sets([g.features for g in groups]))
+    pts = torch.cat([m, q]).numpy()
+    pts = pts - pts.mean(0)
+    _, _, vt = np.linalg.svd(pts, full_matrices=False)
+    xy = pts @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab20")
+    for i, g in enumerate(groups):
+        sel = owner == i
+        ax.scatter(xy[: len(owner)][sel, 0], xy[: len(owner)][sel, 1], s=8, color=cmap(i % 20), alpha=0.6)
+        ax.scatter(*xy[len(owner) + i], marker="*", s=160, color=cmap(i % 20), edgecolor="k", label=g.name)
+    ax.set_title("dataset (stars) and model (dots) embeddings, PCA")
+    if len(groups) <= 20:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
