@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tans_registry"
 # The layers, lowest first (README "Layout"). A module may import its own layer and the ones before it.
 # The base modules (errors, params, tracking) are below everything; the CLI and the package top above.
 LAYERS = ["base", "data", "zoo", "registry", "encoders", "retrieval", "validation", "training",
-          "finetune", "export", "serve", "bench", "cli", "top"]
+          "export", "finetune", "serve", "bench", "cli", "top"]
 BASE = {"errors", "params", "tracking"}
 # Model Registry calls (MlflowClient and fluent): allowed only under registry/.
 REGISTRY_CALLS = {

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import params as P
 from .. import tracking
 from ..errors import ConfigError, TansError
 from ..zoo.space import TOPOLOGY_DIM, topology
@@ -55,10 +56,10 @@ class ZooIndex:
     def mask(self, max_params: int | None = None, max_flops: int | None = None,
              min_accuracy: float | None = None, include_datasets=None, exclude_datasets=None) -> np.ndarray:
         """Rows that satisfy every given constraint (a boolean array)."""
-        _check_limit("max_params", max_params, int)
-        _check_limit("max_flops", max_flops, int)
-        if min_accuracy is not None and not 0.0 <= float(min_accuracy) <= 1.0:
-            raise ConfigError(f"min_accuracy must be in [0, 1]; got {min_accuracy}")
+        max_params = P.as_int("search", "max_params", max_params, 1, optional=True, flag=False)
+        max_flops = P.as_int("search", "max_flops", max_flops, 1, optional=True, flag=False)
+        min_accuracy = P.as_float("search", "min_accuracy", min_accuracy, minimum=0, maximum=1, optional=True,
+                                  flag=False)
         keep = np.ones(len(self), dtype=bool)
         if max_params is not None:
             keep &= self.n_params <= max_params
@@ -77,8 +78,9 @@ class ZooIndex:
         ``dataset_weight`` times its cosine to each network's source-dataset embedding, as the encoders
         were validated: ``EncoderConfig.dataset_weight``), among the rows that pass ``constraints``
         (see :meth:`mask`); best first. Each result carries its ``row`` in the index."""
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"the 'k' parameter of search must be an int >= 1; got {k!r}")
+        if not isinstance(k, (int, np.integer)):
+            P.fail("search", "k", "an int >= 1", k, flag=False)
+        k = P.as_int("search", "k", k, 1, flag=False)
         q = np.asarray(query, dtype=np.float32).ravel()
         if q.shape[0] != self.model_emb.shape[1]:
             raise ConfigError(f"query has {q.shape[0]} dimensions; the index holds {self.model_emb.shape[1]}")
@@ -134,11 +136,6 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(int(k), scores.size)
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
-
-
-def _check_limit(name, value, typ) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (typ, np.integer)) or value < 1):
-        raise ConfigError(f"{name} must be a positive integer; got {value!r}")
 
 
 # ---------------------------------------------------------------------- building from the registry
