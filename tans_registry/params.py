@@ -14,13 +14,15 @@ from numbers import Integral, Real
 from .errors import ParamError
 
 
-def fail(stage: str, name: str, rule: str, value, flag: bool = True):
-    option = f" (--{name.replace('_', '-')})" if flag else ""
+def fail(stage: str, name: str, rule: str, value, flag: bool | str = True):
+    """Raise the one message; ``flag``: True names the option ``--<name>``, a string names it as given
+    (e.g. ``"--exclude-dataset"``), False names none (a Python-only parameter)."""
+    option = f" ({flag})" if isinstance(flag, str) else f" (--{name.replace('_', '-')})" if flag else ""
     raise ParamError(f"the {name!r} parameter of {stage}{option} must be {rule}; got {value!r}")
 
 
 def as_int(stage: str, name: str, value, minimum: int | None = None, optional: bool = False,
-           flag: bool = True) -> int | None:
+           flag: bool | str = True) -> int | None:
     """An int (``20.0`` is 20: MLproject's numeric parameters are floats) >= ``minimum``."""
     if value is None and optional:
         return None
@@ -34,7 +36,7 @@ def as_int(stage: str, name: str, value, minimum: int | None = None, optional: b
 
 
 def as_float(stage: str, name: str, value, minimum: float | None = None, above: float | None = None,
-             maximum: float | None = None, optional: bool = False, flag: bool = True) -> float | None:
+             maximum: float | None = None, optional: bool = False, flag: bool | str = True) -> float | None:
     """A finite float within the bounds (``above``: strictly greater)."""
     if value is None and optional:
         return None
@@ -50,14 +52,14 @@ def as_float(stage: str, name: str, value, minimum: float | None = None, above: 
     return value
 
 
-def as_choice(stage: str, name: str, value, choices: Iterable[str], flag: bool = True) -> str:
+def as_choice(stage: str, name: str, value, choices: Iterable[str], flag: bool | str = True) -> str:
     choices = tuple(choices)
     if value not in choices:
         fail(stage, name, "one of " + ", ".join(map(repr, choices)), value, flag)
     return value
 
 
-def as_names(stage: str, name: str, value, optional: bool = True, flag: bool = True) -> tuple[str, ...] | None:
+def as_names(stage: str, name: str, value, optional: bool = True, flag: bool | str = True) -> tuple[str, ...] | None:
     """A tuple of non-empty names (a string is one name); None (or empty) when ``optional``."""
     if value is None or (optional and not value):
         if optional:
@@ -69,13 +71,13 @@ def as_names(stage: str, name: str, value, optional: bool = True, flag: bool = T
     return tuple(v.strip() for v in items)
 
 
-def as_bool(stage: str, name: str, value, flag: bool = True) -> bool:
+def as_bool(stage: str, name: str, value, flag: bool | str = True) -> bool:
     if not isinstance(value, bool):
         fail(stage, name, "True or False", value, flag)
     return value
 
 
-def as_path(stage: str, name: str, value, optional: bool = True, flag: bool = True) -> str | None:
+def as_path(stage: str, name: str, value, optional: bool = True, flag: bool | str = True) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):

@@ -50,6 +50,12 @@ def test_bad_flag_values_exit_2_or_1(tmp_path):
     assert res.exit_code == 2 and "the 'subnets' parameter of zoo build (--subnets) must be an int >= 1; got 0" in res.stderr
     res = run("query", "mnist", "--max-params", "0", "--work-dir", str(tmp_path / "w"))
     assert res.exit_code == 2 and "(--max-params) must be an int >= 1; got 0" in res.stderr
+    res = run("query", "mnist", "--exclude-dataset", " ", "--work-dir", str(tmp_path / "w"))
+    assert res.exit_code == 2 and "(--exclude-dataset) must be a list of non-empty names" in res.stderr
+    res = run("zoo", "list", "--dataset", "", "--work-dir", str(tmp_path / "w"))
+    assert res.exit_code == 2 and "'dataset' parameter of zoo list" in res.stderr and "Traceback" not in res.output
+    res = run("zoo", "register", "--data-dir", "x")  # an option the command has no use for is not accepted
+    assert res.exit_code == 2 and "No such option" in res.output
 
 
 def test_bad_tracking_uri_is_a_clean_error(tmp_path, monkeypatch):

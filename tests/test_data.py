@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -298,10 +299,13 @@ def test_bad_folders(tmp_path):
 
 
 def test_bad_arguments():
-    raises(["input_size"], load_dataset, "mnist", input_size=0)
-    raises(["test_fraction"], load_dataset, "mnist", test_fraction=1.5)
-    raises(["max_train"], load_dataset, "mnist", max_train=0)
-    raises(["seed"], load_dataset, "mnist", seed=-1)
+    from tans_registry.errors import ParamError
+
+    for kwargs, fragment in (({"input_size": 0}, "'input_size' parameter of load_dataset must be an int >= 1"),
+                             ({"test_fraction": 1.5}, "'test_fraction'"), ({"max_train": 0}, "'max_train'"),
+                             ({"seed": -1}, "'seed' parameter of load_dataset (--seed) must be an int >= 0")):
+        with pytest.raises(ParamError, match=re.escape(fragment)):
+            load_dataset("mnist", **kwargs)
 
 
 # ----------------------------------------------------------------------------- tasks & groups

@@ -1,6 +1,8 @@
 """Encoder training: learning on a seeded synthetic meta-dataset, save/load, the real pipeline on a tiny zoo."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,29 @@ def test_good_sibling_protocol_and_reranking():
     assert _retrieval_reports(scores, own, sib, good, one)["val_xgood_mean_rank"] == 4.0
     two = _reranked(scores, predicted, own, top=4, owner=owner, groups=2)  # b and a-t1: as all four
     np.testing.assert_array_equal(two, final)
+
+
+def test_validation_and_queries_rerank_alike():
+    """The one policy: validation's matrix form ranks each row's shortlist exactly as a query's list form."""
+    from tans_registry.registry.index import top_k
+    from tans_registry.retrieval.rerank import RerankPolicy, rerank_list, rerank_scores
+
+    rng = np.random.default_rng(0)
+    owner = np.repeat(np.arange(12), 5)                       # 12 groups of 5 networks
+    scores, predicted = rng.normal(size=(6, 60)), rng.uniform(0.2, 0.9, (6, 60))
+    own = [np.flatnonzero(owner == i) for i in range(6)]      # row i may not retrieve group i
+    for policy in (RerankPolicy(shortlist=20, groups=1), RerankPolicy(shortlist=20, groups=2),
+                   RerankPolicy(shortlist=7, groups=0)):
+        final = rerank_scores(scores, predicted, owner, own, policy)
+        for i in range(6):
+            s = scores[i].copy()
+            s[own[i]] = -np.inf
+            shortlist = top_k(s, policy.shortlist)
+            order, _ = rerank_list(owner[shortlist], lambda p: predicted[i, shortlist[p]], policy)
+            ranked = final[i].copy()
+            ranked[own[i]] = -np.inf  # as the protocols do (without_own)
+            assert np.argsort(-ranked, kind="stable")[: policy.shortlist].tolist() == shortlist[order].tolist()
+            assert not set(own[i]) & set(shortlist.tolist())
 
 
 def test_first_groups_keeps_retrieval_order():
@@ -463,6 +488,20 @@ def test_encoders_and_backbone_load_as_mlflow_pyfunc_models(trained, tiny_data_d
         files = [p.name for p in folder.rglob("*") if p.is_file()]
         assert any(f.endswith(".safetensors") for f in files)
         assert not any(f.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin")) for f in files), files
+    # the folders load where tans-registry is not installed (their code path): a process without site's
+    # .pth files (so no editable install), MLflow importable
+    folder = Path(mlflow.artifacts.download_artifacts("models:/tans-encoders@champion"))
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    probe = (f"import sys; sys.path.append({site_packages!r}); import importlib.util as u; "
+             "assert u.find_spec('tans_registry') is None; import mlflow, numpy as np; "
+             f"m = mlflow.pyfunc.load_model({str(folder)!r}); x = np.load(sys.argv[1]); "
+             "np.save(sys.argv[2], m.predict(x)); import tans_registry; print(tans_registry.__file__)")
+    np.save(folder.parent / "x.npy", x)
+    out = subprocess.run([sys.executable, "-S", "-c", probe, str(folder.parent / "x.npy"), str(folder.parent / "y.npy")],
+                         cwd=folder.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert str(folder) in out.stdout  # the package came from the model's own code path
+    np.testing.assert_allclose(np.load(folder.parent / "y.npy"), emb, rtol=1e-5, atol=1e-6)
     # the backbone's champion is the champion encoders' own backbone
     enc_v = client.get_model_version_by_alias("tans-encoders", "champion")
     assert str(client.get_model_version_by_alias("tans-backbone", "champion").version) == enc_v.tags["tans.backbone_version"]

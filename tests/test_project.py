@@ -108,29 +108,47 @@ def test_the_embedded_default_is_mlflows_own_store(tmp_path, monkeypatch, tiny_d
 
 
 @pytest.mark.slow
-def test_an_entry_point_runs_through_mlflow_run_without_the_venv_on_path(tmp_path, monkeypatch, tiny_data_dir):
-    """`mlflow run . -e register_zoo --env-manager local`, with the environment's bin off PATH: the
-    launcher finds `tans`, the stage runs against the store the project run uses, and tags nothing wrong."""
+def test_an_entry_point_runs_through_mlflow_run_with_no_variable_and_no_venv_on_path(tmp_path, monkeypatch,
+                                                                                     tiny_data_dir):
+    """`mlflow run . -e register_zoo --env-manager local` from a project folder, with no MLFLOW_* or
+    TANS_* variable and the environment's bin off PATH: the launcher finds `.venv/bin/tans`, and the
+    stage registers into the store the zoo was built in, MLflow's default ./mlflow.db, where the project
+    run is too."""
+    import shutil
+
     import mlflow
 
     from tans_registry import ZooConfig, build_zoo, tracking
 
-    monkeypatch.chdir(tmp_path)
-    work = tmp_path / "w"
-    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir), work_dir=str(work),
-                        progress=False))
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    out = subprocess.run([str(mlflow_bin), "run", str(ROOT), "-e", "register_zoo", "--env-manager", "local"],
-                         cwd=tmp_path, env=_env_without_venv(MLFLOW_TRACKING_URI=uri, TANS_WORK_DIR=str(work)),
-                         capture_output=True, text=True, timeout=600)
+    project = tmp_path / "project"  # the project's MLflow files, and its environment where the README puts it
+    project.mkdir()
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copytree(ROOT / "mlproject", project / "mlproject")
+    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("TANS_WORK_DIR")
+    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir), progress=False))
+    out = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", "register_zoo",
+                          "--env-manager", "local"], cwd=project, env=_env_without_venv(), capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    tracking.setup(work)
+    assert "registered 2 new versions" in out.stdout + out.stderr
+    tracking.setup(project)
     client = mlflow.MlflowClient()
     assert len(client.search_model_versions("name = 'zoo.cells'")) == 2
     runs = client.search_runs(["0"], "tags.`mlflow.project.entryPoint` = 'register_zoo'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert not (ROOT / "mlflow.db").exists() or (ROOT / "mlflow.db").stat().st_mtime < runs[0].info.start_time / 1000
+    assert sorted(p.name for p in project.iterdir() if p.name.endswith(".db")) == ["mlflow.db"]  # one store
+
+
+def test_the_launcher_says_what_to_do_without_tans(tmp_path):
+    launcher = tmp_path / "mlproject" / "tans"
+    launcher.parent.mkdir()
+    shutil_copy = __import__("shutil").copy
+    shutil_copy(ROOT / "mlproject" / "tans", launcher)
+    out = subprocess.run(["bash", str(launcher), "--help"], env=_env_without_venv(), capture_output=True, text=True)
+    assert out.returncode == 127 and "source .venv/bin/activate" in out.stderr and "TANS_BIN" in out.stderr
 
 
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):

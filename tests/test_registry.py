@@ -272,6 +272,15 @@ def test_a_rebuilt_group_supersedes_its_old_versions(tiny_data_dir, tmp_path):
     assert {g.run_id for g in groups if g.name == "cells"} == {new_cells}
     again = register_zoo(work)  # idempotent after a rebuild too
     assert again.created == 0 and again.superseded == 0
+    # a store registered before superseded versions were tagged: no tags, but the model's registered build
+    # still keeps the old versions out, and the next registration tags them
+    from tans_registry.registry.register import CHECKED_TAG
+
+    for v in old:
+        client.delete_model_version_tag("zoo.cells", v.version, SUPERSEDED_TAG)
+    client.delete_registered_model_tag("zoo.cells", CHECKED_TAG)
+    assert len(build_index(work)[0]) == 4
+    assert register_zoo(work).superseded == 2
 
 
 def test_registry_errors_leave_the_boundary_as_tans_errors(registered):

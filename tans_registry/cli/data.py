@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .options import as_json_option, common_options
+from .options import as_json_option, data_options
 
 
 @click.group()
@@ -14,9 +14,9 @@ def data() -> None:
 
 
 @data.command("list")
-@common_options
+@data_options
 @as_json_option
-def data_list(work_dir, data_dir, as_json):
+def data_list(data_dir, as_json):
     """List the datasets (.npz archives) of the data directory."""
     from ..data import list_datasets
 
@@ -30,10 +30,10 @@ def data_list(work_dir, data_dir, as_json):
 
 
 @data.command("show")
-@common_options
+@data_options
 @click.argument("dataset")
 @as_json_option
-def data_show(work_dir, data_dir, dataset, as_json):
+def data_show(data_dir, dataset, as_json):
     """Load DATASET (a name, a .npz archive or an image folder) and describe it."""
     from ..data import describe_dataset
 

@@ -7,7 +7,7 @@ import click
 
 from ..encoders.config import POOLINGS, EncoderConfig
 from ..training.config import LOSSES, VARIANTS, EncoderTrainConfig
-from .options import INT, as_json_option, common_options, default, split
+from .options import INT, OrDefault, as_json_option, common_options, default, given, split
 
 E, T = EncoderConfig, EncoderTrainConfig
 
@@ -15,9 +15,9 @@ E, T = EncoderConfig, EncoderTrainConfig
 def train_options(fn):
     """The options of one training run, shared by `train` and `bench` (defaults from the configs)."""
     for opt in reversed([
-        click.option("--steps", type=INT, default=default(T, "steps"), show_default=True,
+        click.option("--steps", type=OrDefault(INT), default=default(T, "steps"), show_default=True,
                      help="Training steps (one batch of every training group each)."),
-        click.option("--seed", type=INT, default=default(T, "seed"), show_default=True),
+        click.option("--seed", type=OrDefault(INT), default=default(T, "seed"), show_default=True),
     ]):
         fn = opt(fn)
     return fn
@@ -33,25 +33,25 @@ def encoders() -> None:
 @train_options
 @click.option("--val-datasets", default=None,
               help="Comma-separated source datasets held out for meta-validation [default: a seeded fifth].")
-@click.option("--pooling", type=click.Choice(POOLINGS), default=default(E, "pooling"), show_default=True,
+@click.option("--pooling", type=OrDefault(click.Choice(POOLINGS)), default=default(E, "pooling"), show_default=True,
               help="Set pooling of the query encoder: mean (TANS) or attention (MetaD2A-style).")
-@click.option("--loss", type=click.Choice(LOSSES), default=default(T, "loss"), show_default=True,
+@click.option("--loss", type=OrDefault(click.Choice(LOSSES)), default=default(T, "loss"), show_default=True,
               help="Contrastive loss: margin hinge over in-batch negatives (TANS) or InfoNCE.")
-@click.option("--k-per-class", type=INT, default=default(E, "k_per_class"), show_default=True,
+@click.option("--k-per-class", type=OrDefault(INT), default=default(E, "k_per_class"), show_default=True,
               help="Images per class in a dataset's query set. Stored with the encoders; `tans query` uses it.")
 @click.option("--functional/--no-functional", default=default(E, "use_functional"), show_default=True,
               help="Feed the functional embedding to the model encoder as well as the topology (off by default: "
                    "it generalised worse to held-out datasets, BENCHMARKS.md).")
 @click.option("--predictor/--no-predictor", default=default(E, "use_predictor"), show_default=True,
               help="Train the accuracy predictor.")
-@click.option("--dataset-weight", type=float, default=default(E, "dataset_weight"), show_default=True,
+@click.option("--dataset-weight", type=OrDefault(float), default=default(E, "dataset_weight"), show_default=True,
               help="Retrieval: weight of the query's similarity to each network's source dataset (0: TANS's "
                    "query-to-model similarity alone).")
-@click.option("--rank-weight", type=float, default=default(T, "rank_weight"), show_default=True,
+@click.option("--rank-weight", type=OrDefault(float), default=default(T, "rank_weight"), show_default=True,
               help="Weight of the predictor's within-dataset ranking term (0: MSE only).")
-@click.option("--shortlist", type=INT, default=default(E, "shortlist"), show_default=True,
+@click.option("--shortlist", type=OrDefault(INT), default=default(E, "shortlist"), show_default=True,
               help="Re-ranking: networks retrieved for the predictor. Stored with the encoders; `tans query` uses it.")
-@click.option("--rerank-groups", type=INT, default=default(E, "rerank_groups"), show_default=True,
+@click.option("--rerank-groups", type=OrDefault(INT), default=default(E, "rerank_groups"), show_default=True,
               help="Re-ranking: the predictor orders the shortlisted networks of the first N groups in retrieval "
                    "order (0: the whole shortlist). Stored with the encoders; `tans query` uses it.")
 @as_json_option
@@ -67,12 +67,12 @@ def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss,
     """
     from ..training.stage import train_encoders
 
-    enc = EncoderConfig(pooling=pooling, use_functional=functional, use_predictor=predictor,
-                        dataset_weight=dataset_weight, shortlist=shortlist, rerank_groups=rerank_groups,
-                        k_per_class=k_per_class)
-    rec = train_encoders(EncoderTrainConfig(encoder=enc, steps=steps, val_datasets=split(val_datasets), loss=loss,
-                                            rank_weight=rank_weight, seed=seed,
-                                            work_dir=work_dir, data_dir=data_dir))
+    enc = EncoderConfig(use_functional=functional, use_predictor=predictor,
+                        **given(pooling=pooling, dataset_weight=dataset_weight, shortlist=shortlist,
+                                rerank_groups=rerank_groups, k_per_class=k_per_class))
+    rec = train_encoders(EncoderTrainConfig(encoder=enc, val_datasets=split(val_datasets), work_dir=work_dir,
+                                            data_dir=data_dir,
+                                            **given(steps=steps, loss=loss, rank_weight=rank_weight, seed=seed)))
     if as_json:
         click.echo(json.dumps(rec.to_dict(), default=float))
         return
@@ -122,9 +122,8 @@ def encoders_bench(work_dir, data_dir, steps, seed, holdout, variants, snapshot,
     from ..training.ablation import run_ablation, table
     from ..training.config import AblationConfig
 
-    cfg = AblationConfig(train=EncoderTrainConfig(steps=steps, val_datasets=split(holdout), seed=seed,
-                                                  work_dir=work_dir, data_dir=data_dir, snapshot=snapshot,
-                                                  register=False),
+    cfg = AblationConfig(train=EncoderTrainConfig(val_datasets=split(holdout), work_dir=work_dir, data_dir=data_dir,
+                                                  snapshot=snapshot, register=False, **given(steps=steps, seed=seed)),
                          variants=split(variants), save_snapshot=save_snapshot)
     rec = run_ablation(cfg)
     click.echo(json.dumps(rec.to_dict(), default=float) if as_json else table(rec))

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .options import as_json_option, common_options
+from .options import as_json_option, store_options
 
 
 @click.group()
@@ -14,10 +14,10 @@ def index() -> None:
 
 
 @index.command("build")
-@common_options
+@store_options
 @click.option("--force", is_flag=True, help="Rebuild even when the cache matches the registry.")
 @as_json_option
-def index_build(work_dir, data_dir, force, as_json):
+def index_build(work_dir, force, as_json):
     """Embed the zoo with the champion encoders, then cache the registered versions as arrays.
 
     With `tans-encoders@champion` registered, every current zoo version's `tans.model_embedding` and

@@ -40,8 +40,31 @@ class _Limit(_IntLike):
         return super().convert(value, param, ctx)
 
 
+class OrDefault(click.ParamType):
+    """``inner``, or the word ``default`` (or an empty value) for "not given": the stage's config then
+    supplies its own default. What the MLproject passes for a parameter the user did not set, so that
+    no default is written twice."""
+
+    def __init__(self, inner):
+        self.inner = inner if isinstance(inner, click.ParamType) else click.types.convert_type(inner)
+        self.name = self.inner.name
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("default", "")):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param, ctx=None):
+        return self.inner.get_metavar(param, ctx) if hasattr(self.inner, "get_metavar") else None
+
+
 INT = _IntLike()
 LIMIT = _Limit()
+
+
+def given(**values) -> dict:
+    """The values the user gave (not None): the config's defaults fill in the rest."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def split(csv: str | None) -> tuple[str, ...] | None:
@@ -62,17 +85,18 @@ def as_json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(fn)
 
 
-def common_options(fn):
-    """--work-dir and --data-dir on every command (environment variables as fallbacks), and the one
-    place a :class:`TansError` becomes a message: exit 2 for a bad parameter value, 1 otherwise."""
+work_dir_option = click.option(
+    "--work-dir", envvar="TANS_WORK_DIR", type=click.Path(file_okay=False), default=None,
+    help="Folder of the embedded store: <work dir>/mlflow.db and <work dir>/mlruns [env TANS_WORK_DIR; default: the "
+         "current directory, MLflow's own default]. MLFLOW_TRACKING_URI, when set, names the tracking store instead.")
+data_dir_option = click.option(
+    "--data-dir", envvar="TANS_DATA_DIR", type=click.Path(file_okay=False), default=None,
+    help="Folder of .npz datasets [env TANS_DATA_DIR; default: the demo set shipped with the package].")
 
-    @click.option("--work-dir", envvar="TANS_WORK_DIR", type=click.Path(file_okay=False), default=None,
-                  help="Folder of the embedded store: <work dir>/mlflow.db and <work dir>/mlruns [env TANS_WORK_DIR; "
-                       "default: the current directory, MLflow's own default]. MLFLOW_TRACKING_URI, when set, "
-                       "names the tracking store instead.")
-    @click.option("--data-dir", envvar="TANS_DATA_DIR", type=click.Path(file_okay=False), default=None,
-                  help="Folder of .npz datasets [env TANS_DATA_DIR; default: the demo set shipped "
-                       "with the package].")
+
+def handles_errors(fn):
+    """The one place a :class:`TansError` becomes a message: exit 2 for a bad parameter value, 1 otherwise."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -82,3 +106,18 @@ def common_options(fn):
             sys.exit(2 if isinstance(exc, ParamError) else 1)
 
     return wrapper
+
+
+def store_options(fn):
+    """--work-dir, for commands that use the store only."""
+    return work_dir_option(handles_errors(fn))
+
+
+def data_options(fn):
+    """--data-dir, for commands that read datasets only."""
+    return data_dir_option(handles_errors(fn))
+
+
+def common_options(fn):
+    """--work-dir and --data-dir, for commands that use both."""
+    return work_dir_option(data_dir_option(handles_errors(fn)))

@@ -6,13 +6,13 @@ import json
 import click
 
 from ..retrieval.config import RERANK, QueryConfig
-from .options import INT, LIMIT, as_json_option, common_options, default
+from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, given
 
 
 @click.command("query")
 @common_options
 @click.argument("data")
-@click.option("--top-k", type=INT, default=default(QueryConfig, "top_k"), show_default=True,
+@click.option("--top-k", type=OrDefault(INT), default=default(QueryConfig, "top_k"), show_default=True,
               help="Candidates to return.")
 @click.option("--max-params", type=LIMIT, default=None,
               help="Only networks with at most N parameters ('none': no limit, the default).")
@@ -21,16 +21,16 @@ from .options import INT, LIMIT, as_json_option, common_options, default
                    "32x32 input; 'none': no limit, the default).")
 @click.option("--exclude-dataset", "exclude", multiple=True,
               help="Leave this source dataset's networks out (repeatable; e.g. the query's own, to benchmark).")
-@click.option("--rerank", type=click.Choice(RERANK), default=default(QueryConfig, "rerank"), show_default=True,
+@click.option("--rerank", type=OrDefault(click.Choice(RERANK)), default=default(QueryConfig, "rerank"), show_default=True,
               help="Re-rank the retrieved shortlist by the predicted accuracy, or keep the retrieval order.")
-@click.option("--shortlist", type=INT, default=None,
+@click.option("--shortlist", type=OrDefault(INT), default=None,
               help="Networks retrieved for re-ranking [default: the value the champion encoders were validated with].")
-@click.option("--rerank-groups", type=INT, default=None,
+@click.option("--rerank-groups", type=OrDefault(INT), default=None,
               help="Re-rank only the shortlisted networks of the first N groups in retrieval order (0: the whole "
                    "shortlist) [default: the value the champion encoders were validated with].")
-@click.option("--k-per-class", type=INT, default=None,
+@click.option("--k-per-class", type=OrDefault(INT), default=None,
               help="Images per class embedded [default: as many as the champion encoders were trained with].")
-@click.option("--seed", type=INT, default=default(QueryConfig, "seed"), show_default=True,
+@click.option("--seed", type=OrDefault(INT), default=default(QueryConfig, "seed"), show_default=True,
               help="Seed of the image sample (and of a folder's split).")
 @as_json_option
 def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, rerank, shortlist, rerank_groups,
@@ -45,10 +45,9 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, reran
     """
     from ..retrieval.search import query as run_query
 
-    rec = run_query(QueryConfig(data=data, top_k=top_k, max_params=max_params, max_flops=max_flops,
-                                exclude_datasets=tuple(exclude), rerank=rerank, shortlist=shortlist,
-                                rerank_groups=rerank_groups, k_per_class=k_per_class, seed=seed,
-                                work_dir=work_dir, data_dir=data_dir))
+    rec = run_query(QueryConfig(data=data, max_params=max_params, max_flops=max_flops, exclude_datasets=tuple(exclude),
+                                shortlist=shortlist, rerank_groups=rerank_groups, k_per_class=k_per_class,
+                                work_dir=work_dir, data_dir=data_dir, **given(top_k=top_k, rerank=rerank, seed=seed)))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return

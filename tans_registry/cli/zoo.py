@@ -7,7 +7,7 @@ import click
 
 from ..zoo.config import ZooConfig
 from ..zoo.profiles import PROFILES
-from .options import INT, as_json_option, common_options, default, split
+from .options import INT, OrDefault, as_json_option, common_options, default, given, split, store_options
 
 
 @click.group()
@@ -17,25 +17,27 @@ def zoo() -> None:
 
 @zoo.command("build")
 @common_options
-@click.option("--profile", type=click.Choice(list(PROFILES)), default=default(ZooConfig, "profile"), show_default=True,
+@click.option("--profile", type=OrDefault(click.Choice(list(PROFILES))), default=default(ZooConfig, "profile"),
+              show_default=True,
               help="quick: 4 demo datasets x 10 networks, minutes on 2 cores. bench: every dataset of "
                    "the data directory, 60 groups x 50 networks, hours.")
 @click.option("--datasets", default=None, help="Comma-separated dataset names, replacing the profile's list.")
-@click.option("--subnets", type=INT, default=None, help="Networks cut out of each group's supernet [profile's].")
-@click.option("--groups", type=INT, default=None,
-              help="Meta-training groups (class-subset tasks spread over the datasets) [profile's].")
-@click.option("--epochs", type=float, default=None, help="Training epochs per group [profile's].")
-@click.option("--base-epochs", type=float, default=None,
+@click.option("--subnets", type=OrDefault(INT), default=None,
+              help="Networks cut out of each group's supernet [default: the profile's].")
+@click.option("--groups", type=OrDefault(INT), default=None,
+              help="Meta-training groups (class-subset tasks spread over the datasets) [default: the profile's].")
+@click.option("--epochs", type=OrDefault(float), default=None, help="Training epochs per group [default: the profile's].")
+@click.option("--base-epochs", type=OrDefault(float), default=None,
               help="Epochs of the shared base supernet on the pooled datasets; 0 trains each group from scratch "
-                   "[profile's].")
-@click.option("--workers", type=INT, default=default(ZooConfig, "workers"), show_default=True,
+                   "[default: the profile's].")
+@click.option("--workers", type=OrDefault(INT), default=default(ZooConfig, "workers"), show_default=True,
               help="Groups built at once, each in its own process with its share of the CPU threads. "
                    "2 on a 2-core machine builds ~1.4x faster than 1 (small networks use 2 threads poorly).")
 @click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
 @click.option("--only-groups", default=None,
               help="Comma-separated group names (e.g. gtsrb-t1,gtsrb-t2): build just these groups of the "
                    "build (the base supernet too, if it is missing); with --resume the rest follow later.")
-@click.option("--seed", type=INT, default=default(ZooConfig, "seed"), show_default=True)
+@click.option("--seed", type=OrDefault(INT), default=default(ZooConfig, "seed"), show_default=True)
 @as_json_option
 def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, workers, resume,
               only_groups, seed, as_json):
@@ -46,9 +48,10 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
     """
     from ..zoo.build import build_zoo
 
-    rec = build_zoo(ZooConfig(profile=profile, datasets=split(datasets), subnets=subnets, groups=groups,
-                              epochs=epochs, base_epochs=base_epochs, workers=workers, only_groups=split(only_groups),
-                              resume=resume, data_dir=data_dir, work_dir=work_dir, seed=seed))
+    rec = build_zoo(ZooConfig(**given(profile=profile, subnets=subnets, groups=groups, epochs=epochs,
+                                      base_epochs=base_epochs, workers=workers, seed=seed),
+                              datasets=split(datasets), only_groups=split(only_groups), resume=resume,
+                              data_dir=data_dir, work_dir=work_dir))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return
@@ -61,9 +64,9 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
 
 
 @zoo.command("register")
-@common_options
+@store_options
 @as_json_option
-def zoo_register(work_dir, data_dir, as_json):
+def zoo_register(work_dir, as_json):
     """Register every zoo network in the MLflow Model Registry (idempotent).
 
     One registered model per group (`zoo.<group>`), one version per network, tagged `tans.*`
@@ -85,11 +88,11 @@ def zoo_register(work_dir, data_dir, as_json):
 
 
 @zoo.command("list")
-@common_options
+@store_options
 @click.option("--dataset", default=None, help="Only networks of this dataset or group.")
 @click.option("--max-params", type=INT, default=None, help="Only networks with at most N parameters.")
 @as_json_option
-def zoo_list(work_dir, data_dir, dataset, max_params, as_json):
+def zoo_list(work_dir, dataset, max_params, as_json):
     """List the networks of the zoo (the latest complete build of each group)."""
     from ..zoo.config import ZooListConfig
     from ..zoo.store import list_zoo

@@ -29,6 +29,7 @@ from tans_registry.data.sampling import stratified_split, stratified_subsample
 
 __all__ = ["IMAGE_SUFFIXES", "REQUIRED_KEYS", "ImageDataset", "describe_dataset", "list_datasets", "load_dataset",
            "resolve_data_dir", "stratified_split", "stratified_subsample"]
+from tans_registry import params as P
 from tans_registry.errors import DataError
 
 log = logging.getLogger("tans_registry")
@@ -188,18 +189,13 @@ def _find_named(spec: str, data_dir: str | Path | None) -> Path:
                     f"{_LIST_HINT}")
 
 
-def _is_int(value, minimum: int) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, (int, np.integer))
-            and value >= minimum)
-
-
 def _check_args(input_size, seed, test_fraction, max_train, max_test) -> None:
-    if not _is_int(input_size, 1):
-        raise DataError(f"input_size must be a positive integer, got {input_size!r}.")
-    if not _is_int(seed, 0):
-        raise DataError(f"seed must be a non-negative integer, got {seed!r}.")
-    if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction!r}.")
-    for key, val in (("max_train", max_train), ("max_test", max_test)):
-        if val is not None and not _is_int(val, 1):
-            raise DataError(f"{key} must be a positive integer or None, got {val!r}.")
+    """The loader's parameters, with the one template of :mod:`tans_registry.params`."""
+    st = "load_dataset"
+    P.as_int(st, "input_size", input_size, 1, flag=False)
+    P.as_int(st, "seed", seed, 0)
+    P.as_float(st, "test_fraction", test_fraction, above=0, flag=False)
+    if test_fraction >= 1:
+        P.fail(st, "test_fraction", "a number > 0 and < 1", test_fraction, flag=False)
+    P.as_int(st, "max_train", max_train, 1, optional=True, flag=False)
+    P.as_int(st, "max_test", max_test, 1, optional=True, flag=False)

@@ -15,8 +15,7 @@ from ..errors import RegistryError, TansError
 from .names import quote
 
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
-_NEXT = ("check that the store is reachable (MLFLOW_TRACKING_URI) and run the command again; "
-         "registration is idempotent")
+_NEXT = "check that the store is reachable (MLFLOW_TRACKING_URI) and run the command again"
 
 
 def client():
@@ -31,16 +30,17 @@ def error_code(exc: Exception) -> str:
 
 
 @contextmanager
-def wrapped(action: str, next_step: str = _NEXT):
-    """Turn an ``MlflowException`` (or a connection error from the store's driver) raised inside into
-    a :class:`RegistryError`: ``cannot <action> in the model registry at <uri>: <cause>; <next step>``."""
+def wrapped(action: str, next_step: str = _NEXT, also: tuple = ()):
+    """Turn an ``MlflowException`` (or a connection error from the store's driver, or one of ``also``,
+    e.g. ``OSError`` around a download) raised inside into a :class:`RegistryError`:
+    ``cannot <action> in the model registry at <uri>: <cause>; <next step>``."""
     from mlflow.exceptions import MlflowException
 
     try:
         yield
     except TansError:
         raise
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, *also) as exc:
         raise _error(action, exc, next_step) from exc
     except Exception as exc:  # SQLAlchemy / psycopg errors from a database store
         if type(exc).__module__.split(".", 1)[0] not in ("sqlalchemy", "psycopg", "requests", "urllib3"):
@@ -48,12 +48,12 @@ def wrapped(action: str, next_step: str = _NEXT):
         raise _error(action, exc, next_step) from exc
 
 
-def boundary(action: str, next_step: str = _NEXT):
+def boundary(action: str, next_step: str = _NEXT, also: tuple = ()):
     """Decorator form of :func:`wrapped` for the registry's public functions."""
     def deco(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            with wrapped(action, next_step):
+            with wrapped(action, next_step, also):
                 return fn(*args, **kwargs)
         return inner
     return deco
@@ -68,6 +68,7 @@ def _error(action: str, exc: Exception, next_step: str) -> RegistryError:
                          f"{first}; {next_step}")
 
 
+@boundary("read a registered model")
 def get_model(name: str):
     """The registered model ``name``, or None when there is none."""
     from mlflow.exceptions import MlflowException
@@ -80,6 +81,7 @@ def get_model(name: str):
         raise
 
 
+@boundary("create a registered model")
 def ensure_model(name: str, tags: dict | None = None, description: str | None = None):
     """The registered model ``name``, created (with ``tags`` and ``description``) when missing."""
     model = get_model(name)
@@ -95,6 +97,7 @@ def ensure_model(name: str, tags: dict | None = None, description: str | None = 
     return model
 
 
+@boundary("list a model's versions")
 def versions(name: str) -> list:
     """Every version of the registered model ``name`` (paged)."""
     c = client()
@@ -102,6 +105,7 @@ def versions(name: str) -> list:
                                                                    page_token=token))
 
 
+@boundary("list model versions")
 def versions_like(prefix: str) -> list:
     """Every version of the registered models whose names start with ``prefix`` (paged)."""
     c = client()
@@ -110,6 +114,7 @@ def versions_like(prefix: str) -> list:
                                                                    page_token=token))
 
 
+@boundary("list registered models")
 def models_like(prefix: str) -> list:
     """Every registered model whose name starts with ``prefix`` (paged)."""
     c = client()
@@ -118,6 +123,7 @@ def models_like(prefix: str) -> list:
                                                                       page_token=token))
 
 
+@boundary("read a model alias")
 def alias_version(name: str, alias: str):
     """The version ``name@alias`` points at, or None when the model or the alias does not exist.
     Any other store error propagates (a failing store is not "no champion")."""

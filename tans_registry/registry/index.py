@@ -139,6 +139,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- building from the registry
+@C.boundary("read the zoo's registry state")
 def registry_state() -> tuple[str, list[str]]:
     """A key of the zoo's registry state: each zoo model's name, last-update time, registered build and
     encoder version, and the champion encoders' version."""
@@ -191,11 +192,11 @@ def cache_path(work_dir: Path, key: str) -> Path:
 
 
 @C.boundary("read the zoo index")
-def load_index(work_dir: Path, force: bool = False) -> tuple[ZooIndex, dict]:
-    """The index of the registry's current state (tracking set up on ``work_dir``): from the cache when
-    fresh (and not ``force``), else rebuilt from the registry and cached; returns it and a record with
-    timings and whether the cache was hit."""
-    wd = Path(work_dir)
+def load_index(work_dir: str | Path | None = None, force: bool = False) -> tuple[ZooIndex, dict]:
+    """The index of the registry's current state (of the work dir's store, or MLFLOW_TRACKING_URI's):
+    from the cache when fresh (and not ``force``), else rebuilt from the registry and cached; returns it
+    and a record with timings and whether the cache was hit."""
+    wd, _ = tracking.setup(work_dir)
     t0 = time.perf_counter()
     key, models = registry_state()
     path = cache_path(wd, key)
@@ -211,7 +212,11 @@ def load_index(work_dir: Path, force: bool = False) -> tuple[ZooIndex, dict]:
     if not models:
         raise TansError("no zoo models in the registry: run `tans zoo register` first", code="ZOO_EMPTY")
     idx = index_from_versions(current_zoo_versions(), key)
-    idx.save(path)
+    try:
+        idx.save(path)
+    except OSError as exc:
+        raise TansError(f"cannot write the zoo index cache {path}: {exc.strerror or exc}. Make the work directory "
+                        "writable (--work-dir, TANS_WORK_DIR) and run the command again", code="CACHE") from exc
     for old in path.parent.glob("zoo-index-*.npz"):  # one cache per work dir: older states go
         if old != path:
             old.unlink(missing_ok=True)

@@ -55,7 +55,8 @@ def get_version(name: str, version: str) -> ModelRef:
     return _ref(C.client().get_model_version(name, str(version)))
 
 
-@C.boundary("download a registered model", "check that its artifacts exist (`mlflow ui` shows the version's source)")
+@C.boundary("download a registered model", "check that its artifacts exist (`mlflow ui` shows the version's source)",
+            also=(OSError,))
 def download(ref: ModelRef, dst: str | None = None) -> Path:
     """A local folder with the version's MLflow model (downloaded when the store is remote)."""
     import mlflow

@@ -7,7 +7,7 @@ the supernet weights (safetensors) and materializes the subnet; nothing is unpic
 
     model = mlflow.pyfunc.load_model("models:/zoo.mnist/3")
     probs = model.predict(images_uint8_NHWC)          # [N, n_classes] class probabilities
-    module = tans_registry.registry.load_module("models:/zoo.mnist/3")   # the nn.Module
+    module = tans_registry.load_module("models:/zoo.mnist/3")            # the nn.Module
 """
 from __future__ import annotations
 
@@ -79,9 +79,13 @@ def _local_zoo_dir(uri: str, scratch: Path) -> Path:
 
 def module_from_network(network: dict) -> nn.Module:
     from ..zoo.store import network_from_dir
+    from .client import wrapped
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _local_zoo_dir(network["zoo_artifacts"], Path(tmp))
+        with wrapped(f"download the weights of zoo network {network.get('index')} of group {network.get('group')!r}",
+                     "check that the group run's zoo/ artifacts exist, or rebuild the group with `tans zoo build`",
+                     also=(OSError,)):
+            folder = _local_zoo_dir(network["zoo_artifacts"], Path(tmp))
         return network_from_dir(folder, int(network["index"]), where=network["zoo_artifacts"])
 
 
@@ -95,5 +99,9 @@ def load_module(model_uri: str) -> nn.Module:
     """The eval-mode ``nn.Module`` of a zoo version, e.g. ``models:/zoo.mnist/3``."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    from .client import wrapped
+
+    with wrapped(f"download {model_uri}", "check the URI (`tans zoo list`, `mlflow ui`) and that its artifacts exist",
+                 also=(OSError,)):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     return module_from_network(json.loads((local / DATA_FILE).read_text()))

@@ -32,6 +32,7 @@ RAW_ENCODER = "raw"  # tans.encoder_version until `tans index build` writes lear
 REGISTRY_DIR = "registry"
 DONE_TAG = "tans.registered_run"  # model tag: the group run whose networks are all registered
 SUPERSEDED_TAG = "tans.superseded_by"  # version tag: the run of the group's build that replaced it
+CHECKED_TAG = "tans.superseded_checked"  # model tag: the run whose earlier builds' versions were tagged
 
 
 def version_tags(header: dict, row: dict, run_id: str, f_emb: np.ndarray) -> dict[str, str]:
@@ -76,7 +77,7 @@ def model_card(header: dict, row: dict, name: str) -> str:
         "Load it:\n\n"
         "```python\n"
         f"probs = mlflow.pyfunc.load_model('models:/{name}/<version>').predict(images)  # uint8 [N,H,W,3]\n"
-        f"module = tans_registry.registry.load_module('models:/{name}/<version>')      # nn.Module\n"
+        f"module = tans_registry.load_module('models:/{name}/<version>')               # nn.Module\n"
         "```\n"
         "Weights are stored once per group (safetensors) and cut out on load; no pickle."
     )
@@ -92,11 +93,12 @@ def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
         raise TansError("the zoo is empty: build it first with `tans zoo build --profile quick`", code="ZOO_EMPTY")
     models: dict[str, int] = {}
     created = existing = superseded = 0
-    with C.wrapped("register the zoo"):
+    with C.wrapped("register the zoo", "check the store and run `tans zoo register` again (it is idempotent)"):
         for group, run in tqdm(sorted(groups.items()), desc="register", unit="group", disable=not cfg.progress):
             name = zoo_model_name(group)
             model = C.get_model(name)
-            if model is not None and model.tags.get(DONE_TAG) == run.info.run_id:
+            if (model is not None and model.tags.get(DONE_TAG) == run.info.run_id
+                    and model.tags.get(CHECKED_TAG) == run.info.run_id):
                 existing += int(model.tags.get("tans.n_networks", 0))  # the whole group is in: skip cheaply
                 continue
             table = read_table(run.info.run_id)
@@ -134,15 +136,14 @@ def _supersede(name: str, versions: list, run_id: str) -> int:
     return n
 
 
-def is_current(version) -> bool:
-    """Whether a zoo version belongs to its group's current build (not superseded)."""
-    return SUPERSEDED_TAG not in version.tags
-
-
 def current_zoo_versions() -> list:
-    """Every zoo version of the groups' current builds (superseded ones left out)."""
-    with C.wrapped("list the zoo's versions"):
-        return [v for v in C.versions_like(ZOO_PREFIX) if is_current(v)]
+    """Every zoo version of the groups' current builds: not tagged superseded, and made by the build its
+    model was last registered from (``tans.registered_run``; a store registered before superseded
+    versions were tagged has untagged old versions until the next `tans zoo register`)."""
+    with C.wrapped("list the zoo's versions", "check the store (MLFLOW_TRACKING_URI) and run the command again"):
+        current = {m.name: m.tags.get(DONE_TAG) for m in C.models_like(ZOO_PREFIX)}
+        return [v for v in C.versions_like(ZOO_PREFIX) if SUPERSEDED_TAG not in v.tags
+                and current.get(v.name) in (None, v.tags.get("tans.supernet_run"))]
 
 
 def write_embeddings(updates: list[tuple[object, str, str]], encoder_version: str, progress: bool = True) -> int:
@@ -165,6 +166,7 @@ def write_embeddings(updates: list[tuple[object, str, str]], encoder_version: st
 def _mark_done(name: str, run_id: str, n: int) -> None:
     """Record on the model that every network of ``run_id`` is registered (set last, after them)."""
     C.client().set_registered_model_tag(name, "tans.n_networks", str(n))
+    C.client().set_registered_model_tag(name, CHECKED_TAG, run_id)
     C.client().set_registered_model_tag(name, DONE_TAG, run_id)
 
 

@@ -18,8 +18,10 @@ from ..registry.index import top_k
 
 @dataclass(frozen=True)
 class RerankPolicy:
-    shortlist: int = 100   # networks retrieved for re-ranking
-    groups: int = 1        # ... of the first N groups among them (0: all)
+    """The policy's two settings; their defaults live in ``EncoderConfig`` (use :meth:`of`)."""
+
+    shortlist: int         # networks retrieved for re-ranking
+    groups: int            # ... of the first N groups among them (0: all)
 
     @classmethod
     def of(cls, enc_cfg, shortlist: int | None = None, groups: int | None = None) -> "RerankPolicy":
@@ -63,9 +65,10 @@ def rerank_list(groups_in_order: Sequence, predict: Callable[[np.ndarray], np.nd
 
 def rerank_scores(scores: np.ndarray, predicted: np.ndarray, owner: np.ndarray, exclude: Sequence,
                   policy: RerankPolicy) -> np.ndarray:
-    """Validation's form, on ``[n_queries, n_networks]`` matrices: final ranking scores in which each
-    row's re-ranked networks sit above every other network, ordered by ``predicted``, and the rest keep
-    their retrieval ``scores``. ``exclude[i]``: columns row ``i`` may not retrieve (its own networks);
+    """Validation's form of :func:`rerank_list`, on ``[n_queries, n_networks]`` matrices: final ranking
+    scores in which each row's re-ranked networks sit above every other network, ordered by
+    ``predicted`` (tied predictions stay tied, as the metrics count ties), and the rest keep their
+    retrieval ``scores``. ``exclude[i]``: columns row ``i`` may not retrieve (its own networks);
     ``owner[j]``: the group of network ``j``."""
     out = scores.astype(np.float64).copy()
     lift = np.abs(out).max() + 2.0
@@ -73,6 +76,7 @@ def rerank_scores(scores: np.ndarray, predicted: np.ndarray, owner: np.ndarray, 
         s = out[i].copy()
         s[exclude[i]] = -np.inf
         order = top_k(s, policy.shortlist)
-        cols = order[pool(owner[order], policy.groups)]
+        _, reranked = rerank_list(owner[order], lambda positions: predicted[i, order[positions]], policy)
+        cols = order[sorted(reranked)]
         out[i, cols] = lift + predicted[i, cols]
     return out

@@ -85,6 +85,7 @@ class ZooListConfig:
 
     def __post_init__(self) -> None:
         P.store(self,
-                dataset=None if self.dataset is None else P.as_names("zoo list", "dataset", self.dataset)[0],
+                dataset=None if self.dataset is None else P.as_names("zoo list", "dataset", self.dataset,
+                                                                      optional=False)[0],
                 max_params=P.as_int("zoo list", "max_params", self.max_params, 1, optional=True),
                 work_dir=P.as_path("zoo list", "work_dir", self.work_dir))
