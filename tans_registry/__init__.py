@@ -14,7 +14,7 @@ import importlib
 __version__ = "0.1.0"
 
 # name -> module that defines it (the one-way layers: data, zoo, registry, encoders, retrieval,
-# validation, training; see README "Layout")
+# validation, training, export, finetune, serve; see README "Layout")
 _EXPORTS = {
     "ZooConfig": "tans_registry.zoo.config", "ZooBuildRecord": "tans_registry.zoo.config",
     "ZooListConfig": "tans_registry.zoo.config",
@@ -26,8 +26,12 @@ _EXPORTS = {
     "AblationConfig": "tans_registry.training.config", "AblationRecord": "tans_registry.training.config",
     "train_encoders": "tans_registry.training.stage", "run_ablation": "tans_registry.training.ablation",
     "IndexConfig": "tans_registry.retrieval.config", "IndexRecord": "tans_registry.retrieval.config",
-    "QueryConfig": "tans_registry.retrieval.config", "QueryRecord": "tans_registry.retrieval.config",
-    "build_index": "tans_registry.retrieval.indexing", "query": "tans_registry.retrieval.search",
+    "RankConfig": "tans_registry.retrieval.config", "RankRecord": "tans_registry.retrieval.config",
+    "build_index": "tans_registry.retrieval.indexing", "rank": "tans_registry.retrieval.search",
+    "QueryConfig": "tans_registry.finetune.config", "QueryRecord": "tans_registry.finetune.config",
+    "FinetuneSettings": "tans_registry.finetune.config", "query": "tans_registry.finetune.pipeline",
+    "ExportConfig": "tans_registry.export.config", "ExportRecord": "tans_registry.export.config",
+    "export_model": "tans_registry.export.stage",
     "load_dataset": "tans_registry.data.loading", "load_module": "tans_registry.registry.pyfunc",
     "decode_embedding": "tans_registry.registry.codec",
 }

@@ -55,3 +55,21 @@ def pg_database():
     yield f"{base}/{name}"
     with psycopg.connect(PG_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def tiny_pipeline(work, data_dir, index: bool = False):
+    """A real tiny pipeline in ``work``: 4 zoo groups (three class-subset tasks of digits, cells whole)
+    x 3 networks, registered, encoders trained (cells held out), and with ``index`` the index built.
+    Returns the encoders' training record."""
+    from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, ZooConfig, build_index,
+                               build_zoo, register_zoo, train_encoders)
+
+    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
+                        data_dir=str(data_dir), work_dir=str(work), progress=False))
+    register_zoo(RegisterConfig(work_dir=str(work), progress=False))
+    rec = train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=6, eval_every=3,
+                                            val_datasets=("cells",), backbone_epochs=0.5, work_dir=str(work),
+                                            data_dir=str(data_dir), progress=False))
+    if index:
+        build_index(IndexConfig(work_dir=str(work), progress=False))
+    return rec

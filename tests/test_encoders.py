@@ -213,17 +213,10 @@ def test_split_rejects_unknown_validation_datasets():
 # ------------------------------------------------------------------------------ the real pipeline
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, tmp_path_factory):
-    from tans_registry import RegisterConfig, ZooConfig, build_zoo, register_zoo, train_encoders
+    from conftest import tiny_pipeline
 
     work = tmp_path_factory.mktemp("enc-work")
-    # 4 groups: three class-subset tasks of digits, cells whole (3 classes); re-derived from the data
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
-                        data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
-    register_zoo(RegisterConfig(work_dir=str(work), progress=False))
-    rec = train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=6, eval_every=3,
-                                            val_datasets=("cells",), backbone_epochs=0.5, work_dir=str(work),
-                                            data_dir=str(tiny_data_dir), progress=False))
-    return work, rec
+    return work, tiny_pipeline(work, tiny_data_dir)
 
 
 def test_training_is_tracked_and_registered(trained):
@@ -293,10 +286,12 @@ def test_index_build_writes_decodable_learned_embeddings(trained):
 
 # ------------------------------------------------------------------------------ tans query
 def run_query(cfg):
-    """The query stage's record, as the dict `tans query --json` prints."""
-    from tans_registry import query
+    """The ranking stage's record, as a dict."""
+    from dataclasses import asdict
 
-    return query(cfg).to_dict()
+    from tans_registry import rank
+
+    return asdict(rank(cfg))
 
 
 def _ready_index(work):
@@ -313,7 +308,7 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
 
     import mlflow
 
-    from tans_registry import QueryConfig
+    from tans_registry import RankConfig as QueryConfig
 
     work, _ = trained
     client = _ready_index(work)
@@ -342,7 +337,7 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
 
 
 def test_query_reranks_within_the_first_groups_retrieved(trained, tiny_data_dir):
-    from tans_registry import QueryConfig
+    from tans_registry import RankConfig as QueryConfig
 
     work, _ = trained
     _ready_index(work)
@@ -373,11 +368,12 @@ def test_query_bad_input_fails_cleanly_and_logs_nothing(trained, tiny_data_dir):
         return 0 if exp is None else len(client.search_runs([exp.experiment_id]))
 
     before = n_query_runs()
-    args = ["query", "--work-dir", str(work), "--data-dir", str(tiny_data_dir)]
+    args = ["query", "--finetune", "0", "--work-dir", str(work), "--data-dir", str(tiny_data_dir)]
     res = CliRunner().invoke(main, args + ["no-such-dataset"])
     assert res.exit_code == 1 and "no-such-dataset" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, args + ["cells", "--max-params", "1"])
     assert res.exit_code == 1 and "no zoo network satisfies" in res.output and "--max-params" in res.output
+    assert "the closest: models:/zoo." in res.output and "parameters > 1" in res.output  # named, with the excess
     res = CliRunner().invoke(main, args + ["cells", "--rerank", "oracle"])
     assert res.exit_code == 2
     res = CliRunner().invoke(main, args + ["cells", "--rerank-groups", "-1"])
@@ -393,7 +389,7 @@ def test_query_bad_input_fails_cleanly_and_logs_nothing(trained, tiny_data_dir):
 def test_query_refuses_a_stale_index(trained, tiny_data_dir):
     from tans_registry.registry.models import register_encoders
     from tans_registry.errors import TansError
-    from tans_registry import QueryConfig
+    from tans_registry import RankConfig as QueryConfig
 
     work, rec = trained
     client = _ready_index(work)

@@ -59,7 +59,7 @@ def test_mlproject_entry_points_match_the_cli():
         params = ep.get("parameters", {})
         for p, spec in params.items():
             assert isinstance(spec, dict) and spec.get("type") in ("string", "float", "path", "uri"), (name, p)
-            assert "default" in spec, (name, p)
+            assert "default" in spec or p == "model_uri", (name, p)  # model_uri: required
             assert "{" + p + "}" in ep["command"], (name, p)
         for part in ep["command"].split("&&"):
             words = shlex.split(part)
@@ -71,7 +71,8 @@ def test_mlproject_entry_points_match_the_cli():
             for flag in re.findall(r"(--[a-z-]+)", part):
                 assert flag in options, (name, flag)
             # the command line MLflow would run with the defaults parses (arguments, options, values)
-            args = [re.sub(r"\{(\w+)\}", lambda mt: str(params[mt.group(1)]["default"]), w) for w in words[i:]]
+            args = [re.sub(r"\{(\w+)\}", lambda mt: str(params[mt.group(1)].get("default", "models:/x/1")), w)
+                    for w in words[i:]]
             ctx = cmd.make_context(cmd.name, args)
             assert ctx is not None, (name, args)
 
@@ -161,4 +162,6 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("TANS_WORK_DIR")
     namespace: dict = {}
     exec(compile(code, "README.md (Python API)", "exec"), namespace)  # noqa: S102
-    assert namespace["ranked"].candidates, "the example's query found no candidate"
+    result = namespace["result"]
+    assert result.ranking.candidates and result.winner["model_uri"].startswith("models:/tans-finetuned.chinese_mnist/")
+    assert result.onnx.model_uri.startswith("models:/tans-onnx.chinese_mnist/") and result.onnx.max_abs_diff <= 1e-4

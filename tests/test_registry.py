@@ -169,7 +169,10 @@ def _synthetic_index(n=500, seed=0):
         groups=np.array([f"g{i % 7}" for i in range(n)]), datasets=np.array([f"d{i % 5}" for i in range(n)]),
         accuracy=rng.uniform(0, 1, n).astype(np.float32), n_params=rng.integers(1e6, 7e6, n),
         flops=rng.integers(5e6, 3e7, n), model_emb=rng.normal(size=(n, 16)).astype(np.float32),
-        dataset_emb=np.zeros((n, 0), np.float32), topology=np.zeros((n, 45), np.float32), encoder_version="raw", key="k")
+        dataset_emb=np.zeros((n, 0), np.float32), topology=np.zeros((n, 45), np.float32),
+        arch_hashes=np.array([f"a{i % 50}" for i in range(n)]), archs=np.full(n, "{}"), n_classes=np.full(n, 10),
+        latency_ms=np.where(np.arange(n) % 17 == 0, np.nan, rng.uniform(2, 9, n)).astype(np.float32),
+        encoder_version="raw", key="k")
 
 
 def test_constraint_filters_and_top_k_match_brute_force():
@@ -178,10 +181,12 @@ def test_constraint_filters_and_top_k_match_brute_force():
     for trial in range(20):
         q = rng.normal(size=16).astype(np.float32)
         c = {"max_params": int(rng.integers(2e6, 7e6)), "max_flops": int(rng.integers(1e7, 3e7)),
+             "max_latency_ms": float(rng.uniform(3, 9)) if trial % 4 else None,
              "min_accuracy": float(rng.uniform(0, 0.5)), "exclude_datasets": ["d1"] if trial % 2 else None,
              "include_datasets": ["d0", "d1", "d2"] if trial % 3 == 0 else None}
         ok = [i for i in range(len(idx))
               if idx.n_params[i] <= c["max_params"] and idx.flops[i] <= c["max_flops"]
+              and (c["max_latency_ms"] is None or idx.latency_ms[i] <= c["max_latency_ms"])  # NaN: unmeasured, out
               and idx.accuracy[i] >= c["min_accuracy"]
               and (c["exclude_datasets"] is None or idx.datasets[i] not in c["exclude_datasets"])
               and (c["include_datasets"] is None or idx.datasets[i] in c["include_datasets"])]
@@ -190,6 +195,19 @@ def test_constraint_filters_and_top_k_match_brute_force():
         hits = idx.search(q, k=10, **c)
         assert [h["version"] for h in hits] == [int(idx.versions[i]) for i in expected]
         assert all(h["n_params"] <= c["max_params"] for h in hits)
+
+
+def test_when_nothing_fits_the_closest_networks_are_named_with_what_they_exceed():
+    idx = _synthetic_index()
+    limits = {"max_params": 1_000_000, "max_latency_ms": 2.5}  # below every network's size
+    assert not idx.mask(**limits).any()
+    closest = idx.closest(3, **limits)
+    measured = ~np.isnan(idx.latency_ms)
+    excess = np.maximum(idx.n_params / 1e6 - 1, np.where(measured, idx.latency_ms / 2.5 - 1, np.inf))
+    best = np.sort(excess)[:3]
+    got = [max(e["value"] / e["limit"] - 1 for e in c["exceeds"].values()) for c in closest]
+    np.testing.assert_allclose(got, best, rtol=1e-5)
+    assert all("max_params" in c["exceeds"] and c["exceeds"]["max_params"]["unit"] == "parameters" for c in closest)
 
 
 def test_search_rejects_bad_arguments():

@@ -15,6 +15,7 @@ from . import data as _data
 from . import encoders as _encoders
 from . import index as _index
 from . import query as _query
+from . import serving as _serving
 from . import zoo as _zoo
 
 
@@ -42,3 +43,5 @@ def main(verbose: bool) -> None:
 for _group in (_data.data, _zoo.zoo, _encoders.encoders, _index.index):
     main.add_command(_group)
 main.add_command(_query.query)
+for _command in (_serving.export, _serving.serve, _serving.predict):
+    main.add_command(_command)

@@ -5,8 +5,21 @@ import json
 
 import click
 
-from ..retrieval.config import RERANK, QueryConfig
+from ..finetune.config import FinetuneSettings, QueryConfig
+from ..retrieval.config import RERANK
 from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, given
+
+
+class _FloatLimit(LIMIT.__class__):
+    name = "float|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
 
 
 @click.command("query")
@@ -19,10 +32,15 @@ from .options import INT, LIMIT, OrDefault, as_json_option, common_options, defa
 @click.option("--max-flops", type=LIMIT, default=None,
               help="Only networks with at most N FLOPs (torch's counter: 2 per multiply-add, at the zoo's "
                    "32x32 input; 'none': no limit, the default).")
+@click.option("--max-latency-ms", type=_FloatLimit(), default=None,
+              help="Only networks whose ONNX Runtime latency (batch 1, this machine's CPU provider, measured by "
+                   "`tans index build`) is at most X ms ('none': no limit, the default).")
 @click.option("--exclude-dataset", "exclude", multiple=True,
               help="Leave this source dataset's networks out (repeatable; e.g. the query's own, to benchmark).")
-@click.option("--rerank", type=OrDefault(click.Choice(RERANK)), default=default(QueryConfig, "rerank"), show_default=True,
-              help="Re-rank the retrieved shortlist by the predicted accuracy, or keep the retrieval order.")
+@click.option("--rerank", type=OrDefault(click.Choice(RERANK)), default=default(QueryConfig, "rerank"),
+              show_default=True,
+              help="Re-rank the shortlist by the predicted accuracy, by LogME (forward passes of the re-ranked "
+                   "networks over the dataset's images), or keep the retrieval order.")
 @click.option("--shortlist", type=OrDefault(INT), default=None,
               help="Networks retrieved for re-ranking [default: the value the champion encoders were validated with].")
 @click.option("--rerank-groups", type=OrDefault(INT), default=None,
@@ -30,34 +48,64 @@ from .options import INT, LIMIT, OrDefault, as_json_option, common_options, defa
                    "shortlist) [default: the value the champion encoders were validated with].")
 @click.option("--k-per-class", type=OrDefault(INT), default=None,
               help="Images per class embedded [default: as many as the champion encoders were trained with].")
+@click.option("--finetune", type=OrDefault(INT), default=default(QueryConfig, "finetune"), show_default=True,
+              help="Fine-tune the top N candidates (0: rank only), register the winner as tans-finetuned.<dataset> "
+                   "and export it to ONNX as tans-onnx.<dataset>.")
+@click.option("--epochs", type=OrDefault(float), default=default(FinetuneSettings, "epochs"), show_default=True,
+              help="Fine-tuning epochs per candidate (early stopping on a validation split may end it sooner).")
+@click.option("--finetune-workers", type=OrDefault(INT), default=None,
+              help="Candidates fine-tuned at once, each in its own process [default: min(N, cores)].")
+@click.option("--export/--no-export", default=default(QueryConfig, "export"), show_default=True,
+              help="Export the fine-tuned winner to verified ONNX and register it.")
 @click.option("--seed", type=OrDefault(INT), default=default(QueryConfig, "seed"), show_default=True,
-              help="Seed of the image sample (and of a folder's split).")
+              help="Seed of the image sample, a folder's split, and the fine-tuning.")
 @as_json_option
-def query(work_dir, data_dir, data, top_k, max_params, max_flops, exclude, rerank, shortlist, rerank_groups,
-          k_per_class, seed, as_json):
-    """Rank the zoo's networks as starting points for DATA.
+def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms, exclude, rerank, shortlist,
+          rerank_groups, k_per_class, finetune, epochs, finetune_workers, export, seed, as_json):
+    """Rank the zoo's networks as starting points for DATA; fine-tune the best; deploy the winner.
 
     DATA is a dataset name from the data directory, a .npz archive in the shared format, or a folder
     with one sub-folder of images per class (optionally under train/ and test/). The dataset is
-    embedded with `tans-encoders@champion`, the zoo index is searched under the constraints, and the
-    accuracy predictor re-ranks the shortlist. The query is recorded as a run in `tans/queries`
-    (fingerprint, constraints, ranked candidates). Needs `tans encoders train` and `tans index build`.
+    embedded with `tans-encoders@champion`, the zoo index is filtered by the constraints, searched and
+    re-ranked; the top --finetune candidates are fine-tuned (validation split carved from the training
+    images; the test split only reports), the winner by validation accuracy is registered with its
+    lineage and exported to ONNX, checked against PyTorch. All of it is recorded on a run in
+    `tans/queries`. Needs `tans encoders train` and `tans index build`.
     """
-    from ..retrieval.search import query as run_query
+    from ..finetune.pipeline import query as run_query
 
-    rec = run_query(QueryConfig(data=data, max_params=max_params, max_flops=max_flops, exclude_datasets=tuple(exclude),
-                                shortlist=shortlist, rerank_groups=rerank_groups, k_per_class=k_per_class,
-                                work_dir=work_dir, data_dir=data_dir, **given(top_k=top_k, rerank=rerank, seed=seed)))
+    settings = FinetuneSettings(**given(epochs=epochs, seed=seed, workers=finetune_workers))
+    rec = run_query(QueryConfig(data=data, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
+                                exclude_datasets=tuple(exclude), shortlist=shortlist, rerank_groups=rerank_groups,
+                                k_per_class=k_per_class, work_dir=work_dir, data_dir=data_dir, settings=settings,
+                                export=export, **given(top_k=top_k, rerank=rerank, seed=seed, finetune=finetune)))
+    out = rec.to_dict()
     if as_json:
-        click.echo(json.dumps(rec.to_dict()))
+        click.echo(json.dumps(out))
         return
-    d = rec.dataset
+    r = rec.ranking
+    d = r.dataset
     click.echo(f"{d['name']}: {d['classes']} classes, {d['train_images']} training images; "
-               f"{rec.zoo_networks} zoo networks, encoders v{rec.encoder_version}, re-rank: {rec.rerank}")
-    click.echo(f"{'rank':>4}  {'model':<32}{'ver':>5}  {'source dataset':<22}{'source acc':>11}{'predicted':>10}"
-               f"{'params':>11}{'MFLOPs':>8}")
-    for c in rec.candidates:
-        pred = f"{c.predicted_accuracy:>10.3f}" if c.predicted_accuracy is not None else f"{'-':>10}"
-        click.echo(f"{c.rank:>4}  {c.model:<32}{c.version:>5}  {c.group:<22}{c.accuracy:>11.3f}{pred}"
-                   f"{c.n_params:>11,}{c.flops / 1e6:>8.1f}")
-    click.echo(f"query run {rec.run_id or '-'} (experiment tans/queries)")
+               f"{r.zoo_networks} zoo networks, encoders v{r.encoder_version}, re-rank: {r.rerank}")
+    score = "LogME" if r.rerank == "logme" else "predicted"
+    click.echo(f"{'rank':>4}  {'model':<30}{'ver':>5}  {'source dataset':<22}{'source acc':>11}{score:>10}"
+               f"{'params':>11}{'MFLOPs':>8}{'ms':>7}")
+    for c in r.candidates:
+        s = c.logme if r.rerank == "logme" else c.predicted_accuracy
+        s = f"{s:>10.3f}" if s is not None else f"{'-':>10}"
+        lat = f"{c.latency_ms:>7.2f}" if c.latency_ms is not None else f"{'-':>7}"
+        click.echo(f"{c.rank:>4}  {c.model:<30}{c.version:>5}  {c.group:<22}{c.accuracy:>11.3f}{s}"
+                   f"{c.n_params:>11,}{c.flops / 1e6:>8.1f}{lat}")
+    if rec.finetuned:
+        click.echo(f"fine-tuned the top {len(rec.finetuned)} ({rec.timings.get('finetune', 0):.0f} s):")
+        for f in rec.finetuned:
+            click.echo(f"  #{f.rank} {f.parent}: validation {f.val_accuracy:.3f}, test {f.test_accuracy:.3f}, "
+                       f"{f.epochs:g} epochs{' (stopped early)' if f.stopped_early else ''}")
+        w = rec.winner
+        click.echo(f"winner: {w['model_uri']} (from #{w['rank']}, validation {w['val_accuracy']:.3f}, test "
+                   f"{w['test_accuracy']:.3f}){' -> champion' if w['champion'] else ' (champion unchanged)'}")
+    if rec.onnx is not None:
+        o = rec.onnx
+        click.echo(f"onnx: {o.model_uri} ({o.path}); parity on {o.parity_images} images: max abs diff "
+                   f"{o.max_abs_diff:.1e}, top-1 agreement {o.top1_agreement:.0%}")
+    click.echo(f"query run {r.run_id or '-'} (experiment tans/queries)")

@@ -208,7 +208,7 @@ def _read_split(folder: Path, classes: list[str], size: int, bad: list):
         n_ok = 0
         for f in files:
             try:
-                images.append(_read_image(f, size))
+                images.append(read_image(f, size))
             except Exception as exc:  # PIL raises many types on corrupt data  # noqa: BLE001
                 bad.append((f, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -223,7 +223,7 @@ def _read_split(folder: Path, classes: list[str], size: int, bad: list):
     return x, np.asarray(labels, dtype=np.int64)
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def read_image(path: Path, size: int) -> np.ndarray:
     """One image file -> uint8 [size, size, 3]: EXIF orientation applied, any mode to RGB."""
     with Image.open(path) as im:
         im.draft(None, (size, size))  # JPEG only: decode at a reduced scale, still >= size

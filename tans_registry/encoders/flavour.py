@@ -16,7 +16,6 @@ its requirements are the packages that code imports.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,32 +23,12 @@ import numpy as np
 import torch
 
 from ..data.readers import as_images
+from ..mlmodel import code_copy, requirements
 from .backbone import FEATURE_DIM, SmallBackbone, extract_features, load_backbone, save_backbone
 from .models import TansEncoders
 
 INPUT_SIZE = 32
 KIND_FILE = "kind.json"
-
-
-def _requirements() -> list[str]:
-    """The packages the loader's code imports, pinned to the running versions (no inference at save time)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("torch", "safetensors", "numpy", "pillow", "mlflow"):
-        try:
-            out.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            out.append(pkg)
-    return out
-
-
-def _code_copy(dst: Path) -> Path:
-    """The package's Python files (no demo data) under ``dst/tans_registry``: the model's code path."""
-    src = Path(__file__).resolve().parent.parent
-    shutil.copytree(src, dst / "tans_registry", ignore=lambda d, names: [
-        n for n in names if not (n.endswith(".py") or (Path(d) / n).is_dir()) or n in ("__pycache__", "demo_data")])
-    return dst / "tans_registry"
 
 
 def _save(path: Path, data: Path, kind: str, output_dim: int, example: np.ndarray | None) -> Path:
@@ -65,10 +44,10 @@ def _save(path: Path, data: Path, kind: str, output_dim: int, example: np.ndarra
                                    "embedding" if kind == "encoders" else "features")]))
     if example is None:
         example = np.zeros((2, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
-    code = _code_copy(data.parent / "code")
+    code = code_copy(data.parent / "code")
     mlflow.pyfunc.save_model(str(path), loader_module=__name__, data_path=str(data), signature=signature,
                              input_example=as_images(example[:4], INPUT_SIZE), code_paths=[str(code)],
-                             pip_requirements=_requirements())
+                             pip_requirements=requirements())
     return path
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import params as P
 from .. import tracking
@@ -31,7 +32,9 @@ from .register import DONE_TAG, current_zoo_versions
 
 log = logging.getLogger("tans_registry")
 _ARRAYS = ("names", "versions", "groups", "datasets", "accuracy", "n_params", "flops", "model_emb", "dataset_emb",
-           "topology")
+           "topology", "arch_hashes", "archs", "n_classes", "latency_ms")
+LIMITS = (("max_params", "n_params", "parameters"), ("max_flops", "flops", "FLOPs"),
+          ("max_latency_ms", "latency_ms", "ms latency"))
 
 
 @dataclass
@@ -46,18 +49,25 @@ class ZooIndex:
     model_emb: np.ndarray    # float32 [N, D]
     dataset_emb: np.ndarray  # float32 [N, Dd]
     topology: np.ndarray     # float32 [N, 45] (the predictor's input; zeros where a version has no arch)
+    arch_hashes: np.ndarray  # str
+    archs: np.ndarray        # str: the OFA arch config as JSON
+    n_classes: np.ndarray    # int64: the network's head (its source dataset's classes)
+    latency_ms: np.ndarray   # float32: ONNX Runtime batch-1 latency on the machine of `hardware` (NaN: unmeasured)
     encoder_version: str
     key: str
+    hardware: str = "{}"     # JSON: where latency_ms was measured (zoo.latency.hardware)
 
     def __len__(self) -> int:
         return len(self.names)
 
     # ------------------------------------------------------------------ constraints and search
-    def mask(self, max_params: int | None = None, max_flops: int | None = None,
+    def mask(self, max_params: int | None = None, max_flops: int | None = None, max_latency_ms: float | None = None,
              min_accuracy: float | None = None, include_datasets=None, exclude_datasets=None) -> np.ndarray:
-        """Rows that satisfy every given constraint (a boolean array)."""
+        """Rows that satisfy every given constraint (a boolean array). A latency limit keeps only rows
+        whose latency was measured."""
         max_params = P.as_int("search", "max_params", max_params, 1, optional=True, flag=False)
         max_flops = P.as_int("search", "max_flops", max_flops, 1, optional=True, flag=False)
+        max_latency_ms = P.as_float("search", "max_latency_ms", max_latency_ms, above=0, optional=True, flag=False)
         min_accuracy = P.as_float("search", "min_accuracy", min_accuracy, minimum=0, maximum=1, optional=True,
                                   flag=False)
         keep = np.ones(len(self), dtype=bool)
@@ -65,6 +75,8 @@ class ZooIndex:
             keep &= self.n_params <= max_params
         if max_flops is not None:
             keep &= self.flops <= max_flops
+        if max_latency_ms is not None:
+            keep &= np.nan_to_num(self.latency_ms, nan=np.inf) <= max_latency_ms
         if min_accuracy is not None:
             keep &= self.accuracy >= min_accuracy
         if include_datasets:
@@ -99,6 +111,25 @@ class ZooIndex:
             scores = scores[rows]
         return [self.row(int(rows[i]), score=float(scores[i])) for i in top_k(scores, int(k))]
 
+    def closest(self, n: int = 3, exclude_datasets=None, **limits) -> list[dict]:
+        """When nothing fits: the ``n`` rows that exceed the ``limits`` (``max_params``, ``max_flops``,
+        ``max_latency_ms``) least (by the largest relative excess), each with what it exceeds."""
+        rows = np.flatnonzero(self.mask(exclude_datasets=exclude_datasets))
+        excess = np.zeros(len(rows))
+        for limit, column, _ in LIMITS:
+            if limits.get(limit) is not None:
+                values = np.nan_to_num(getattr(self, column)[rows].astype(np.float64), nan=np.inf)
+                excess = np.maximum(excess, values / float(limits[limit]) - 1.0)
+        out = []
+        for i in rows[np.argsort(excess, kind="stable")[:n]]:
+            over = {}
+            for limit, column, unit in LIMITS:
+                value = float(getattr(self, column)[i])
+                if limits.get(limit) is not None and not value <= limits[limit]:
+                    over[limit] = {"value": value, "limit": limits[limit], "unit": unit}
+            out.append(self.row(int(i)) | {"exceeds": over})
+        return out
+
     @property
     def row_norms(self) -> np.ndarray:
         """L2 norm of every model embedding, computed once per loaded index (no normalised copy)."""
@@ -109,7 +140,9 @@ class ZooIndex:
     def row(self, i: int, score: float | None = None) -> dict:
         out = {"row": i, "model": str(self.names[i]), "version": int(self.versions[i]), "group": str(self.groups[i]),
                "dataset": str(self.datasets[i]), "accuracy": float(self.accuracy[i]),
-               "n_params": int(self.n_params[i]), "flops": int(self.flops[i])}
+               "n_params": int(self.n_params[i]), "flops": int(self.flops[i]), "arch_hash": str(self.arch_hashes[i]),
+               "arch": json.loads(str(self.archs[i]) or "{}"),
+               "latency_ms": None if np.isnan(self.latency_ms[i]) else round(float(self.latency_ms[i]), 4)}
         if score is not None:
             out["score"] = score
         return out
@@ -119,7 +152,8 @@ class ZooIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **{a: getattr(self, a) for a in _ARRAYS},
-                 meta=np.array(json.dumps({"encoder_version": self.encoder_version, "key": self.key})))
+                 meta=np.array(json.dumps({"encoder_version": self.encoder_version, "key": self.key,
+                                           "hardware": self.hardware})))
         tmp.replace(path)  # atomic: a reader never sees half a cache
         return path
 
@@ -167,6 +201,9 @@ def index_from_versions(versions, key: str) -> ZooIndex:
         cols["model_emb"].append(decode_embedding(t["tans.model_embedding"]))
         cols["dataset_emb"].append(decode_embedding(t.get("tans.dataset_embedding", "f16:")))
         cols["topology"].append(topology(json.loads(t["tans.arch"])) if "tans.arch" in t else np.zeros(TOPOLOGY_DIM))
+        cols["arch_hashes"].append(t.get("tans.arch_hash", ""))
+        cols["archs"].append(t.get("tans.arch", ""))
+        cols["n_classes"].append(_n_classes(t.get("tans.classes", "[]")))
         encoders.add(t.get("tans.encoder_version", "raw"))
     if len(encoders) > 1:
         log.warning("zoo versions carry embeddings of several encoders %s; run `tans index build`", sorted(encoders))
@@ -175,7 +212,34 @@ def index_from_versions(versions, key: str) -> ZooIndex:
         groups=np.array(cols["groups"], dtype=str), datasets=np.array(cols["datasets"], dtype=str),
         accuracy=np.array(cols["accuracy"], dtype=np.float32), n_params=np.array(cols["n_params"], dtype=np.int64),
         flops=np.array(cols["flops"], dtype=np.int64), model_emb=_stack(cols["model_emb"]),
-        dataset_emb=_stack(cols["dataset_emb"]), topology=_stack(cols["topology"]), encoder_version=",".join(sorted(encoders)) or "none", key=key)
+        dataset_emb=_stack(cols["dataset_emb"]), topology=_stack(cols["topology"]),
+        arch_hashes=np.array(cols["arch_hashes"], dtype=str), archs=np.array(cols["archs"], dtype=str),
+        n_classes=np.array(cols["n_classes"], dtype=np.int64), latency_ms=np.full(len(cols["names"]), np.nan, np.float32),
+        encoder_version=",".join(sorted(encoders)) or "none", key=key)
+
+
+def _n_classes(tag: str) -> int:
+    """A version's class count from its ``tans.classes`` tag (the list, or ``{"n": N}`` when it was long)."""
+    value = json.loads(tag)
+    return int(value["n"]) if isinstance(value, dict) else len(value)
+
+
+def measure_latency(idx: ZooIndex, folder: Path) -> int:
+    """Fill ``idx.latency_ms`` from this machine's latency cache in ``folder``, measuring what is missing
+    (once per architecture and class count); returns how many were measured now."""
+    from ..zoo.latency import LatencyCache
+
+    cache = LatencyCache(folder)
+    before, supernets = len(cache.ms), {}
+    keys = sorted({(h, a, int(k)) for h, a, k in zip(idx.arch_hashes, idx.archs, idx.n_classes) if a})
+    missing = [(h, a, k) for h, a, k in keys if f"{h}/{k}" not in cache.ms]
+    for h, a, k in tqdm(missing, desc="latency (ONNX Runtime, batch 1)", unit="arch", disable=not missing):
+        cache.get(h, json.loads(a), k, supernets)
+    for i, (h, k) in enumerate(zip(idx.arch_hashes, idx.n_classes)):
+        idx.latency_ms[i] = cache.ms.get(f"{h}/{int(k)}", np.nan)
+    cache.save()
+    idx.hardware = json.dumps(cache.hardware)
+    return len(cache.ms) - before
 
 
 def _stack(vectors: list[np.ndarray]) -> np.ndarray:
@@ -192,10 +256,11 @@ def cache_path(work_dir: Path, key: str) -> Path:
 
 
 @C.boundary("read the zoo index")
-def load_index(work_dir: str | Path | None = None, force: bool = False) -> tuple[ZooIndex, dict]:
+def load_index(work_dir: str | Path | None = None, force: bool = False, latency: bool = True) -> tuple[ZooIndex, dict]:
     """The index of the registry's current state (of the work dir's store, or MLFLOW_TRACKING_URI's):
-    from the cache when fresh (and not ``force``), else rebuilt from the registry and cached; returns it
-    and a record with timings and whether the cache was hit."""
+    from the cache when fresh (and not ``force``), else rebuilt from the registry and cached, with each
+    architecture's latency on this machine (``latency``; measured once per architecture, cached); returns
+    it and a record with timings and whether the cache was hit."""
     wd, _ = tracking.setup(work_dir)
     t0 = time.perf_counter()
     key, models = registry_state()
@@ -212,6 +277,7 @@ def load_index(work_dir: str | Path | None = None, force: bool = False) -> tuple
     if not models:
         raise TansError("no zoo models in the registry: run `tans zoo register` first", code="ZOO_EMPTY")
     idx = index_from_versions(current_zoo_versions(), key)
+    measured = measure_latency(idx, tracking.cache_dir(wd)) if latency else 0
     try:
         idx.save(path)
     except OSError as exc:
@@ -221,7 +287,7 @@ def load_index(work_dir: str | Path | None = None, force: bool = False) -> tuple
         if old != path:
             old.unlink(missing_ok=True)
     _log_index_artifact(wd, path, key, len(idx))
-    return idx, {"cache": "built", "versions": len(idx), "models": len(models),
+    return idx, {"cache": "built", "versions": len(idx), "models": len(models), "latency_measured": measured,
                  "seconds": time.perf_counter() - t0, "path": str(path), "key": key}
 
 

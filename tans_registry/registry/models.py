@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import client as C
-from .names import BACKBONE_MODEL, CHAMPION, ENCODERS_MODEL
+from .names import BACKBONE_MODEL, CHAMPION, ENCODERS_MODEL, finetuned_model_name, onnx_model_name
 
 SCORE_TAG = "tans.val_score"      # encoders: selection score of the version's best checkpoint
 METRIC_TAG = "tans.val_metric"    # ... and the validation metric it was driven by
 BACKBONE_TAG = "tans.backbone_version"
+VAL_ACC_TAG = "tans.val_accuracy"  # fine-tuned: validation accuracy (what moves its champion)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ def download(ref: ModelRef, dst: str | None = None) -> Path:
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=dst))
 
 
+@C.boundary("download a model", "check the URI (`mlflow ui` lists the models and their versions)", also=(OSError,))
+def download_uri(uri: str) -> Path:
+    """A local folder with the MLflow model behind ``uri`` (``models:/name/3``, ``models:/name@champion``,
+    ``runs:/...``)."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
 @C.boundary("load a registered model as a pyfunc")
 def load_pyfunc(uri: str):
     """``mlflow.pyfunc.load_model(uri)`` behind the registry boundary."""
@@ -99,3 +109,42 @@ def register_encoders(run_id: str, score: float, metric: str, encoders_path: str
         c.set_registered_model_alias(ENCODERS_MODEL, CHAMPION, v.version)
     return {"encoders_version": int(v.version), "backbone_version": int(bb.version), "champion": promoted,
             "previous_champion": int(current.version) if current is not None else None}
+
+
+def _register(name: str, run_id: str, artifact_path: str, tags: dict, description: str, kind: str):
+    c = C.client()
+    artifacts = c.get_run(run_id).info.artifact_uri  # first: an unknown run registers nothing
+    C.ensure_model(name, tags={"tans.kind": kind})
+    return c.create_model_version(name, f"{artifacts}/{artifact_path}", run_id=run_id, tags=tags,
+                                  description=description)
+
+
+@C.boundary("register the fine-tuned winner", "check the store and run the query again")
+def register_finetuned(dataset: str, run_id: str, artifact_path: str, val_accuracy: float, tags: dict,
+                       description: str) -> dict:
+    """A version of ``tans-finetuned.<dataset>`` from the MLflow model folder ``artifact_path`` of run
+    ``run_id``; ``champion`` moves to it when its validation accuracy beats the current champion's."""
+    name = finetuned_model_name(dataset)
+    v = _register(name, run_id, artifact_path, tags | {VAL_ACC_TAG: f"{val_accuracy:.6f}"}, description, "finetuned")
+    current = C.alias_version(name, CHAMPION)
+    try:
+        best = float(current.tags.get(VAL_ACC_TAG, "-inf")) if current is not None else -math.inf
+    except ValueError:
+        best = -math.inf
+    promoted = val_accuracy > best
+    if promoted:
+        C.client().set_registered_model_alias(name, CHAMPION, v.version)
+    return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}", "champion": promoted,
+            "previous_champion": int(current.version) if current is not None else None}
+
+
+@C.boundary("register the ONNX export", "check the store and run the export again")
+def register_onnx(dataset: str, run_id: str, artifact_path: str, tags: dict, description: str,
+                  promote: bool) -> dict:
+    """A version of ``tans-onnx.<dataset>`` from the MLflow (onnx flavour) model folder ``artifact_path``
+    of run ``run_id``; ``champion`` moves to it when ``promote``."""
+    name = onnx_model_name(dataset)
+    v = _register(name, run_id, artifact_path, tags, description, "onnx")
+    if promote:
+        C.client().set_registered_model_alias(name, CHAMPION, v.version)
+    return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}", "champion": promote}

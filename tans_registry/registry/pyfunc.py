@@ -54,6 +54,10 @@ class ZooNetworkModel:
         self.network = network
         self.classes = list(network["classes"])
 
+    def get_raw_model(self) -> "ZooNetworkModel":
+        """What ``PyFuncModel.get_raw_model()`` returns: this wrapper (``.module``, ``.network``)."""
+        return self
+
     def predict(self, model_input, params=None) -> np.ndarray:
 
         x = as_images(model_input, int(self.network["input_size"]))
@@ -93,6 +97,48 @@ def _load_pyfunc(data_path: str) -> ZooNetworkModel:
     """MLflow's entry point (``loader_module``): ``data_path`` is the local network.json."""
     network = json.loads(Path(data_path).read_text())
     return ZooNetworkModel(module_from_network(network), network)
+
+
+def load_modules(model_uris: list[str]) -> list[nn.Module]:
+    """The eval-mode modules of several zoo versions, each group's supernet built once (what re-ranking a
+    shortlist by its features needs)."""
+    import mlflow
+
+    from ..zoo.store import networks_from_dir
+    from .client import wrapped
+
+    networks = []
+    with wrapped("download zoo versions", "check the URIs (`tans zoo list`, `mlflow ui`) and that their artifacts exist",
+                 also=(OSError,)):
+        for uri in model_uris:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+            networks.append(json.loads((local / DATA_FILE).read_text()))
+    out: dict[int, nn.Module] = {}
+    by_group: dict[str, list[int]] = {}
+    for pos, net in enumerate(networks):
+        by_group.setdefault(net["zoo_artifacts"], []).append(pos)
+    for artifacts, positions in by_group.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            with wrapped("download a zoo group's weights", "rebuild the group with `tans zoo build`", also=(OSError,)):
+                folder = _local_zoo_dir(artifacts, Path(tmp))
+            modules = networks_from_dir(folder, [int(networks[p]["index"]) for p in positions], where=artifacts)
+        out.update(zip(positions, modules))
+    return [out[p] for p in range(len(networks))]
+
+
+def load_network_info(model_uri: str) -> dict:
+    """A zoo version's ``network.json`` (arch, classes, preprocessing, lineage) with its group's supernet
+    spec (``supernet``) added: what rebuilding the network's module tree needs."""
+    import mlflow
+
+    from .client import wrapped
+
+    with wrapped(f"read {model_uri}", "check the URI (`tans zoo list`, `mlflow ui`) and that its artifacts exist",
+                 also=(OSError,)):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        network = json.loads((local / DATA_FILE).read_text())
+        zoo_json = mlflow.artifacts.load_dict(f"{network['zoo_artifacts'].rstrip('/')}/zoo.json")
+    return network | {"supernet": zoo_json["header"]["supernet"], "model_uri": model_uri}
 
 
 def load_module(model_uri: str) -> nn.Module:

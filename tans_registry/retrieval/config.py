@@ -1,7 +1,8 @@
 """What the retrieval stages take and give (no torch here: the CLI reads these defaults).
 
 :class:`IndexConfig` -> :func:`~.indexing.build_index` -> :class:`IndexRecord`;
-:class:`QueryConfig` -> :func:`~.search.query` -> :class:`QueryRecord` (its :class:`Candidate` rows).
+:class:`RankConfig` -> :func:`~.search.rank` -> :class:`RankRecord` (its :class:`Candidate` rows): the
+ranking half of `tans query` (the fine-tuning stage extends it).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import params as P
 
-RERANK = ("predictor", "none")
+RERANK = ("predictor", "logme", "none")
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,14 @@ class IndexRecord:
 
 
 @dataclass(frozen=True)
-class QueryConfig:
+class RankConfig:
     data: str                                # dataset name, .npz archive, or image folder
     top_k: int = 5
     max_params: int | None = None            # None: no limit
     max_flops: int | None = None             # None: no limit
+    max_latency_ms: float | None = None      # ONNX Runtime batch-1 latency on this machine; None: no limit
     exclude_datasets: tuple[str, ...] = ()   # e.g. the query's own source dataset, in a benchmark
-    rerank: str = "predictor"                # or "none": retrieval order
+    rerank: str = "predictor"                # "logme": LogME of the shortlist's features; "none": retrieval order
     shortlist: int | None = None             # retrieved networks re-ranked; None: the encoders' setting
     rerank_groups: int | None = None         # ... of the first N groups among them; None: the encoders' setting
     k_per_class: int | None = None           # images per class embedded; None: as the encoders were trained
@@ -56,12 +58,15 @@ class QueryConfig:
     log_run: bool = True
 
     def __post_init__(self) -> None:
-        st = "query"
+        self._validate_rank("query")
+
+    def _validate_rank(self, st: str) -> None:
         P.store(self,
                 data=P.as_path(st, "data", self.data, optional=False, flag=False),
                 top_k=P.as_int(st, "top_k", self.top_k, 1),
                 max_params=P.as_int(st, "max_params", self.max_params, 1, optional=True),
                 max_flops=P.as_int(st, "max_flops", self.max_flops, 1, optional=True),
+                max_latency_ms=P.as_float(st, "max_latency_ms", self.max_latency_ms, above=0, optional=True),
                 exclude_datasets=P.as_names(st, "exclude_datasets", self.exclude_datasets,
                                             flag="--exclude-dataset") or (),
                 rerank=P.as_choice(st, "rerank", self.rerank, RERANK),
@@ -86,13 +91,17 @@ class Candidate:
     accuracy: float            # measured on its source dataset
     n_params: int
     flops: int
+    arch_hash: str
+    arch: dict                 # the OFA kernel/expand/depth config
+    latency_ms: float | None   # ONNX Runtime batch-1 latency on the index's machine
     score: float               # retrieval score
     model_uri: str             # models:/zoo.<group>/<version>
     predicted_accuracy: float | None = None   # set when the predictor re-ranked it
+    logme: float | None = None                # set when LogME re-ranked it
 
 
 @dataclass(frozen=True)
-class QueryRecord:
+class RankRecord:
     dataset: dict              # name, fingerprint, classes, train_images, skipped_images
     encoder_version: str
     index_key: str
@@ -103,8 +112,9 @@ class QueryRecord:
     rerank_groups: int
     k_per_class: int
     candidates: tuple[Candidate, ...]
-    seconds: dict              # load, embed, search
+    seconds: dict              # load, embed, search, rerank
     run_id: str | None = None  # the query's run in tans/queries
+    rerank_forward_passes: int = 0   # LogME: networks run over the dataset's images
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,12 +1,13 @@
-"""``tans query``: which zoo network should a new dataset start from?
+"""The ranking half of ``tans query``: which zoo networks should a new dataset start from?
 
 The dataset is embedded with the champion encoders (its backbone features of K images per class ->
-query encoder), the cached zoo index is searched under the constraints (exact top-``shortlist`` by
-retrieval score: cosine to the model embedding plus the encoders' ``dataset_weight`` times cosine to the
-network's source-dataset embedding), and the accuracy predictor re-ranks the shortlist with the one
-policy of :mod:`.rerank` (TANS's retrieve-then-rank). Each query is a run in `tans/queries`: the
-dataset's fingerprint, the constraints, the encoder and index versions, and the ranked candidates as an
-artifact.
+query encoder); the cached zoo index is filtered by the constraints first (parameters, FLOPs, measured
+ONNX Runtime latency), then searched (exact top-``shortlist`` by retrieval score: cosine to the model
+embedding plus the encoders' ``dataset_weight`` times cosine to the network's source-dataset
+embedding); the shortlist is re-ranked with the one policy of :mod:`.rerank`, by the accuracy predictor
+or by LogME (:mod:`.logme`: forward passes of the re-ranked networks only, over the dataset's images).
+Each query is a run in `tans/queries`: the dataset's fingerprint, the constraints, the encoder and index
+versions, and the ranked candidates as an artifact.
 """
 from __future__ import annotations
 
@@ -21,44 +22,78 @@ import torch
 
 from .. import tracking
 from ..data import load_dataset
+from ..encoders.backbone import sample_per_class
 from ..errors import TansError
 from ..registry.index import ZooIndex, load_index
-from .config import Candidate, QueryConfig, QueryRecord
+from ..registry.pyfunc import load_modules
+from ..zoo.measure import penultimate
+from ..zoo.tensors import DEFAULT_MEAN, DEFAULT_STD, to_tensor
+from .config import Candidate, RankConfig, RankRecord
 from .embed import Champion, embed_dataset, load_champion
+from .logme import logme
 from .rerank import RerankPolicy, rerank_list
+
+LOGME_IMAGES = 500  # at most this many training images (stratified) feed each network's LogME
 
 
 @torch.no_grad()
-def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: QueryConfig) -> list[Candidate]:
-    """Retrieve under the constraints, re-rank with the predictor (:func:`.rerank.rerank_list`), keep
-    ``top_k``; best first."""
+def logme_scores(uris: list[str], ds, seed: int, mean, std) -> np.ndarray:
+    """LogME of each network (by model URI) on the dataset's training images: one forward pass each."""
+    k = max(1, LOGME_IMAGES // ds.n_classes)
+    pick = sample_per_class(ds, k, seed)
+    x, y = to_tensor(ds.x_train[pick], mean, std), ds.y_train[pick]
+    out = []
+    for module in load_modules(uris):
+        feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+        out.append(logme(feats, y))
+    return np.asarray(out)
+
+
+@torch.no_grad()
+def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConfig, ds=None) -> tuple[list, int]:
+    """Retrieve under the constraints, re-rank (:func:`.rerank.rerank_list`) by the predictor or LogME,
+    keep ``top_k``; best first. Returns the candidates and the forward passes LogME made."""
     enc = champ.encoders
     policy = RerankPolicy.of(enc.cfg, cfg.shortlist, cfg.rerank_groups)
-    use_predictor = cfg.rerank == "predictor" and enc.predictor is not None
-    hits = idx.search(q, k=policy.shortlist if use_predictor else cfg.top_k, dataset_weight=enc.cfg.dataset_weight,
-                      max_params=cfg.max_params, max_flops=cfg.max_flops,
+    method = cfg.rerank if (cfg.rerank != "predictor" or enc.predictor is not None) else "none"
+    hits = idx.search(q, k=policy.shortlist if method != "none" else cfg.top_k, dataset_weight=enc.cfg.dataset_weight,
+                      max_params=cfg.max_params, max_flops=cfg.max_flops, max_latency_ms=cfg.max_latency_ms,
                       exclude_datasets=list(cfg.exclude_datasets) or None)
-    predicted: dict[int, float] = {}
-    if use_predictor and hits:
+    scores: dict[int, float] = {}
+    passes = 0
+    if method == "predictor" and hits:
         def predict(positions: np.ndarray) -> np.ndarray:
             rows = [hits[p]["row"] for p in positions]
             qt = torch.from_numpy(q).float()[None].expand(len(rows), -1)
             return enc.predictor(qt, torch.from_numpy(idx.model_emb[rows]).float(),
                                  torch.from_numpy(idx.topology[rows]).float()).numpy()
 
-        order, predicted = rerank_list([h["group"] for h in hits], predict, policy)
-        hits = [hits[i] | {"position": int(i)} for i in order]
+        order, scores = rerank_list([h["group"] for h in hits], predict, policy)
+    elif method == "logme" and hits:
+        def predict(positions: np.ndarray) -> np.ndarray:
+            nonlocal passes
+            passes += len(positions)
+            return logme_scores([f"models:/{hits[p]['model']}/{hits[p]['version']}" for p in positions], ds,
+                                cfg.seed, DEFAULT_MEAN, DEFAULT_STD)
+
+        order, scores = rerank_list([h["group"] for h in hits], predict, policy)
+    else:
+        order = np.arange(len(hits))
     out = []
-    for rank, h in enumerate(hits[: cfg.top_k], start=1):
+    for rank, pos in enumerate(order[: cfg.top_k], start=1):
+        h = hits[pos]
+        s = scores.get(int(pos))
         out.append(Candidate(rank=rank, model=h["model"], version=h["version"], group=h["group"],
-                             dataset=h["dataset"], accuracy=h["accuracy"], n_params=h["n_params"],
-                             flops=h["flops"], score=h["score"], model_uri=f"models:/{h['model']}/{h['version']}",
-                             predicted_accuracy=predicted.get(h.get("position", -1))))
-    return out
+                             dataset=h["dataset"], accuracy=h["accuracy"], n_params=h["n_params"], flops=h["flops"],
+                             arch_hash=h["arch_hash"], arch=h["arch"], latency_ms=h["latency_ms"], score=h["score"],
+                             model_uri=f"models:/{h['model']}/{h['version']}",
+                             predicted_accuracy=s if method == "predictor" else None,
+                             logme=s if method == "logme" else None))
+    return out, passes
 
 
-def query(cfg: QueryConfig) -> QueryRecord:
-    """Embed the dataset, search the registry under the constraints, rank; log the query run."""
+def rank(cfg: RankConfig) -> RankRecord:
+    """Embed the dataset, search the registry under the constraints, re-rank; log the query run."""
     t0 = time.time()
     wd, _ = tracking.setup(cfg.work_dir)
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)  # bad input fails before any model loads
@@ -67,34 +102,50 @@ def query(cfg: QueryConfig) -> QueryRecord:
     if idx.encoder_version != champ.version:
         raise TansError(f"the zoo index was embedded by encoders {idx.encoder_version!r}, but the champion is "
                         f"v{champ.version}: run `tans index build`", code="INDEX_STALE")
+    if cfg.max_latency_ms is not None and np.isnan(idx.latency_ms).all():
+        raise TansError("the zoo index holds no latency measurements: run `tans index build --force` on this "
+                        "machine, or drop --max-latency-ms", code="NO_LATENCY")
     t_embed = time.time()
     k = cfg.k_per_class or champ.encoders.cfg.k_per_class
     q = embed_dataset(champ, ds, k, cfg.seed)
     t_search = time.time()
-    candidates = rank_candidates(champ, idx, q, cfg)
+    candidates, passes = rank_candidates(champ, idx, q, cfg, ds)
     t_done = time.time()
     if not candidates:
-        limits = ", ".join(f"{k}={v}" for k, v in (("max_params", cfg.max_params), ("max_flops", cfg.max_flops),
-                                                    ("exclude", ",".join(cfg.exclude_datasets) or None)) if v)
-        raise TansError(f"no zoo network satisfies the constraints ({limits or 'none'}) among {len(idx)} "
-                        "networks: loosen --max-params/--max-flops (`tans zoo list` shows the sizes)",
-                        code="NO_CANDIDATES")
+        raise TansError(_no_fit_message(idx, cfg), code="NO_CANDIDATES")
     policy = RerankPolicy.of(champ.encoders.cfg, cfg.shortlist, cfg.rerank_groups)
-    record = QueryRecord(
+    method = cfg.rerank if (cfg.rerank != "predictor" or champ.encoders.predictor is not None) else "none"
+    record = RankRecord(
         dataset={"name": ds.name, "fingerprint": ds.fingerprint(), "classes": ds.n_classes,
                  "train_images": int(len(ds.x_train)), "skipped_images": int(ds.n_skipped)},
         encoder_version=champ.version, index_key=idx_rec["key"], zoo_networks=len(idx),
-        constraints={"max_params": cfg.max_params, "max_flops": cfg.max_flops,
-                     "exclude_datasets": list(cfg.exclude_datasets)},
-        rerank=cfg.rerank if champ.encoders.predictor is not None else "none",
-        shortlist=policy.shortlist, rerank_groups=policy.groups, k_per_class=k, candidates=tuple(candidates),
-        seconds={"load": t_embed - t0, "embed": t_search - t_embed, "search": t_done - t_search})
+        constraints={"max_params": cfg.max_params, "max_flops": cfg.max_flops, "max_latency_ms": cfg.max_latency_ms,
+                     "exclude_datasets": list(cfg.exclude_datasets),
+                     "latency_hardware": json.loads(idx.hardware) if cfg.max_latency_ms is not None else None},
+        rerank=method, shortlist=policy.shortlist, rerank_groups=policy.groups, k_per_class=k,
+        candidates=tuple(candidates), rerank_forward_passes=passes,
+        seconds={"load": t_embed - t0, "embed": t_search - t_embed, "search_and_rerank": t_done - t_search})
     if cfg.log_run:
         record = replace(record, run_id=_log_query_run(cfg, record, wd))
     return record
 
 
-def _log_query_run(cfg: QueryConfig, record: QueryRecord, wd: Path) -> str:
+def _no_fit_message(idx: ZooIndex, cfg: RankConfig) -> str:
+    limits = {"max_params": cfg.max_params, "max_flops": cfg.max_flops, "max_latency_ms": cfg.max_latency_ms}
+    given = ", ".join(f"{k}={v}" for k, v in limits.items() if v is not None)
+    if cfg.exclude_datasets:
+        given += (", " if given else "") + f"exclude={','.join(cfg.exclude_datasets)}"
+    closest = idx.closest(3, exclude_datasets=list(cfg.exclude_datasets) or None, **limits)
+    named = "; ".join(
+        f"models:/{c['model']}/{c['version']} (" + ", ".join(
+            f"{e['value']:,.4g} {e['unit']} > {e['limit']:,.4g}" for e in c["exceeds"].values()) + ")"
+        for c in closest)
+    return (f"no zoo network satisfies the constraints ({given or 'none'}) among {len(idx)} networks"
+            + (f"; the closest: {named}" if named else "")
+            + ". Loosen --max-params/--max-flops/--max-latency-ms (`tans zoo list` shows the sizes)")
+
+
+def _log_query_run(cfg: RankConfig, record: RankRecord, wd: Path) -> str:
     import mlflow
 
     exp = tracking.experiment_id("queries", wd)
@@ -106,11 +157,11 @@ def _log_query_run(cfg: QueryConfig, record: QueryRecord, wd: Path) -> str:
         params = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "data_dir", "log_run")}
         params["exclude_datasets"] = ",".join(cfg.exclude_datasets)
         params |= {"shortlist": record.shortlist, "rerank_groups": record.rerank_groups,
-                   "k_per_class": record.k_per_class}
+                   "k_per_class": record.k_per_class, "rerank": record.rerank}
         mlflow.log_params(params | {"index_key": record.index_key})
         best = record.candidates[0]
         mlflow.log_metrics({"candidates": len(record.candidates), "zoo_networks": record.zoo_networks,
-                            "best_source_accuracy": best.accuracy}
+                            "best_source_accuracy": best.accuracy, "rerank_forward_passes": record.rerank_forward_passes}
                            | ({"best_predicted_accuracy": best.predicted_accuracy}
                               if best.predicted_accuracy is not None else {})
                            | {f"seconds_{k}": v for k, v in record.seconds.items()})

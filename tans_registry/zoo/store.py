@@ -86,17 +86,35 @@ def load_network(run_id: str, index: int) -> nn.Module:
 
 def network_from_dir(folder: Path, index: int, where: str = "") -> nn.Module:
     """Materialize network ``index`` from a local copy of a group's ``zoo/`` artifacts."""
+    return networks_from_dir(folder, [index], where)[0]
+
+
+def networks_from_dir(folder: Path, indices: list[int], where: str = "") -> list[nn.Module]:
+    """Materialize several networks of one group, building its supernet once."""
     from safetensors.torch import load_file
+
+    from .space import build_supernet, extract_subnet, validate_arch
 
     table = json.loads((folder / "zoo.json").read_text())
     rows = {r["index"]: r for r in table["networks"]}
-    if index not in rows:
-        raise TansError(f"{where or folder} has no zoo network {index}; it has {sorted(rows)}",
+    unknown = [i for i in indices if i not in rows]
+    if unknown:
+        raise TansError(f"{where or folder} has no zoo network {unknown[0]}; it has {sorted(rows)}",
                         code="ZOO_NETWORK")
     spec = SupernetSpec.from_dict(table["header"]["supernet"])
-    prefix = f"n{index}/"
-    bn = {k[len(prefix):]: v for k, v in load_file(str(folder / "bn.safetensors")).items() if k.startswith(prefix)}
-    return materialize(spec, load_file(str(folder / "supernet.safetensors")), rows[index]["arch"], bn)
+    bn_all = load_file(str(folder / "bn.safetensors"))
+    if len(indices) == 1:
+        i = indices[0]
+        bn = {k[len(f"n{i}/"):]: v for k, v in bn_all.items() if k.startswith(f"n{i}/")}
+        return [materialize(spec, load_file(str(folder / "supernet.safetensors")), rows[i]["arch"], bn)]
+    supernet = build_supernet(spec)
+    supernet.load_state_dict(load_file(str(folder / "supernet.safetensors")))
+    out = []
+    for i in indices:
+        sub = extract_subnet(supernet, validate_arch(rows[i]["arch"], spec))
+        sub.load_state_dict({k[len(f"n{i}/"):]: v for k, v in bn_all.items() if k.startswith(f"n{i}/")}, strict=False)
+        out.append(sub.eval())
+    return out
 
 
 def load_functional_embeddings(run_id: str) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""`tans export`, `tans serve`, `tans predict`."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..export.config import ExportConfig
+from .options import INT, as_json_option, common_options, default, store_options
+
+
+@click.command("export")
+@common_options
+@click.argument("model_uri")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the .onnx file here.")
+@click.option("--data", default=None,
+              help="Dataset whose training images the parity check uses [default: the model's own dataset].")
+@click.option("--register/--no-register", default=default(ExportConfig, "register"), show_default=True,
+              help="Register the export as tans-onnx.<dataset> and move its champion alias to it.")
+@as_json_option
+def export(work_dir, data_dir, model_uri, out, data, register, as_json):
+    """Export MODEL_URI (a fine-tuned winner or a zoo version) to ONNX, verified against PyTorch.
+
+    The graph takes uint8 images [N, H, W, 3] (preprocessing inside) and returns logits; metadata_props
+    hold the classes, input size, mean, std and MODEL_URI. Refused, and nothing registered, unless
+    onnx.checker passes and onnxruntime matches PyTorch on at least 64 of the dataset's images (max abs
+    logit difference <= 1e-4, top-1 agreement 100%).
+    """
+    from ..export.stage import export_model
+
+    rec = export_model(ExportConfig(model_uri=model_uri, out=out, data=data, register=register, work_dir=work_dir,
+                                    data_dir=data_dir))
+    if as_json:
+        click.echo(json.dumps(rec.to_dict()))
+        return
+    click.echo(f"exported {model_uri} -> {rec.path}")
+    click.echo(f"parity on {rec.parity_images} images: max abs logit difference {rec.max_abs_diff:.1e}, top-1 "
+               f"agreement {rec.top1_agreement:.0%}")
+    if rec.model_uri:
+        click.echo(f"registered {rec.model_uri}" + (" as champion" if rec.champion else ""))
+
+
+@click.command("serve")
+@store_options
+@click.argument("model_uri")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option("--port", type=INT, default=8080, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime providers: auto takes CUDA when available, then the CPU.")
+@click.option("--max-batch", type=INT, default=64, show_default=True, help="Images merged into one session call.")
+@click.option("--max-body-mb", type=float, default=16.0, show_default=True, help="Larger request bodies get 413.")
+def serve(work_dir, model_uri, host, port, device, max_batch, max_body_mb):
+    """Serve MODEL_URI (an ONNX export, e.g. models:/tans-onnx.<dataset>@champion, or an .onnx file).
+
+    Endpoints: GET /ping, POST /invocations ({"inputs": images}, as `mlflow models serve`), and the Open
+    Inference Protocol v2 of KServe and Triton: GET /v2/health/live, /v2/health/ready,
+    /v2/models/{name}, POST /v2/models/{name}/infer. Images are uint8 [N, H, W, 3].
+    """
+    from ..serve.app import ServeConfig, make_server
+
+    server = make_server(ServeConfig(model_uri=model_uri, host=host, port=port, device=device, max_batch=max_batch,
+                                     max_body_mb=max_body_mb, work_dir=work_dir))
+    h, p = server.server_address[:2]
+    m = server.model
+    click.echo(f"serving {m.name} ({len(m.classes)} classes, {m.input_size}x{m.input_size} uint8 images) on "
+               f"http://{h}:{p} with {', '.join(m.providers)}; /invocations and /v2/models/{m.name}/infer", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@click.command("predict")
+@store_options
+@click.argument("model_uri")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top", type=INT, default=3, show_default=True, help="Classes listed per image.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@as_json_option
+def predict(work_dir, model_uri, images, top, device, as_json):
+    """Classify IMAGES (files, or folders searched recursively) with MODEL_URI (an ONNX export)."""
+    from ..serve.predict import PredictConfig
+    from ..serve.predict import predict as run_predict
+
+    out = run_predict(PredictConfig(model_uri=model_uri, paths=tuple(images), top=top, device=device,
+                                    work_dir=work_dir))
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for r in out["predictions"]:
+        click.echo(f"{r['path']}\t{r['class']}\t{r['probability']:.3f}")
+    for s in out["skipped"]:
+        click.echo(f"skipped {s['path']}: {s['why']}", err=True)

@@ -1,0 +1,112 @@
+"""Fine-tune a query's top N candidates (in parallel processes when cores allow), pick the winner by
+validation accuracy, register it as ``tans-finetuned.<dataset>`` with its lineage.
+
+Each candidate becomes a child run of the query's run in `tans/queries` (settings, per-epoch validation
+accuracy, validation and test accuracy, its zoo parent); the winner's MLflow model folder is logged
+into its run and registered from there (tags: zoo parent version, query run, fine-tuning settings,
+validation and test accuracy). Workers only read the registry; every write happens here, afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import tracking
+from ..registry import models as registry_models
+from .candidate import finetune_candidate
+from .config import CandidateResult, FinetuneSettings
+from .network import rebuild, save_model
+
+ARTIFACT = "finetuned"
+
+
+def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    if workers <= 1 or len(jobs) == 1:
+        return [finetune_candidate(j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(finetune_candidate, jobs))
+
+
+def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: dict, query_run: str | None,
+                 work_dir: Path) -> tuple[list[CandidateResult], dict | None]:
+    """Fine-tune ``candidates`` (ranked :class:`~tans_registry.retrieval.config.Candidate` rows) on ``ds``;
+    returns their results (rank order) and the registered winner."""
+    import mlflow
+
+    workers = settings.workers or min(len(candidates), os.cpu_count() or 1)
+    threads = max(1, torch.get_num_threads() // max(1, min(workers, len(candidates))))
+    uri = mlflow.get_tracking_uri()
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [{"uri": c.model_uri, "classes": list(ds.classes), "x_train": ds.x_train, "y_train": ds.y_train,
+                 "x_test": ds.x_test, "y_test": ds.y_test, "settings": asdict(settings), "tracking_uri": uri,
+                 "threads": threads if workers > 1 else torch.get_num_threads(), "out": str(Path(tmp) / f"c{i}.safetensors")}
+                for i, c in enumerate(candidates)]
+        outs = _run_jobs(jobs, workers)
+        results = [_log_candidate(c, o, settings, query_run, work_dir) for c, o in zip(candidates, outs)]
+        best = max(range(len(results)), key=lambda i: (results[i].val_accuracy, -results[i].rank))
+        winner = _register_winner(candidates[best], results[best], outs[best], jobs[best]["out"], ds, settings,
+                                  data_spec, query_run)
+    return results, winner
+
+
+def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | None, work_dir: Path) -> CandidateResult:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = tracking.experiment_id("queries", work_dir)
+    tags = {"tans.kind": "finetune", "tans.zoo_parent": c.model_uri, "tans.rank": str(c.rank)}
+    if query_run:
+        tags["mlflow.parentRunId"] = query_run
+    run = client.create_run(exp, run_name=f"finetune-{c.model}-v{c.version}", tags=tags)
+    rid = run.info.run_id
+    for k, v in asdict(settings).items():
+        client.log_param(rid, k, v)
+    for epoch, acc in enumerate(out["history"], start=1):
+        client.log_metric(rid, "val_accuracy", acc, step=epoch)
+    for k in ("val_accuracy", "test_accuracy", "epochs", "steps", "seconds", "best_epoch"):
+        client.log_metric(rid, f"final_{k}", float(out[k]))
+    client.log_metric(rid, "n_train", out["n_train"])
+    client.log_metric(rid, "n_val", out["n_val"])
+    client.set_terminated(rid)
+    return CandidateResult(rank=c.rank, parent=c.model_uri, val_accuracy=out["val_accuracy"],
+                           test_accuracy=out["test_accuracy"], epochs=round(out["epochs"], 3),
+                           best_epoch=out["best_epoch"], stopped_early=out["stopped_early"], steps=out["steps"],
+                           seconds=round(out["seconds"], 2), history=tuple(out["history"]), run_id=rid)
+
+
+def _register_winner(c, result: CandidateResult, out: dict, weights: str, ds, settings: FinetuneSettings,
+                     data_spec: dict, query_run: str | None) -> dict:
+    import mlflow
+    from safetensors.torch import load_file
+
+    info = out["info"]
+    network = {"arch": info["arch"], "arch_hash": info["arch_hash"], "supernet": info["supernet"],
+               "classes": list(ds.classes), "input_size": info["input_size"], "mean": info["mean"], "std": info["std"],
+               "dataset": ds.name, "data": data_spec["data"], "data_dir": data_spec.get("data_dir"),
+               "fingerprint": ds.fingerprint(), "zoo_parent": c.model_uri, "query_run": query_run or "",
+               "settings": asdict(settings), "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy}
+    module = rebuild(network, load_file(weights))
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(Path(tmp) / ARTIFACT, module, network, ds.x_train[:4])
+        client.log_artifacts(result.run_id, str(Path(tmp) / ARTIFACT), ARTIFACT)
+    tags = {"tans.zoo_parent": c.model_uri, "tans.query_run": query_run or "", "tans.dataset": ds.name,
+            "tans.fingerprint": ds.fingerprint(), "tans.settings": json.dumps(asdict(settings), separators=(",", ":")),
+            "tans.test_accuracy": f"{result.test_accuracy:.6f}", "tans.arch_hash": info["arch_hash"],
+            "tans.finetune_run": result.run_id}
+    description = (f"Fine-tuned winner for `{ds.name}` ({ds.n_classes} classes), started from `{c.model_uri}` "
+                   f"(rank {c.rank} of query run `{query_run}`): validation accuracy {result.val_accuracy:.4f}, test "
+                   f"accuracy {result.test_accuracy:.4f} after {result.epochs:g} epochs"
+                   f"{' (stopped early)' if result.stopped_early else ''}.")
+    reg = registry_models.register_finetuned(ds.name, result.run_id, ARTIFACT, result.val_accuracy, tags, description)
+    return reg | {"rank": c.rank, "parent": c.model_uri, "val_accuracy": result.val_accuracy,
+                  "test_accuracy": result.test_accuracy, "module": module, "network": network,
+                  "run_id": result.run_id}
