@@ -286,17 +286,18 @@ def load_index(work_dir: str | Path | None = None, force: bool = False, latency:
     for old in path.parent.glob("zoo-index-*.npz"):  # one cache per work dir: older states go
         if old != path:
             old.unlink(missing_ok=True)
-    _log_index_artifact(wd, path, key, len(idx))
+    _log_index_artifact(wd, path, key, len(idx), idx.hardware)
     return idx, {"cache": "built", "versions": len(idx), "models": len(models), "latency_measured": measured,
                  "seconds": time.perf_counter() - t0, "path": str(path), "key": key}
 
 
-def _log_index_artifact(wd: Path, path: Path, key: str, n: int) -> None:
-    """Keep each built index as an artifact of a run in tans/zoo (tag tans.kind=index)."""
+def _log_index_artifact(wd: Path, path: Path, key: str, n: int, hardware: str) -> None:
+    """Keep each built index as an artifact of a run in tans/zoo (tag tans.kind=index; the latencies'
+    hardware as tag tans.latency_hardware)."""
     import mlflow
 
     exp_id = tracking.experiment_id("zoo", wd)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"index-{key[:8]}",
-                          tags={"tans.kind": "index", "tans.index_key": key}):
+                          tags={"tans.kind": "index", "tans.index_key": key, "tans.latency_hardware": hardware}):
         mlflow.log_metric("versions", n)
         mlflow.log_artifact(str(path), "index")

@@ -20,9 +20,13 @@ MAX_ITER, TOL = 100, 1e-5
 def class_evidence(features: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """``(log evidence, alpha, beta)`` of the target ``y [N]`` on ``features [N, D]`` at the optimum."""
     f = np.asarray(features, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
+    return _evidence(u, s, f.shape[1], np.asarray(y, dtype=np.float64))
+
+
+def _evidence(u: np.ndarray, s: np.ndarray, d: int, y: np.ndarray) -> tuple[float, float, float]:
+    """:func:`class_evidence` from the SVD ``F = U diag(s) V'`` (computed once per network)."""
+    n = len(y)
     sigma = s ** 2                       # eigenvalues of F'F (the r = min(N, D) non-trivial ones)
     z = u.T @ y                          # y in the left singular basis
     outside = max(float(y @ y - z @ z), 0.0)  # |y|^2 outside the span of F
@@ -53,5 +57,6 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     labels = np.asarray(labels)
     if f.ndim != 2 or len(f) != len(labels) or len(f) < 2:
         raise ValueError(f"LogME needs features [N, D] with N >= 2 and N labels; got {f.shape} and {labels.shape}")
-    n = len(f)
-    return float(np.mean([class_evidence(f, (labels == c).astype(np.float64))[0] / n for c in np.unique(labels)]))
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)  # one SVD serves every class
+    return float(np.mean([_evidence(u, s, d, (labels == c).astype(np.float64))[0] / n for c in np.unique(labels)]))

@@ -1,0 +1,227 @@
+"""Benchmark of the deployment path, measured side by side in one run (BENCHMARKS.md, "Deployment"):
+
+1. query time without fine-tuning (embed + search + re-rank) for 200 query images against a 14,000-network
+   index (the work dir's real index, its rows repeated with jittered model embeddings), median of 20;
+   and LogME's re-rank of the shortlist on the real index (its forward passes and seconds);
+2. onnxruntime (CPU provider) against PyTorch eager, with the in-graph preprocessing, at batch 1 and 64,
+   for the smallest, a medium and the largest subnet (random weights), median after warm-up;
+3. ``tans serve`` on loopback: p50/p95 request latency and throughput with 1 and 8 concurrent clients
+   sending one image per request;
+4. the fine-tuning time per candidate (a real query with ``--finetune 3`` on the query dataset).
+
+Needs a work dir with a registered zoo, champion encoders and an index (the README's main job makes one):
+
+    .venv/bin/python scripts/bench_deploy.py --work-dir . --query chinese_mnist [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tans_registry import tracking  # noqa: E402
+from tans_registry.data import load_dataset  # noqa: E402
+from tans_registry.encoders.backbone import extract_features  # noqa: E402
+from tans_registry.export.onnx import WithPreprocessing  # noqa: E402
+from tans_registry.finetune.config import FinetuneSettings, QueryConfig  # noqa: E402
+from tans_registry.finetune.pipeline import query  # noqa: E402
+from tans_registry.registry.index import load_index  # noqa: E402
+from tans_registry.retrieval.config import RankConfig  # noqa: E402
+from tans_registry.retrieval.embed import load_champion  # noqa: E402
+from tans_registry.retrieval.search import rank, rank_candidates  # noqa: E402
+from tans_registry.zoo.onnx import export_onnx, session  # noqa: E402
+from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch, min_arch, sample_archs  # noqa: E402
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def median_ms(fn, n: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
+def big_index(idx, rows: int, seed: int = 0):
+    """``idx`` repeated to ``rows`` rows, model embeddings jittered (so the top-k is not all ties)."""
+    reps = -(-rows // len(idx))
+    take = lambda a: np.concatenate([a] * reps)[:rows]  # noqa: E731
+    rng = np.random.default_rng(seed)
+    emb = take(idx.model_emb) + 0.05 * rng.standard_normal((rows, idx.model_emb.shape[1])).astype(np.float32)
+    return replace(idx, names=take(idx.names), versions=np.arange(rows, dtype=np.int64) + 1,
+                   groups=np.char.add(take(idx.groups), (np.arange(rows) // len(idx)).astype(str)),
+                   datasets=take(idx.datasets), accuracy=take(idx.accuracy), n_params=take(idx.n_params),
+                   flops=take(idx.flops), model_emb=emb, dataset_emb=take(idx.dataset_emb), topology=take(idx.topology),
+                   arch_hashes=take(idx.arch_hashes), archs=take(idx.archs), n_classes=take(idx.n_classes),
+                   latency_ms=take(idx.latency_ms), key="bench")
+
+
+def bench_query(work: Path, data: str, data_dir, rows: int) -> dict:
+    tracking.setup(work)
+    champ = load_champion()
+    idx, _ = load_index(work)
+    big = big_index(idx, rows)
+    ds = load_dataset(data, data_dir=data_dir)
+    x200 = ds.x_train[np.random.default_rng(0).permutation(len(ds.x_train))[:200]]
+    cfg = RankConfig(data=data, top_k=5, work_dir=str(work), data_dir=data_dir, log_run=False)
+
+    def embed():
+        feats = extract_features(champ.backbone, x200)
+        with torch.no_grad():
+            return champ.encoders.query(torch.from_numpy(feats)[None])[0].numpy()
+
+    q = embed()
+    t_embed = median_ms(embed, 20)
+    t_search = median_ms(lambda: big.search(q, k=100, dataset_weight=champ.encoders.cfg.dataset_weight), 20)
+    t_rank = median_ms(lambda: rank_candidates(champ, big, q, cfg), 20)  # search + predictor re-rank
+    t0 = time.perf_counter()
+    logme_rec = rank(replace(cfg, rerank="logme", top_k=10))
+    t_logme = time.perf_counter() - t0
+    return {"index_rows": len(big), "query_images": len(x200), "embed_ms": t_embed, "search_ms": t_search,
+            "search_and_rerank_ms": t_rank, "total_ms": t_embed + t_rank,
+            "logme": {"index_rows": len(idx), "forward_passes": logme_rec.rerank_forward_passes,
+                      "rank_seconds": t_logme, "search_and_rerank_seconds": logme_rec.seconds["search_and_rerank"]}}
+
+
+def bench_onnx(tmp: Path) -> list[dict]:
+    spec = SupernetSpec(n_classes=10)
+    net = build_supernet(spec)
+    archs = {"smallest": min_arch(spec), "medium": sample_archs(spec, 3, seed=0)[1], "largest": max_arch(spec)}
+    out = []
+    for name, arch in archs.items():
+        module = WithPreprocessing(extract_subnet(net, arch).eval(), (0.5,) * 3, (0.5,) * 3).eval()
+        path = export_onnx(module, torch.zeros(1, 32, 32, 3, dtype=torch.uint8), tmp / f"{name}.onnx", "images", "logits")
+        sess = session(path, device="cpu", threads=torch.get_num_threads())
+        params = sum(p.numel() for p in module.parameters())
+        for batch in (1, 64):
+            x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+            xt = torch.from_numpy(x)
+            n = 50 if batch == 1 else 15
+            with torch.no_grad():
+                eager = median_ms(lambda: module(xt), n)
+            ort = median_ms(lambda: sess.run(["logits"], {"images": x}), n)
+            out.append({"subnet": name, "params": params, "batch": batch, "torch_ms": eager, "onnxruntime_ms": ort,
+                        "speedup": eager / ort})
+    return out
+
+
+def bench_serve(work: Path, model_uri: str, x: np.ndarray, seconds: float) -> list[dict]:
+    from tans_registry.serve.app import ServeConfig, make_server
+
+    server = make_server(ServeConfig(model_uri=model_uri, port=0, work_dir=str(work), device="auto"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/invocations"
+    bodies = [json.dumps({"inputs": x[i:i + 1].tolist()}).encode() for i in range(len(x))]
+    out = []
+    try:
+        for clients in (1, 8):
+            lat: list[float] = []
+            stop = time.perf_counter() + seconds
+            lock = threading.Lock()
+
+            def client(k):
+                i = k
+                while time.perf_counter() < stop:
+                    req = urllib.request.Request(url, data=bodies[i % len(bodies)],
+                                                 headers={"Content-Type": "application/json"})
+                    t = time.perf_counter()
+                    with _HTTP.open(req, timeout=60) as resp:
+                        resp.read()
+                    with lock:
+                        lat.append((time.perf_counter() - t) * 1000)
+                    i += clients
+
+            batches0 = server.batcher.batches
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            out.append({"clients": clients, "requests": len(lat), "p50_ms": float(np.percentile(lat, 50)),
+                        "p95_ms": float(np.percentile(lat, 95)), "requests_per_s": len(lat) / wall,
+                        "images_per_session_call": len(lat) / max(1, server.batcher.batches - batches0),
+                        "providers": server.model.providers})
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out
+
+
+def bench_finetune(work: Path, data: str, data_dir, epochs: float) -> dict:
+    rec = query(QueryConfig(data=data, top_k=3, finetune=3, settings=FinetuneSettings(epochs=epochs),
+                            work_dir=str(work), data_dir=data_dir))
+    rows = [{"rank": f.rank, "parent": f.parent, "seconds": f.seconds, "epochs": f.epochs, "steps": f.steps,
+             "s_per_epoch": f.seconds / max(f.epochs, 1e-9), "val_accuracy": f.val_accuracy,
+             "test_accuracy": f.test_accuracy, "stopped_early": f.stopped_early} for f in rec.finetuned]
+    return {"candidates": rows, "finetune_wall_s": rec.timings["finetune"], "export_s": rec.timings.get("export"),
+            "winner": rec.winner["model_uri"], "onnx": rec.onnx.model_uri if rec.onnx else None,
+            "onnx_max_abs_diff": rec.onnx.max_abs_diff if rec.onnx else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work-dir", required=True)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--query", default="chinese_mnist")
+    ap.add_argument("--rows", type=int, default=14_000)
+    ap.add_argument("--serve-seconds", type=float, default=10.0)
+    ap.add_argument("--epochs", type=float, default=5.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work_dir).resolve()
+    t0 = time.time()
+    res = {"torch_threads": torch.get_num_threads()}
+    res["query"] = bench_query(work, args.query, args.data_dir, args.rows)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res["onnx_vs_torch"] = bench_onnx(Path(tmp))
+    res["finetune"] = bench_finetune(work, args.query, args.data_dir, args.epochs)
+    x = load_dataset(args.query, data_dir=args.data_dir).x_test[:64]
+    res["serve"] = bench_serve(work, res["finetune"]["onnx"], x, args.serve_seconds)
+    res["wall_s"] = time.time() - t0
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return
+    q = res["query"]
+    print(f"query ({q['query_images']} images, {q['index_rows']:,}-network index): embed {q['embed_ms']:.1f} ms, "
+          f"search {q['search_ms']:.1f} ms, search + re-rank {q['search_and_rerank_ms']:.1f} ms, "
+          f"total {q['total_ms']:.1f} ms")
+    lm = q["logme"]
+    print(f"LogME re-rank ({lm['index_rows']}-network index): {lm['forward_passes']} forward passes, "
+          f"{lm['search_and_rerank_seconds']:.1f} s (whole rank {lm['rank_seconds']:.1f} s)")
+    print("| subnet | params | batch | PyTorch eager ms | onnxruntime ms | speed-up |\n|---|---|---|---|---|---|")
+    for r in res["onnx_vs_torch"]:
+        print(f"| {r['subnet']} | {r['params']:,} | {r['batch']} | {r['torch_ms']:.2f} | {r['onnxruntime_ms']:.2f} | "
+              f"{r['speedup']:.2f}x |")
+    print("| clients | requests | p50 ms | p95 ms | requests/s | images per session call |\n|---|---|---|---|---|---|")
+    for r in res["serve"]:
+        print(f"| {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['requests_per_s']:.0f} | "
+              f"{r['images_per_session_call']:.1f} |")
+    f = res["finetune"]
+    print("| rank | parent | seconds | epochs | s/epoch | validation | test | stopped early |\n|---|---|---|---|---|---|---|---|")
+    for r in f["candidates"]:
+        print(f"| {r['rank']} | {r['parent']} | {r['seconds']:.1f} | {r['epochs']:g} | {r['s_per_epoch']:.1f} | "
+              f"{r['val_accuracy']:.3f} | {r['test_accuracy']:.3f} | {r['stopped_early']} |")
+    print(f"fine-tuning wall {f['finetune_wall_s']:.1f} s (candidates in parallel), export {f['export_s']:.1f} s; "
+          f"winner {f['winner']}, {f['onnx']} (max abs diff {f['onnx_max_abs_diff']:.1e}); whole run {res['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
