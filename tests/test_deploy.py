@@ -168,7 +168,11 @@ def test_the_query_fine_tunes_registers_and_exports_with_lineage(deployed, tiny_
     assert w["model_uri"] == "models:/tans-finetuned.digits/1"
     assert 0 <= w["test_accuracy"] <= 1 and out["onnx"]["model_uri"] == "models:/tans-onnx.digits/1"
     assert out["onnx"]["max_abs_diff"] <= 1e-4 and out["onnx"]["top1_agreement"] == 1.0
-    assert {"finetune", "export", "embed"} <= set(out["timings"])
+    assert {"finetune", "export", "embed", "search", "rerank"} <= set(out["timings"])
+    assert all(f["model_uri"] == f"runs:/{f['run_id']}/finetuned" for f in out["finetuned"])
+    assert mlflow.pyfunc.load_model(out["finetuned"][0]["model_uri"]).predict(
+        load_dataset("digits", data_dir=tiny_data_dir).x_test[:2]).shape == (2, 10)  # every candidate stays loadable
+    assert query_params(work, out)["finetune_epochs"] == "2.0"
     tracking.setup(work)
     client = mlflow.MlflowClient()
     onnx_v = client.get_model_version_by_alias("tans-onnx.digits", "champion")
@@ -186,6 +190,11 @@ def test_the_query_fine_tunes_registers_and_exports_with_lineage(deployed, tiny_
     children = client.search_runs([query_run.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{query_run.info.run_id}'")
     assert len(children) == 2 and all("final_val_accuracy" in r.data.metrics for r in children)
+
+
+def query_params(work, out) -> dict:
+    tracking.setup(work)
+    return mlflow.MlflowClient().get_run(out["query"]["run_id"]).data.params
 
 
 def test_the_onnx_champion_matches_its_fine_tuned_parent_through_mlflow(deployed, tiny_data_dir):
@@ -300,6 +309,31 @@ def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, ti
             assert status == want_status and fragment in body["error"], (status, body)
         assert _call(base, "/invocations", {"inputs": x[:2].tolist()})[0] == 200  # still serving
         assert server.batcher.batches >= 1
+        # one keep-alive connection: a refused request's unread body is not taken for the next request
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+        conn.request("POST", "/v2/models/other/infer", body=json.dumps({"inputs": [1] * 100}),
+                     headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 404
+        try:
+            conn.request("GET", "/ping")
+            assert conn.getresponse().status == 200
+        except (http.client.RemoteDisconnected, ConnectionError, BrokenPipeError):
+            pass  # the server closed that connection instead: as good
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Length", "-5")
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 400 and "negative" in json.loads(resp.read())["error"]
+        conn.close()
+        with pytest.raises(TansError, match="cannot listen on 127.0.0.1") as err:
+            make_server(ServeConfig(model_uri="models:/tans-onnx.digits@champion", port=server.server_address[1],
+                                    work_dir=str(work), device="cpu"), model=server.model)
+        assert err.value.code == "SERVE_ADDRESS"
+        assert meta["versions"] == ["1"]
     finally:
         server.shutdown()
         server.server_close()
@@ -393,3 +427,21 @@ def test_mlflow_models_serve_answers_for_the_onnx_champion(deployed, tiny_data_d
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_fine_tuning_options_apply_only_to_fine_tuning(deployed, tiny_data_dir):
+    from click.testing import CliRunner
+
+    from tans_registry.cli import main
+
+    work, _ = deployed
+    args = ["query", "digits", "--work-dir", str(work), "--data-dir", str(tiny_data_dir)]
+    res = CliRunner().invoke(main, args + ["--finetune", "0", "--epochs", "3"])
+    assert res.exit_code == 2 and "--epochs apply to fine-tuning" in res.output
+    res = CliRunner().invoke(main, args + ["--top-k", "2", "--finetune", "3"])
+    assert res.exit_code == 2 and "'finetune' parameter of query (--finetune) must be at most --top-k (2)" in res.output
+    # the default fine-tunes at most what is ranked
+    res = CliRunner().invoke(main, args + ["--top-k", "1", "--epochs", "1", "--no-export", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["finetuned"]) == 1 and out["onnx"] is None and "export" not in out["timings"]

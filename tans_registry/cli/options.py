@@ -62,6 +62,14 @@ INT = _IntLike()
 LIMIT = _Limit()
 
 
+def from_command_line(name: str) -> bool:
+    """Whether the option ``name`` of the running command was given on the command line (not defaulted)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                                     ParameterSource.ENVIRONMENT)
+
+
 def given(**values) -> dict:
     """The values the user gave (not None): the config's defaults fill in the rest."""
     return {k: v for k, v in values.items() if v is not None}

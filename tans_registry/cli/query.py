@@ -7,7 +7,7 @@ import click
 
 from ..finetune.config import FinetuneSettings, QueryConfig
 from ..retrieval.config import RERANK
-from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, given
+from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, from_command_line, given
 
 
 class _FloatLimit(LIMIT.__class__):
@@ -74,6 +74,13 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms
     """
     from ..finetune.pipeline import query as run_query
 
+    if not from_command_line("finetune") and top_k is not None:
+        finetune = min(finetune, top_k)  # the default fine-tunes at most what is ranked
+    if finetune == 0:
+        extra = [f"--{n.replace('_', '-')}" for n in ("epochs", "finetune_workers", "export") if from_command_line(n)]
+        if extra:
+            raise click.UsageError(f"{', '.join(extra)} apply to fine-tuning, and --finetune is 0: drop them, or "
+                                   "fine-tune (--finetune N)")
     settings = FinetuneSettings(**given(epochs=epochs, seed=seed, workers=finetune_workers))
     rec = run_query(QueryConfig(data=data, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
                                 exclude_datasets=tuple(exclude), shortlist=shortlist, rerank_groups=rerank_groups,

@@ -6,7 +6,7 @@ import json
 import click
 
 from ..export.config import ExportConfig
-from .options import INT, as_json_option, common_options, default, store_options
+from .options import INT, as_json_option, common_options, default, from_command_line, store_options
 
 
 @click.command("export")
@@ -16,9 +16,11 @@ from .options import INT, as_json_option, common_options, default, store_options
 @click.option("--data", default=None,
               help="Dataset whose training images the parity check uses [default: the model's own dataset].")
 @click.option("--register/--no-register", default=default(ExportConfig, "register"), show_default=True,
-              help="Register the export as tans-onnx.<dataset> and move its champion alias to it.")
+              help="Register the export as tans-onnx.<dataset>.")
+@click.option("--promote/--no-promote", default=default(ExportConfig, "promote"), show_default=True,
+              help="Move tans-onnx.<dataset>@champion to the registered export.")
 @as_json_option
-def export(work_dir, data_dir, model_uri, out, data, register, as_json):
+def export(work_dir, data_dir, model_uri, out, data, register, promote, as_json):
     """Export MODEL_URI (a fine-tuned winner or a zoo version) to ONNX, verified against PyTorch.
 
     The graph takes uint8 images [N, H, W, 3] (preprocessing inside) and returns logits; metadata_props
@@ -28,8 +30,12 @@ def export(work_dir, data_dir, model_uri, out, data, register, as_json):
     """
     from ..export.stage import export_model
 
-    rec = export_model(ExportConfig(model_uri=model_uri, out=out, data=data, register=register, work_dir=work_dir,
-                                    data_dir=data_dir))
+    if not register and promote:
+        if from_command_line("promote"):
+            raise click.UsageError("--promote needs --register (only a registered export can be champion)")
+        promote = False
+    rec = export_model(ExportConfig(model_uri=model_uri, out=out, data=data, register=register, promote=promote,
+                                    work_dir=work_dir, data_dir=data_dir))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return

@@ -27,7 +27,7 @@ class ExportConfig:
                 out=P.as_path(STAGE, "out", self.out), data=P.as_path(STAGE, "data", self.data),
                 parity_images=P.as_int(STAGE, "parity_images", self.parity_images, MIN_PARITY_IMAGES),
                 register=P.as_bool(STAGE, "register", self.register, flag="--no-register"),
-                promote=P.as_bool(STAGE, "promote", self.promote, flag=False),
+                promote=P.as_bool(STAGE, "promote", self.promote, flag="--no-promote"),
                 work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
                 data_dir=P.as_path(STAGE, "data_dir", self.data_dir))
 

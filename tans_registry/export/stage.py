@@ -9,6 +9,7 @@ default would write ``onnxruntime``).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,7 +45,9 @@ def parity_images(network: dict, cfg: ExportConfig) -> np.ndarray:
     spec = cfg.data or network.get("data") or network.get("dataset")
     if not spec:
         raise TansError(f"{cfg.model_uri} names no dataset for the parity check: pass --data", code="EXPORT_PARITY")
-    ds = load_dataset(spec, data_dir=cfg.data_dir or network.get("data_dir"), input_size=int(network["input_size"]))
+    seed = int(network.get("seed", 0))  # the query's: a folder splits into the same training images
+    ds = load_dataset(spec, data_dir=cfg.data_dir or network.get("data_dir"), input_size=int(network["input_size"]),
+                      seed=seed)
     per_class = -(-cfg.parity_images // ds.n_classes)
     x = ds.x_train[sample_per_class(ds, per_class, 0)]
     if len(x) < cfg.parity_images:
@@ -75,8 +78,15 @@ def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, netw
     import mlflow
 
     wd, _ = tracking.setup(cfg.work_dir)
+    if cfg.out:  # before any work: an unwritable --out must not fail after the run is logged
+        out = Path(cfg.out)
+        if out.is_dir() or not os.access(out.parent if out.parent.exists() else Path("."), os.W_OK):
+            raise TansError(f"cannot write {cfg.out}: pass a writable file path to --out", code="EXPORT_OUT")
     if module is None:
-        raw = registry_models.load_pyfunc(cfg.model_uri).get_raw_model()
+        try:
+            raw = registry_models.load_pyfunc(cfg.model_uri).get_raw_model()
+        except NotImplementedError:
+            raw = None
         if not hasattr(raw, "module") or not hasattr(raw, "network"):
             raise TansError(f"{cfg.model_uri} is not a network this product made (a zoo version or a fine-tuned "
                             "winner): nothing to export", code="EXPORT_SOURCE")
@@ -109,7 +119,8 @@ def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, netw
             out_path = str(Path(cfg.out).resolve())
     registered = {}
     if cfg.register:
-        tags = {"tans.parent_model": cfg.model_uri, "tans.zoo_parent": str(network.get("zoo_parent", "")),
+        zoo_parent = network.get("zoo_parent") or (cfg.model_uri if "index" in network and "run_id" in network else "")
+        tags = {"tans.parent_model": cfg.model_uri, "tans.zoo_parent": str(zoo_parent),
                 "tans.dataset": dataset, "tans.onnx_max_abs_diff": f"{result.max_abs_diff:.3e}",
                 "tans.onnx_top1_agreement": f"{result.top1_agreement:.4f}",
                 "tans.parity_images": str(result.n_images), "tans.query_run": str(network.get("query_run", ""))}

@@ -85,6 +85,7 @@ class CandidateResult:
     seconds: float
     history: tuple = ()            # validation accuracy after each epoch
     run_id: str | None = None      # its run in tans/queries (a child of the query run)
+    model_uri: str | None = None   # its fine-tuned MLflow model (runs:/<run>/finetuned; the winner's is registered)
 
 
 @dataclass(frozen=True)

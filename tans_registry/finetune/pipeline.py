@@ -4,13 +4,12 @@ to skip). Every step is recorded on the query's run in `tans/queries`."""
 from __future__ import annotations
 
 import time
-
+from dataclasses import asdict
 
 from .. import tracking
-from ..data import load_dataset
 from ..export.config import ExportConfig
 from ..export.stage import export_model
-from ..retrieval.search import rank
+from ..retrieval.search import rank_dataset
 from .config import QueryConfig, QueryRecord
 from .stage import finetune_top
 
@@ -20,34 +19,33 @@ def query(cfg: QueryConfig) -> QueryRecord:
     import mlflow
 
     t0 = time.time()
-    ranking = rank(cfg.rank_config())
-    timings = {"load": ranking.seconds["load"], "embed": ranking.seconds["embed"],
-               "search_and_rerank": ranking.seconds["search_and_rerank"], "rank": time.time() - t0}
+    ranking, ds = rank_dataset(cfg.rank_config())
+    timings = dict(ranking.seconds) | {"rank": time.time() - t0}
     if cfg.finetune == 0:
         return QueryRecord(ranking=ranking, timings=timings)
     wd, _ = tracking.setup(cfg.work_dir)
-    ds = load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)
+    client = mlflow.MlflowClient()
+    if ranking.run_id:  # the query run records how its candidates were fine-tuned
+        for k, v in {"finetune": cfg.finetune, "export": cfg.export,
+                     **{f"finetune_{k}": v for k, v in asdict(cfg.settings).items()}}.items():
+            client.log_param(ranking.run_id, k, v)
     t1 = time.time()
     results, winner = finetune_top(list(ranking.candidates[: cfg.finetune]), ds, cfg.settings,
-                                   {"data": cfg.data, "data_dir": cfg.data_dir}, ranking.run_id, wd)
+                                   {"data": cfg.data, "data_dir": cfg.data_dir, "seed": cfg.seed}, ranking.run_id, wd)
     timings["finetune"] = time.time() - t1
     module, network = winner.pop("module"), winner.pop("network")
+    if ranking.run_id:  # before the export: a failed export leaves the fine-tuned winner recorded
+        client.set_tag(ranking.run_id, "tans.finetuned_model", winner["model_uri"])
+        client.log_metric(ranking.run_id, "winner_val_accuracy", winner["val_accuracy"])
+        client.log_metric(ranking.run_id, "winner_test_accuracy", winner["test_accuracy"])
     onnx = None
     if cfg.export:
         t2 = time.time()
         onnx = export_model(ExportConfig(model_uri=winner["model_uri"], work_dir=cfg.work_dir, data_dir=cfg.data_dir,
                                          promote=winner["champion"]),
-                            run_id=winner["run_id"], module=module, network=network | {"data": cfg.data})
+                            run_id=winner["run_id"], module=module, network=network)
         timings["export"] = time.time() - t2
-    if ranking.run_id:
-        client = mlflow.MlflowClient()
-        client.set_tag(ranking.run_id, "tans.finetuned_model", winner["model_uri"])
-        client.log_metric(ranking.run_id, "winner_val_accuracy", winner["val_accuracy"])
-        client.log_metric(ranking.run_id, "winner_test_accuracy", winner["test_accuracy"])
-        if onnx is not None and onnx.model_uri:
+        if ranking.run_id and onnx.model_uri:
             client.set_tag(ranking.run_id, "tans.onnx_model", onnx.model_uri)
     timings["total"] = time.time() - t0
     return QueryRecord(ranking=ranking, finetuned=tuple(results), winner=winner, onnx=onnx, timings=timings)
-
-
-

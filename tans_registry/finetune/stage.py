@@ -38,7 +38,7 @@ def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
 def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: dict, query_run: str | None,
                  work_dir: Path) -> tuple[list[CandidateResult], dict | None]:
     """Fine-tune ``candidates`` (ranked :class:`~tans_registry.retrieval.config.Candidate` rows) on ``ds``;
-    returns their results (rank order) and the registered winner."""
+    returns their results (rank order; each logged as an MLflow model in its run) and the registered winner."""
     import mlflow
 
     workers = settings.workers or min(len(candidates), os.cpu_count() or 1)
@@ -50,15 +50,34 @@ def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: di
                  "threads": threads if workers > 1 else torch.get_num_threads(), "out": str(Path(tmp) / f"c{i}.safetensors")}
                 for i, c in enumerate(candidates)]
         outs = _run_jobs(jobs, workers)
-        results = [_log_candidate(c, o, settings, query_run, work_dir) for c, o in zip(candidates, outs)]
+        results, networks = [], []
+        for c, out, job in zip(candidates, outs, jobs):
+            network = _network(c, out, ds, settings, data_spec, query_run)
+            results.append(_log_candidate(c, out, settings, query_run, work_dir, network, job["out"], ds))
+            networks.append(network)
         best = max(range(len(results)), key=lambda i: (results[i].val_accuracy, -results[i].rank))
-        winner = _register_winner(candidates[best], results[best], outs[best], jobs[best]["out"], ds, settings,
-                                  data_spec, query_run)
+        winner = _register_winner(candidates[best], results[best], networks[best], jobs[best]["out"], ds, settings,
+                                  query_run)
     return results, winner
 
 
-def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | None, work_dir: Path) -> CandidateResult:
+def _network(c, out: dict, ds, settings: FinetuneSettings, data_spec: dict, query_run: str | None) -> dict:
+    """The fine-tuned network's ``network.json``: what rebuilds it, its preprocessing, its lineage."""
+    info = out["info"]
+    data = data_spec["data"]
+    if Path(str(data)).exists():  # a path: absolute, so that a later `tans export` elsewhere finds it
+        data = str(Path(str(data)).resolve())
+    return {"arch": info["arch"], "arch_hash": info["arch_hash"], "supernet": info["supernet"],
+            "classes": list(ds.classes), "input_size": info["input_size"], "mean": info["mean"], "std": info["std"],
+            "dataset": ds.name, "data": data, "data_dir": data_spec.get("data_dir"), "seed": data_spec.get("seed", 0),
+            "fingerprint": ds.fingerprint(), "zoo_parent": c.model_uri, "query_run": query_run or "",
+            "settings": asdict(settings), "val_accuracy": out["val_accuracy"], "test_accuracy": out["test_accuracy"]}
+
+
+def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | None, work_dir: Path, network: dict,
+                   weights: str, ds) -> CandidateResult:
     import mlflow
+    from safetensors.torch import load_file
 
     client = mlflow.MlflowClient()
     exp = tracking.experiment_id("queries", work_dir)
@@ -75,32 +94,24 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
         client.log_metric(rid, f"final_{k}", float(out[k]))
     client.log_metric(rid, "n_train", out["n_train"])
     client.log_metric(rid, "n_val", out["n_val"])
+    with tempfile.TemporaryDirectory() as tmp:  # every candidate's model stays loadable (runs:/<run>/finetuned)
+        save_model(Path(tmp) / ARTIFACT, rebuild(network, load_file(weights)), network, ds.x_train[:4])
+        client.log_artifacts(rid, str(Path(tmp) / ARTIFACT), ARTIFACT)
     client.set_terminated(rid)
     return CandidateResult(rank=c.rank, parent=c.model_uri, val_accuracy=out["val_accuracy"],
                            test_accuracy=out["test_accuracy"], epochs=round(out["epochs"], 3),
                            best_epoch=out["best_epoch"], stopped_early=out["stopped_early"], steps=out["steps"],
-                           seconds=round(out["seconds"], 2), history=tuple(out["history"]), run_id=rid)
+                           seconds=round(out["seconds"], 2), history=tuple(out["history"]), run_id=rid,
+                           model_uri=f"runs:/{rid}/{ARTIFACT}")
 
 
-def _register_winner(c, result: CandidateResult, out: dict, weights: str, ds, settings: FinetuneSettings,
-                     data_spec: dict, query_run: str | None) -> dict:
-    import mlflow
+def _register_winner(c, result: CandidateResult, network: dict, weights: str, ds, settings: FinetuneSettings,
+                     query_run: str | None) -> dict:
     from safetensors.torch import load_file
 
-    info = out["info"]
-    network = {"arch": info["arch"], "arch_hash": info["arch_hash"], "supernet": info["supernet"],
-               "classes": list(ds.classes), "input_size": info["input_size"], "mean": info["mean"], "std": info["std"],
-               "dataset": ds.name, "data": data_spec["data"], "data_dir": data_spec.get("data_dir"),
-               "fingerprint": ds.fingerprint(), "zoo_parent": c.model_uri, "query_run": query_run or "",
-               "settings": asdict(settings), "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy}
-    module = rebuild(network, load_file(weights))
-    client = mlflow.MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(Path(tmp) / ARTIFACT, module, network, ds.x_train[:4])
-        client.log_artifacts(result.run_id, str(Path(tmp) / ARTIFACT), ARTIFACT)
     tags = {"tans.zoo_parent": c.model_uri, "tans.query_run": query_run or "", "tans.dataset": ds.name,
             "tans.fingerprint": ds.fingerprint(), "tans.settings": json.dumps(asdict(settings), separators=(",", ":")),
-            "tans.test_accuracy": f"{result.test_accuracy:.6f}", "tans.arch_hash": info["arch_hash"],
+            "tans.test_accuracy": f"{result.test_accuracy:.6f}", "tans.arch_hash": network["arch_hash"],
             "tans.finetune_run": result.run_id}
     description = (f"Fine-tuned winner for `{ds.name}` ({ds.n_classes} classes), started from `{c.model_uri}` "
                    f"(rank {c.rank} of query run `{query_run}`): validation accuracy {result.val_accuracy:.4f}, test "
@@ -108,5 +119,5 @@ def _register_winner(c, result: CandidateResult, out: dict, weights: str, ds, se
                    f"{' (stopped early)' if result.stopped_early else ''}.")
     reg = registry_models.register_finetuned(ds.name, result.run_id, ARTIFACT, result.val_accuracy, tags, description)
     return reg | {"rank": c.rank, "parent": c.model_uri, "val_accuracy": result.val_accuracy,
-                  "test_accuracy": result.test_accuracy, "module": module, "network": network,
-                  "run_id": result.run_id}
+                  "test_accuracy": result.test_accuracy, "module": rebuild(network, load_file(weights)),
+                  "network": network, "run_id": result.run_id}

@@ -224,6 +224,15 @@ def _n_classes(tag: str) -> int:
     return int(value["n"]) if isinstance(value, dict) else len(value)
 
 
+def _measured_here(idx: ZooIndex) -> bool:
+    from ..zoo.latency import hardware, hardware_key
+
+    try:
+        return hardware_key(json.loads(idx.hardware)) == hardware_key(hardware())
+    except (ValueError, TypeError):
+        return False
+
+
 def measure_latency(idx: ZooIndex, folder: Path) -> int:
     """Fill ``idx.latency_ms`` from this machine's latency cache in ``folder``, measuring what is missing
     (once per architecture and class count); returns how many were measured now."""
@@ -272,8 +281,11 @@ def load_index(work_dir: str | Path | None = None, force: bool = False, latency:
         except KeyError:
             log.info("index cache %s predates this version; rebuilding it", path.name)
     if idx is not None:
-        return idx, {"cache": "hit", "versions": len(idx), "models": len(models), "seconds": time.perf_counter() - t0,
-                     "path": str(path), "key": key}
+        measured = 0
+        if latency and not _measured_here(idx):  # a cache made on another machine: this machine's latencies
+            measured = measure_latency(idx, tracking.cache_dir(wd))
+        return idx, {"cache": "hit", "versions": len(idx), "models": len(models), "latency_measured": measured,
+                     "seconds": time.perf_counter() - t0, "path": str(path), "key": key}
     if not models:
         raise TansError("no zoo models in the registry: run `tans zoo register` first", code="ZOO_EMPTY")
     idx = index_from_versions(current_zoo_versions(), key)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import client as C
-from .names import BACKBONE_MODEL, CHAMPION, ENCODERS_MODEL, finetuned_model_name, onnx_model_name
+from .names import BACKBONE_MODEL, CHAMPION, ENCODERS_MODEL, finetuned_model_name, onnx_model_name, parse_model_uri
 
 SCORE_TAG = "tans.val_score"      # encoders: selection score of the version's best checkpoint
 METRIC_TAG = "tans.val_metric"    # ... and the validation metric it was driven by
@@ -49,6 +49,19 @@ def champion(name: str) -> ModelRef | None:
 def champion_version(name: str) -> str | None:
     ref = champion(name)
     return None if ref is None else ref.version
+
+
+@C.boundary("resolve a model URI")
+def resolve(uri: str) -> ModelRef | None:
+    """The version behind ``models:/name/3`` or ``models:/name@alias``; None for other URIs or a missing alias."""
+    parsed = parse_model_uri(uri)
+    if parsed is None:
+        return None
+    name, version, alias = parsed
+    if alias is not None:
+        mv = C.alias_version(name, alias)
+        return None if mv is None else _ref(mv)
+    return _ref(C.client().get_model_version(name, version))
 
 
 @C.boundary("read a model version")
@@ -123,7 +136,8 @@ def _register(name: str, run_id: str, artifact_path: str, tags: dict, descriptio
 def register_finetuned(dataset: str, run_id: str, artifact_path: str, val_accuracy: float, tags: dict,
                        description: str) -> dict:
     """A version of ``tans-finetuned.<dataset>`` from the MLflow model folder ``artifact_path`` of run
-    ``run_id``; ``champion`` moves to it when its validation accuracy beats the current champion's."""
+    ``run_id``; ``champion`` moves to it when its validation accuracy beats the current champion's on the
+    same data (``tags["tans.fingerprint"]``), or when the champion was fine-tuned on other data."""
     name = finetuned_model_name(dataset)
     v = _register(name, run_id, artifact_path, tags | {VAL_ACC_TAG: f"{val_accuracy:.6f}"}, description, "finetuned")
     current = C.alias_version(name, CHAMPION)
@@ -131,7 +145,10 @@ def register_finetuned(dataset: str, run_id: str, artifact_path: str, val_accura
         best = float(current.tags.get(VAL_ACC_TAG, "-inf")) if current is not None else -math.inf
     except ValueError:
         best = -math.inf
-    promoted = val_accuracy > best
+    # only like is compared with like: a champion fine-tuned on other data (another fingerprint: other
+    # images or classes under the same name) is replaced, whatever its accuracy
+    same_data = current is not None and current.tags.get("tans.fingerprint") == tags.get("tans.fingerprint")
+    promoted = val_accuracy > best or not same_data
     if promoted:
         C.client().set_registered_model_alias(name, CHAMPION, v.version)
     return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}", "champion": promoted,

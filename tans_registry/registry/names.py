@@ -47,6 +47,18 @@ def onnx_model_name(dataset: str) -> str:
     return _safe(ONNX_PREFIX, dataset)
 
 
+def model_uri(name: str, version) -> str:
+    """``models:/<name>/<version>`` (a version number, or ``@<alias>`` given as ``"@champion"``)."""
+    return f"models:/{name}@{str(version)[1:]}" if str(version).startswith("@") else f"models:/{name}/{version}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """``models:/name/3`` -> ``(name, "3", None)``, ``models:/name@champion`` -> ``(name, None, "champion")``;
+    None for anything else."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_.-]+))", uri)
+    return None if m is None else (m.group(1), m.group(2), m.group(3))
+
+
 def is_safe_name(name: str) -> bool:
     return bool(_SAFE.match(name))
 

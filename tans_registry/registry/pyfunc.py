@@ -102,6 +102,11 @@ def _load_pyfunc(data_path: str) -> ZooNetworkModel:
 def load_modules(model_uris: list[str]) -> list[nn.Module]:
     """The eval-mode modules of several zoo versions, each group's supernet built once (what re-ranking a
     shortlist by its features needs)."""
+    return [m for m, _ in load_networks(model_uris)]
+
+
+def load_networks(model_uris: list[str]) -> list[tuple[nn.Module, dict]]:
+    """:func:`load_modules` with each version's ``network.json`` (preprocessing, classes, lineage)."""
     import mlflow
 
     from ..zoo.store import networks_from_dir
@@ -123,7 +128,7 @@ def load_modules(model_uris: list[str]) -> list[nn.Module]:
                 folder = _local_zoo_dir(artifacts, Path(tmp))
             modules = networks_from_dir(folder, [int(networks[p]["index"]) for p in positions], where=artifacts)
         out.update(zip(positions, modules))
-    return [out[p] for p in range(len(networks))]
+    return [(out[p], networks[p]) for p in range(len(networks))]
 
 
 def load_network_info(model_uri: str) -> dict:

@@ -25,9 +25,10 @@ from ..data import load_dataset
 from ..encoders.backbone import sample_per_class
 from ..errors import TansError
 from ..registry.index import ZooIndex, load_index
-from ..registry.pyfunc import load_modules
+from ..registry.names import model_uri
+from ..registry.pyfunc import load_networks
 from ..zoo.measure import penultimate
-from ..zoo.tensors import DEFAULT_MEAN, DEFAULT_STD, to_tensor
+from ..zoo.tensors import to_tensor
 from .config import Candidate, RankConfig, RankRecord
 from .embed import Champion, embed_dataset, load_champion
 from .logme import logme
@@ -37,22 +38,26 @@ LOGME_IMAGES = 500  # at most this many training images (stratified) feed each n
 
 
 @torch.no_grad()
-def logme_scores(uris: list[str], ds, seed: int, mean, std) -> np.ndarray:
-    """LogME of each network (by model URI) on the dataset's training images: one forward pass each."""
+def logme_scores(uris: list[str], ds, seed: int) -> np.ndarray:
+    """LogME of each network (by model URI) on the dataset's training images, each preprocessed the
+    network's way: one forward pass each."""
     k = max(1, LOGME_IMAGES // ds.n_classes)
     pick = sample_per_class(ds, k, seed)
-    x, y = to_tensor(ds.x_train[pick], mean, std), ds.y_train[pick]
+    images, y = ds.x_train[pick], ds.y_train[pick]
     out = []
-    for module in load_modules(uris):
+    for module, network in load_networks(uris):
+        x = to_tensor(images, network["mean"], network["std"])
         feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
         out.append(logme(feats, y))
     return np.asarray(out)
 
 
 @torch.no_grad()
-def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConfig, ds=None) -> tuple[list, int]:
+def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConfig, ds=None) -> tuple[list, int, dict]:
     """Retrieve under the constraints, re-rank (:func:`.rerank.rerank_list`) by the predictor or LogME,
-    keep ``top_k``; best first. Returns the candidates and the forward passes LogME made."""
+    keep ``top_k``; best first. Returns the candidates, the forward passes LogME made, and the seconds of
+    the search and of the re-ranking."""
+    t0 = time.perf_counter()
     enc = champ.encoders
     policy = RerankPolicy.of(enc.cfg, cfg.shortlist, cfg.rerank_groups)
     method = cfg.rerank if (cfg.rerank != "predictor" or enc.predictor is not None) else "none"
@@ -61,6 +66,7 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
                       exclude_datasets=list(cfg.exclude_datasets) or None)
     scores: dict[int, float] = {}
     passes = 0
+    t1 = time.perf_counter()
     if method == "predictor" and hits:
         def predict(positions: np.ndarray) -> np.ndarray:
             rows = [hits[p]["row"] for p in positions]
@@ -73,12 +79,12 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
         def predict(positions: np.ndarray) -> np.ndarray:
             nonlocal passes
             passes += len(positions)
-            return logme_scores([f"models:/{hits[p]['model']}/{hits[p]['version']}" for p in positions], ds,
-                                cfg.seed, DEFAULT_MEAN, DEFAULT_STD)
+            return logme_scores([model_uri(hits[p]["model"], hits[p]["version"]) for p in positions], ds, cfg.seed)
 
         order, scores = rerank_list([h["group"] for h in hits], predict, policy)
     else:
         order = np.arange(len(hits))
+    seconds = {"search": t1 - t0, "rerank": time.perf_counter() - t1}
     out = []
     for rank, pos in enumerate(order[: cfg.top_k], start=1):
         h = hits[pos]
@@ -86,14 +92,19 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
         out.append(Candidate(rank=rank, model=h["model"], version=h["version"], group=h["group"],
                              dataset=h["dataset"], accuracy=h["accuracy"], n_params=h["n_params"], flops=h["flops"],
                              arch_hash=h["arch_hash"], arch=h["arch"], latency_ms=h["latency_ms"], score=h["score"],
-                             model_uri=f"models:/{h['model']}/{h['version']}",
+                             model_uri=model_uri(h["model"], h["version"]),
                              predicted_accuracy=s if method == "predictor" else None,
                              logme=s if method == "logme" else None))
-    return out, passes
+    return out, passes, seconds
 
 
 def rank(cfg: RankConfig) -> RankRecord:
     """Embed the dataset, search the registry under the constraints, re-rank; log the query run."""
+    return rank_dataset(cfg)[0]
+
+
+def rank_dataset(cfg: RankConfig):
+    """:func:`rank`, and the dataset it loaded (the fine-tuning stage goes on with it)."""
     t0 = time.time()
     wd, _ = tracking.setup(cfg.work_dir)
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)  # bad input fails before any model loads
@@ -109,8 +120,7 @@ def rank(cfg: RankConfig) -> RankRecord:
     k = cfg.k_per_class or champ.encoders.cfg.k_per_class
     q = embed_dataset(champ, ds, k, cfg.seed)
     t_search = time.time()
-    candidates, passes = rank_candidates(champ, idx, q, cfg, ds)
-    t_done = time.time()
+    candidates, passes, seconds = rank_candidates(champ, idx, q, cfg, ds)
     if not candidates:
         raise TansError(_no_fit_message(idx, cfg), code="NO_CANDIDATES")
     policy = RerankPolicy.of(champ.encoders.cfg, cfg.shortlist, cfg.rerank_groups)
@@ -124,10 +134,10 @@ def rank(cfg: RankConfig) -> RankRecord:
                      "latency_hardware": json.loads(idx.hardware) if cfg.max_latency_ms is not None else None},
         rerank=method, shortlist=policy.shortlist, rerank_groups=policy.groups, k_per_class=k,
         candidates=tuple(candidates), rerank_forward_passes=passes,
-        seconds={"load": t_embed - t0, "embed": t_search - t_embed, "search_and_rerank": t_done - t_search})
+        seconds={"load": t_embed - t0, "embed": t_search - t_embed} | seconds)
     if cfg.log_run:
         record = replace(record, run_id=_log_query_run(cfg, record, wd))
-    return record
+    return record, ds
 
 
 def _no_fit_message(idx: ZooIndex, cfg: RankConfig) -> str:
@@ -137,7 +147,7 @@ def _no_fit_message(idx: ZooIndex, cfg: RankConfig) -> str:
         given += (", " if given else "") + f"exclude={','.join(cfg.exclude_datasets)}"
     closest = idx.closest(3, exclude_datasets=list(cfg.exclude_datasets) or None, **limits)
     named = "; ".join(
-        f"models:/{c['model']}/{c['version']} (" + ", ".join(
+        f"{model_uri(c['model'], c['version'])} (" + ", ".join(
             f"{e['value']:,.4g} {e['unit']} > {e['limit']:,.4g}" for e in c["exceeds"].values()) + ")"
         for c in closest)
     return (f"no zoo network satisfies the constraints ({given or 'none'}) among {len(idx)} networks"

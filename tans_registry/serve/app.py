@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from .. import params as P
+from ..errors import TansError
 from .model import Batcher, BadInput, OnnxModel
 
 log = logging.getLogger("tans_registry")
@@ -105,6 +106,7 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 30  # seconds a client may take to send its request before the connection is dropped
 
         def log_message(self, fmt, *args):  # requests go to the debug log, not stderr
             log.debug("serve: " + fmt, *args)
@@ -114,14 +116,24 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
         def _body(self) -> dict:
+            self.body_read = True
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                self.close_connection = True
+                raise HTTPError(411, "send the body with a Content-Length (chunked bodies are not accepted)")
             try:
                 length = int(self.headers.get("Content-Length", "0"))
             except ValueError:
+                self.close_connection = True
                 raise HTTPError(400, "Content-Length must be an integer") from None
+            if length < 0:
+                self.close_connection = True
+                raise HTTPError(400, "Content-Length must not be negative")
             if length > max_body:
                 self.close_connection = True
                 if length <= DRAIN_LIMIT:  # read it away, so the client gets the 413 instead of a reset
@@ -162,7 +174,7 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
                 if sub == "":
                     s = model.input_size
                     return self._send(200, {
-                        "name": model.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                        "name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
                         "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, s, s, 3]}],
                         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(model.classes)]}],
                         "parameters": {"classes": model.classes, "providers": model.providers}})
@@ -173,6 +185,7 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
                 self._send(exc.status, {"error": str(exc)})
 
         def do_POST(self):  # noqa: N802
+            self.body_read = False
             try:
                 path = self.path.split("?", 1)[0].rstrip("/")
                 if path == "/invocations":
@@ -182,7 +195,7 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
                     body = self._body()
                     x = model.check(_images_from_v2(body, model))
                     out = batcher(x)
-                    resp = {"model_name": model.name, "model_version": "1",
+                    resp = {"model_name": model.name, "model_version": model.version,
                             "outputs": [{"name": "logits", "datatype": "FP32", "shape": list(out.shape),
                                          "data": out.ravel().tolist()}]}
                     if "id" in body:
@@ -190,6 +203,8 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
                     return self._send(200, resp)
                 raise HTTPError(404, f"no route POST {path}")
             except HTTPError as exc:
+                if not self.body_read:  # the body is still on the wire: it must not be read as the next request
+                    self.close_connection = True
                 self._send(exc.status, {"error": str(exc)})
             except BadInput as exc:
                 self._send(400, {"error": str(exc)})
@@ -197,7 +212,18 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHT
                 log.exception("serve: request failed")
                 self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
 
-    server = ThreadingHTTPServer((cfg.host, cfg.port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def server_close(self):
+            super().server_close()
+            batcher.close()
+
+    try:
+        server = Server((cfg.host, cfg.port), Handler)
+    except OSError as exc:
+        batcher.close()
+        raise TansError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}. Pass another --port (or "
+                        "--host)", code="SERVE_ADDRESS") from exc
     server.model, server.batcher = model, batcher
     return server

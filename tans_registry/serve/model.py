@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import TansError
 from ..export.onnx import INPUT, OUTPUT, read_metadata
 from ..registry import models as registry_models
+from ..registry.names import parse_model_uri
 from ..zoo.onnx import session
 
 
@@ -42,17 +43,26 @@ class OnnxModel:
     classes: list
     input_size: int
     session: object
+    version: str = "1"         # the registered version served (1 for a plain file)
 
     @classmethod
     def load(cls, model_uri: str, device: str = "auto", name: str | None = None) -> "OnnxModel":
         path = onnx_file(model_uri)
-        meta = read_metadata(path)
+        try:
+            meta = read_metadata(path)
+            sess = session(path, device=device)
+        except TansError:
+            raise
+        except Exception as exc:  # onnx's DecodeError, onnxruntime's InvalidGraph, ...
+            raise TansError(f"{model_uri} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]}): "
+                            "export it again with `tans export`", code="SERVE_MODEL") from exc
         if "classes" not in meta or "input_size" not in meta:
             raise TansError(f"{model_uri} is not an export of this product (its metadata_props lack classes and "
                             "input_size): export it with `tans export`", code="SERVE_MODEL")
-        default = model_uri.split("/")[1].split("@")[0] if model_uri.startswith("models:/") else path.stem
-        return cls(path=path, name=name or default, classes=list(meta["classes"]), input_size=int(meta["input_size"]),
-                   session=session(path, device=device))
+        parsed = parse_model_uri(model_uri)
+        ref = registry_models.resolve(model_uri) if parsed else None
+        return cls(path=path, name=name or (parsed[0] if parsed else path.stem), classes=list(meta["classes"]),
+                   input_size=int(meta["input_size"]), session=sess, version=ref.version if ref else "1")
 
     @property
     def providers(self) -> list[str]:
@@ -97,6 +107,7 @@ class Batcher:
         self.model, self.max_batch, self.wait = model, max_batch, wait_ms / 1000.0
         self.jobs: queue.Queue = queue.Queue()
         self.batches = 0  # session calls made (for the tests and the figures)
+        self._held = None  # a job that would have overfilled the last batch: it opens the next one
         self._thread = threading.Thread(target=self._work, name="tans-batcher", daemon=True)
         self._thread.start()
 
@@ -109,14 +120,30 @@ class Batcher:
             raise slot["error"]
         return slot["logits"]
 
+    def close(self) -> None:
+        """Stop the worker (after the batch in hand)."""
+        self.jobs.put(None)
+        self._thread.join(timeout=10)
+
     def _work(self) -> None:
+        import time
+
         while True:
-            first = self.jobs.get()
+            first = self._held if self._held is not None else self.jobs.get()
+            self._held = None
+            if first is None:
+                return
             group, n = [first], len(first[0])
+            deadline = time.monotonic() + self.wait  # from the first request, not from the latest
             while n < self.max_batch:
                 try:
-                    job = self.jobs.get(timeout=self.wait)
+                    job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
+                    break
+                if job is None or n + len(job[0]) > self.max_batch:
+                    self._held = job if job is not None else None
+                    if job is None:
+                        self.jobs.put(None)  # stop after this batch
                     break
                 group.append(job)
                 n += len(job[0])
