@@ -16,14 +16,19 @@ def code_copy(dst: Path) -> Path:
     return dst / "tans_registry"
 
 
-def requirements(*extra: str) -> list[str]:
-    """The packages the loaders import, pinned to the running versions, plus ``extra`` as given."""
+def pinned(*packages: str) -> list[str]:
+    """``packages`` pinned to the installed versions (unpinned when one is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for pkg in ("torch", "safetensors", "numpy", "pillow", "mlflow"):
+    for pkg in packages:
         try:
             out.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
             out.append(pkg)
-    return out + list(extra)
+    return out
+
+
+def requirements(*extra: str) -> list[str]:
+    """The packages the loaders import, plus ``extra`` (all pinned to the installed versions)."""
+    return pinned("torch", "safetensors", "numpy", "pillow", "mlflow", *extra)

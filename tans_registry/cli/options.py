@@ -28,16 +28,18 @@ class _IntLike(click.ParamType):
         return int(f)
 
 
-class _Limit(_IntLike):
-    """An optional upper limit: an integer, or ``none`` for no limit (what the MLproject passes by
+class _Limit(click.ParamType):
+    """An optional upper limit: ``inner``, or ``none`` for no limit (what the MLproject passes by
     default; 0 and negative limits are refused by the stage's config)."""
 
-    name = "integer|none"
+    def __init__(self, inner: click.ParamType):
+        self.inner = inner
+        self.name = f"{inner.name}|none"
 
     def convert(self, value, param, ctx):
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
             return None
-        return super().convert(value, param, ctx)
+        return self.inner.convert(value, param, ctx)
 
 
 class OrDefault(click.ParamType):
@@ -59,7 +61,8 @@ class OrDefault(click.ParamType):
 
 
 INT = _IntLike()
-LIMIT = _Limit()
+LIMIT = _Limit(INT)
+FLOAT_LIMIT = _Limit(click.FLOAT)
 
 
 def from_command_line(name: str) -> bool:

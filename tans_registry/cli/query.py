@@ -7,19 +7,7 @@ import click
 
 from ..finetune.config import FinetuneSettings, QueryConfig
 from ..retrieval.config import RERANK
-from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, from_command_line, given
-
-
-class _FloatLimit(LIMIT.__class__):
-    name = "float|none"
-
-    def convert(self, value, param, ctx):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
-            return None
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+from .options import FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common_options, default, from_command_line, given
 
 
 @click.command("query")
@@ -32,7 +20,7 @@ class _FloatLimit(LIMIT.__class__):
 @click.option("--max-flops", type=LIMIT, default=None,
               help="Only networks with at most N FLOPs (torch's counter: 2 per multiply-add, at the zoo's "
                    "32x32 input; 'none': no limit, the default).")
-@click.option("--max-latency-ms", type=_FloatLimit(), default=None,
+@click.option("--max-latency-ms", type=FLOAT_LIMIT, default=None,
               help="Only networks whose ONNX Runtime latency (batch 1, this machine's CPU provider, measured by "
                    "`tans index build`) is at most X ms ('none': no limit, the default).")
 @click.option("--exclude-dataset", "exclude", multiple=True,

@@ -21,6 +21,7 @@ from .. import tracking
 from ..data import load_dataset
 from ..encoders.backbone import sample_per_class
 from ..errors import TansError
+from ..mlmodel import pinned
 from ..registry import models as registry_models
 from .config import ExportConfig, ExportRecord
 from .onnx import INPUT, OUTPUT, check_parity, parity, to_onnx
@@ -28,26 +29,17 @@ from .onnx import INPUT, OUTPUT, check_parity, parity, to_onnx
 ARTIFACT = "onnx"
 
 
-def _onnx_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("onnx", "onnxruntime-gpu", "numpy"):
-        try:
-            out.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            out.append(pkg)
-    return out
-
-
-def parity_images(network: dict, cfg: ExportConfig) -> np.ndarray:
-    """Real images of the model's dataset (training split, stratified, seeded): never the test split."""
-    spec = cfg.data or network.get("data") or network.get("dataset")
-    if not spec:
-        raise TansError(f"{cfg.model_uri} names no dataset for the parity check: pass --data", code="EXPORT_PARITY")
-    seed = int(network.get("seed", 0))  # the query's: a folder splits into the same training images
-    ds = load_dataset(spec, data_dir=cfg.data_dir or network.get("data_dir"), input_size=int(network["input_size"]),
-                      seed=seed)
+def parity_images(network: dict, cfg: ExportConfig, ds=None) -> np.ndarray:
+    """Real images of the model's dataset (training split, stratified, seeded): never the test split.
+    ``ds``: the dataset already loaded (a query's), else it is loaded from ``cfg.data`` or the model's own."""
+    if ds is None:
+        spec = cfg.data or network.get("data") or network.get("dataset")
+        if not spec:
+            raise TansError(f"{cfg.model_uri} names no dataset for the parity check: pass --data",
+                            code="EXPORT_PARITY")
+        seed = int(network.get("seed", 0))  # the query's: a folder splits into the same training images
+        ds = load_dataset(spec, data_dir=cfg.data_dir or network.get("data_dir"),
+                          input_size=int(network["input_size"]), seed=seed)
     per_class = -(-cfg.parity_images // ds.n_classes)
     x = ds.x_train[sample_per_class(ds, per_class, 0)]
     if len(x) < cfg.parity_images:
@@ -67,14 +59,16 @@ def save_onnx_model(onnx_path: Path, folder: Path, example: np.ndarray, n_classe
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), INPUT)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), OUTPUT)]))
     mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(folder), signature=signature, input_example=example[:2],
-                           pip_requirements=_onnx_requirements(),
+                           pip_requirements=pinned("onnx", "onnxruntime-gpu", "numpy"),
                            onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     return folder
 
 
-def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, network: dict | None = None) -> ExportRecord:
+def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, network: dict | None = None,
+                 ds=None) -> ExportRecord:
     """Export, verify, log and (``cfg.register``) register; ``run_id``: log into that run (a query's
-    winner) instead of a new one in `tans/queries`; ``module``/``network``: the source already loaded."""
+    winner) instead of a new one in `tans/queries`; ``module``/``network``/``ds``: the source and its
+    dataset already loaded."""
     import mlflow
 
     wd, _ = tracking.setup(cfg.work_dir)
@@ -91,7 +85,7 @@ def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, netw
             raise TansError(f"{cfg.model_uri} is not a network this product made (a zoo version or a fine-tuned "
                             "winner): nothing to export", code="EXPORT_SOURCE")
         module, network = raw.module, raw.network
-    images = parity_images(network, cfg)
+    images = parity_images(network, cfg, ds)
     dataset = str(network.get("dataset") or "model")
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = to_onnx(module, network, cfg.model_uri, Path(tmp) / "model.onnx")

@@ -62,17 +62,8 @@ def save_model(path: Path, module: nn.Module, network: dict, example: np.ndarray
         code = code_copy(Path(tmp) / "code")
         mlflow.pyfunc.save_model(str(path), loader_module=__name__, data_path=str(data), signature=signature,
                                  input_example=as_images(example[:4], size), code_paths=[str(code)],
-                                 pip_requirements=requirements(_ofa_requirement()))
+                                 pip_requirements=requirements("ofa"))
     return Path(path)
-
-
-def _ofa_requirement() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"ofa=={version('ofa')}"
-    except PackageNotFoundError:
-        return "ofa"
 
 
 def load_folder(data_path: Path) -> ZooNetworkModel:

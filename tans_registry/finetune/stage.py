@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from .. import tracking
 from ..registry import models as registry_models
@@ -50,14 +51,15 @@ def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: di
                  "threads": threads if workers > 1 else torch.get_num_threads(), "out": str(Path(tmp) / f"c{i}.safetensors")}
                 for i, c in enumerate(candidates)]
         outs = _run_jobs(jobs, workers)
-        results, networks = [], []
+        results, networks, modules = [], [], []
         for c, out, job in zip(candidates, outs, jobs):
             network = _network(c, out, ds, settings, data_spec, query_run)
-            results.append(_log_candidate(c, out, settings, query_run, work_dir, network, job["out"], ds))
+            module = rebuild(network, load_file(job["out"]))
+            results.append(_log_candidate(c, out, settings, query_run, work_dir, network, module, ds))
             networks.append(network)
-        best = max(range(len(results)), key=lambda i: (results[i].val_accuracy, -results[i].rank))
-        winner = _register_winner(candidates[best], results[best], networks[best], jobs[best]["out"], ds, settings,
-                                  query_run)
+            modules.append(module)
+    best = max(range(len(results)), key=lambda i: (results[i].val_accuracy, -results[i].rank))
+    winner = _register_winner(candidates[best], results[best], networks[best], modules[best], ds, settings, query_run)
     return results, winner
 
 
@@ -75,9 +77,8 @@ def _network(c, out: dict, ds, settings: FinetuneSettings, data_spec: dict, quer
 
 
 def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | None, work_dir: Path, network: dict,
-                   weights: str, ds) -> CandidateResult:
+                   module, ds) -> CandidateResult:
     import mlflow
-    from safetensors.torch import load_file
 
     client = mlflow.MlflowClient()
     exp = tracking.experiment_id("queries", work_dir)
@@ -95,7 +96,7 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
     client.log_metric(rid, "n_train", out["n_train"])
     client.log_metric(rid, "n_val", out["n_val"])
     with tempfile.TemporaryDirectory() as tmp:  # every candidate's model stays loadable (runs:/<run>/finetuned)
-        save_model(Path(tmp) / ARTIFACT, rebuild(network, load_file(weights)), network, ds.x_train[:4])
+        save_model(Path(tmp) / ARTIFACT, module, network, ds.x_train[:4])
         client.log_artifacts(rid, str(Path(tmp) / ARTIFACT), ARTIFACT)
     client.set_terminated(rid)
     return CandidateResult(rank=c.rank, parent=c.model_uri, val_accuracy=out["val_accuracy"],
@@ -105,10 +106,8 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
                            model_uri=f"runs:/{rid}/{ARTIFACT}")
 
 
-def _register_winner(c, result: CandidateResult, network: dict, weights: str, ds, settings: FinetuneSettings,
+def _register_winner(c, result: CandidateResult, network: dict, module, ds, settings: FinetuneSettings,
                      query_run: str | None) -> dict:
-    from safetensors.torch import load_file
-
     tags = {"tans.zoo_parent": c.model_uri, "tans.query_run": query_run or "", "tans.dataset": ds.name,
             "tans.fingerprint": ds.fingerprint(), "tans.settings": json.dumps(asdict(settings), separators=(",", ":")),
             "tans.test_accuracy": f"{result.test_accuracy:.6f}", "tans.arch_hash": network["arch_hash"],
@@ -119,5 +118,5 @@ def _register_winner(c, result: CandidateResult, network: dict, weights: str, ds
                    f"{' (stopped early)' if result.stopped_early else ''}.")
     reg = registry_models.register_finetuned(ds.name, result.run_id, ARTIFACT, result.val_accuracy, tags, description)
     return reg | {"rank": c.rank, "parent": c.model_uri, "val_accuracy": result.val_accuracy,
-                  "test_accuracy": result.test_accuracy, "module": rebuild(network, load_file(weights)),
+                  "test_accuracy": result.test_accuracy, "module": module,
                   "network": network, "run_id": result.run_id}

@@ -103,20 +103,11 @@ def register_encoders(run_id: str, score: float, metric: str, encoders_path: str
     with it) only when ``score`` beats the current champion's (a champion whose score cannot be read
     counts as no score)."""
     c = C.client()
-    artifacts = c.get_run(run_id).info.artifact_uri  # first: an unknown run registers nothing
-    for name in (ENCODERS_MODEL, BACKBONE_MODEL):
-        C.ensure_model(name, tags={"tans.kind": name.split("-", 1)[1]})
-    bb = c.create_model_version(BACKBONE_MODEL, f"{artifacts}/{backbone_path}", run_id=run_id)
-    v = c.create_model_version(ENCODERS_MODEL, f"{artifacts}/{encoders_path}", run_id=run_id,
-                               tags={SCORE_TAG: f"{score:.6f}", METRIC_TAG: metric, BACKBONE_TAG: str(bb.version)})
+    bb = _register(BACKBONE_MODEL, run_id, backbone_path, {}, None, "backbone")
+    v = _register(ENCODERS_MODEL, run_id, encoders_path,
+                  {SCORE_TAG: f"{score:.6f}", METRIC_TAG: metric, BACKBONE_TAG: str(bb.version)}, None, "encoders")
     current = C.alias_version(ENCODERS_MODEL, CHAMPION)
-    current_score = -math.inf
-    if current is not None:
-        try:
-            current_score = float(current.tags.get(SCORE_TAG, "-inf"))
-        except ValueError:
-            pass
-    promoted = score > current_score
+    promoted = score > _score(current, SCORE_TAG)
     if promoted:  # the backbone's champion is the champion encoders' own backbone
         c.set_registered_model_alias(BACKBONE_MODEL, CHAMPION, bb.version)
         c.set_registered_model_alias(ENCODERS_MODEL, CHAMPION, v.version)
@@ -124,7 +115,15 @@ def register_encoders(run_id: str, score: float, metric: str, encoders_path: str
             "previous_champion": int(current.version) if current is not None else None}
 
 
-def _register(name: str, run_id: str, artifact_path: str, tags: dict, description: str, kind: str):
+def _score(version, tag: str) -> float:
+    """A champion's score tag as a float; -inf without a champion or a readable score."""
+    try:
+        return float(version.tags.get(tag, "-inf")) if version is not None else -math.inf
+    except ValueError:
+        return -math.inf
+
+
+def _register(name: str, run_id: str, artifact_path: str, tags: dict, description: str | None, kind: str):
     c = C.client()
     artifacts = c.get_run(run_id).info.artifact_uri  # first: an unknown run registers nothing
     C.ensure_model(name, tags={"tans.kind": kind})
@@ -141,10 +140,7 @@ def register_finetuned(dataset: str, run_id: str, artifact_path: str, val_accura
     name = finetuned_model_name(dataset)
     v = _register(name, run_id, artifact_path, tags | {VAL_ACC_TAG: f"{val_accuracy:.6f}"}, description, "finetuned")
     current = C.alias_version(name, CHAMPION)
-    try:
-        best = float(current.tags.get(VAL_ACC_TAG, "-inf")) if current is not None else -math.inf
-    except ValueError:
-        best = -math.inf
+    best = _score(current, VAL_ACC_TAG)
     # only like is compared with like: a champion fine-tuned on other data (another fingerprint: other
     # images or classes under the same name) is replaced, whatever its accuracy
     same_data = current is not None and current.tags.get("tans.fingerprint") == tags.get("tans.fingerprint")
