@@ -252,6 +252,31 @@ def _call(base, path, body=None, raw=None, method=None):
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_ping(base: str, proc, seconds: float) -> None:
+    """Until ``base``/ping answers 200; fails when ``proc`` (the server) dies first or time runs out."""
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with _HTTP.open(f"{base}/ping", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{base}/ping did not answer within {seconds} s")
+
+
 def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, tiny_data_dir):
     from tans_registry.serve.app import ServeConfig, make_server
 
@@ -389,16 +414,12 @@ def test_logme_re_ranks_the_shortlist_with_forward_passes_of_the_re_ranked_netwo
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_for_the_onnx_champion(deployed, tiny_data_dir):
     import os
-    import socket
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     work, _ = deployed
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -406,16 +427,7 @@ def test_mlflow_models_serve_answers_for_the_onnx_champion(deployed, tiny_data_d
                              "models:/tans-onnx.digits@champion", "--env-manager", "local", "-p", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                with _HTTP.open(f"http://127.0.0.1:{port}/ping", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            time.sleep(1)
+        _wait_for_ping(f"http://127.0.0.1:{port}", proc, 180)
         x = load_dataset("digits", data_dir=tiny_data_dir).x_test[:4]
         status, body = _call(f"http://127.0.0.1:{port}", "/invocations", {"inputs": x.tolist()})
         assert status == 200
@@ -445,3 +457,66 @@ def test_fine_tuning_options_apply_only_to_fine_tuning(deployed, tiny_data_dir):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert len(out["finetuned"]) == 1 and out["onnx"] is None and "export" not in out["timings"]
+
+
+def test_query_export_and_predict_options_reach_their_stages(deployed, tiny_data_dir, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from tans_registry.cli import main
+
+    work, first = deployed
+    tracking.setup(work)
+    client = mlflow.MlflowClient()
+    args = ["--work-dir", str(work), "--data-dir", str(tiny_data_dir)]
+    res = CliRunner().invoke(main, ["query", "digits", "--max-latency-ms", "0.001", "--finetune", "0"] + args)
+    assert res.exit_code == 1 and "max_latency_ms=0.001" in res.output and "ms latency > 0.001" in res.output
+    limit = sorted(c["latency_ms"] for c in first["candidates"])[1]
+    res = CliRunner().invoke(main, ["query", "digits", "--max-latency-ms", str(limit), "--top-k", "2", "--finetune", "1",
+                                    "--finetune-workers", "1", "--k-per-class", "3", "--epochs", "1", "--no-export",
+                                    "--json"] + args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert all(c["latency_ms"] <= limit for c in out["candidates"]) and out["query"]["constraints"]["max_latency_ms"] == limit
+    params = client.get_run(out["query"]["run_id"]).data.params
+    assert params["k_per_class"] == "3" and params["finetune_workers"] == "1" and params["export"] == "False"
+    versions = lambda: len(client.search_model_versions("name = 'tans-onnx.digits'"))  # noqa: E731
+    before, champion = versions(), client.get_model_version_by_alias("tans-onnx.digits", "champion").version
+    res = CliRunner().invoke(main, ["export", "models:/tans-finetuned.digits/1", "--no-register", "--json"] + args)
+    assert res.exit_code == 0 and json.loads(res.stdout)["model_uri"] is None and versions() == before
+    res = CliRunner().invoke(main, ["export", "models:/tans-finetuned.digits/1", "--data", "digits", "--no-promote",
+                                    "--json"] + args)
+    assert res.exit_code == 0 and versions() == before + 1 and json.loads(res.stdout)["champion"] is False
+    assert client.get_model_version_by_alias("tans-onnx.digits", "champion").version == champion
+    bad = CliRunner().invoke(main, ["export", "models:/tans-finetuned.digits/1", "--no-register", "--promote"] + args)
+    assert bad.exit_code == 2 and "--promote needs --register" in bad.output
+    Image.fromarray(load_dataset("digits", data_dir=tiny_data_dir).x_test[0]).save(tmp_path / "a.png")
+    res = CliRunner().invoke(main, ["predict", "models:/tans-onnx.digits@champion", str(tmp_path / "a.png"), "--top", "2",
+                                    "--device", "cpu", "--json", "--work-dir", str(work)])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["predictions"][0]["top"]) == 2
+
+
+def test_the_serve_command_listens_with_its_options(deployed, tiny_data_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work, _ = deployed
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "tans"), "serve", "models:/tans-onnx.digits@champion",
+                             "--port", str(port), "--device", "cpu", "--max-batch", "4", "--max-body-mb", "0.25",
+                             "--work-dir", str(work)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_ping(base, proc, 120)
+        x = load_dataset("digits", data_dir=tiny_data_dir).x_test[:6]
+        status, body = _call(base, "/invocations", {"inputs": x.tolist()})
+        assert status == 200 and np.asarray(body["predictions"]["logits"]).shape == (6, 10)
+        assert _call(base, "/invocations", raw=b" " * (300 * 1024))[0] == 413           # --max-body-mb 0.25
+        assert _call(base, "/v2/models/tans-onnx.digits")[1]["parameters"]["providers"] == ["CPUExecutionProvider"]
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=30)[1]
+    assert f"on http://127.0.0.1:{port} with CPUExecutionProvider" in err

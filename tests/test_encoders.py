@@ -501,3 +501,25 @@ def test_encoders_and_backbone_load_as_mlflow_pyfunc_models(trained, tiny_data_d
     # the backbone's champion is the champion encoders' own backbone
     enc_v = client.get_model_version_by_alias("tans-encoders", "champion")
     assert str(client.get_model_version_by_alias("tans-backbone", "champion").version) == enc_v.tags["tans.backbone_version"]
+
+
+def test_the_train_command_stores_its_retrieval_settings_with_the_encoders(trained, tiny_data_dir):
+    """--shortlist, --rerank-groups and --k-per-class are kept in the registered encoders' config."""
+    import json as _json
+
+    import mlflow
+    from click.testing import CliRunner
+
+    from tans_registry import tracking
+    from tans_registry.cli import main
+    from tans_registry.encoders.flavour import load_encoders
+
+    work, _ = trained
+    res = CliRunner().invoke(main, ["encoders", "train", "--steps", "3", "--val-datasets", "cells", "--shortlist", "50",
+                                    "--rerank-groups", "0", "--k-per-class", "3", "--work-dir", str(work),
+                                    "--data-dir", str(tiny_data_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    version = _json.loads(res.stdout)["encoders_version"]
+    tracking.setup(work)
+    enc, _ = load_encoders(Path(mlflow.artifacts.download_artifacts(f"models:/tans-encoders/{version}")))
+    assert (enc.cfg.shortlist, enc.cfg.rerank_groups, enc.cfg.k_per_class) == (50, 0, 3)
