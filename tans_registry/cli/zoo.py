@@ -37,10 +37,14 @@ def zoo() -> None:
 @click.option("--only-groups", default=None,
               help="Comma-separated group names (e.g. gtsrb-t1,gtsrb-t2): build just these groups of the "
                    "build (the base supernet too, if it is missing); with --resume the rest follow later.")
+@click.option("--holdout", type=OrDefault(click.STRING), default=None,
+              help="Comma-separated datasets of the data directory kept out of the whole build (base supernet "
+                   "included): the reported datasets `tans bench` measures on; `none` holds none out "
+                   "[default: the profile's; bench: orl_faces,pacs_art,notmnist,pneumoniamnist; quick: none].")
 @click.option("--seed", type=OrDefault(INT), default=default(ZooConfig, "seed"), show_default=True)
 @as_json_option
 def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, workers, resume,
-              only_groups, seed, as_json):
+              only_groups, holdout, seed, as_json):
     """Train one OFA supernet per group, cut out subnets, measure them, record them in MLflow.
 
     Each group is a run of the experiment `tans/zoo`. A killed build loses at most the group in
@@ -51,11 +55,14 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
     rec = build_zoo(ZooConfig(**given(profile=profile, subnets=subnets, groups=groups, epochs=epochs,
                                       base_epochs=base_epochs, workers=workers, seed=seed),
                               datasets=split(datasets), only_groups=split(only_groups), resume=resume,
+                              holdout=None if holdout is None else
+                              (() if holdout.strip().lower() == "none" else split(holdout) or ()),
                               data_dir=data_dir, work_dir=work_dir))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return
-    click.echo(f"zoo: {rec.n_networks} networks in {len(rec.groups)} groups -> {rec.tracking_uri}")
+    click.echo(f"zoo: {rec.n_networks} networks in {len(rec.groups)} groups -> {rec.tracking_uri}"
+               f" (held out: {', '.join(rec.holdout) or 'none'})")
     click.echo(f"{'group':<28}{'status':>8}{'nets':>6}{'best acc':>10}{'min acc':>9}{'logreg':>8}{'sec':>7}")
     for g in rec.groups:
         lr = f"{g.logreg_accuracy:.3f}" if g.logreg_accuracy is not None else "-"

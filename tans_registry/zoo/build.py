@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..data import ImageDataset, load_dataset, make_groups, resolve_data_dir
-from ..data.stats import pixel_descriptor
+from ..data.stats import image_hashes, pixel_descriptor
 from ..errors import ConfigError
 from . import store
 from .config import GroupResult, ZooBuildRecord, ZooConfig
@@ -34,6 +34,7 @@ from .workers import build_in_workers
 
 log = logging.getLogger("tans_registry")
 PROBE_SEED = 777  # seed of the probe batch behind every functional embedding (TANS's seed)
+HOLDOUT_TAG = store.HOLDOUT_TAG
 
 
 def resolve_profile(cfg: ZooConfig) -> ZooProfile:
@@ -49,6 +50,8 @@ def resolve_profile(cfg: ZooConfig) -> ZooProfile:
         p = replace(p, base_epochs=cfg.base_epochs)
     if cfg.datasets:
         p = replace(p, datasets=tuple(cfg.datasets))
+    if cfg.holdout is not None:
+        p = replace(p, holdout=tuple(cfg.holdout))
     return p
 
 
@@ -98,16 +101,35 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     finally:
         bar.close()
     return ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id,
-                          groups=tuple(results[g.name] for g in groups))
+                          groups=tuple(results[g.name] for g in groups), holdout=profile.holdout)
+
+
+def source_names(profile: ZooProfile, data_dir: Path) -> list[str]:
+    """The build's training datasets: the profile's list (or the whole data directory) less its holdout.
+
+    A held-out name must be a dataset of the directory, and must not be asked for by name as well."""
+    from ..data import list_datasets
+
+    available = [d["name"] for d in list_datasets(data_dir)]
+    unknown = [n for n in profile.holdout if n not in available]
+    if unknown:
+        raise ConfigError(f"--holdout: no dataset named {', '.join(map(repr, unknown))} in {data_dir}; its datasets "
+                          f"are {', '.join(available) or '(none)'}. Name datasets of the directory, or "
+                          "`--holdout none`")
+    both = [n for n in (profile.datasets or ()) if n in profile.holdout]
+    if both:
+        raise ConfigError(f"{', '.join(map(repr, both))} both built (--datasets or the profile's list) and held "
+                          "out (--holdout); a reported dataset must stay out of the zoo: drop it from one of them")
+    names = list(profile.datasets) if profile.datasets else available
+    return [n for n in names if n not in profile.holdout]
 
 
 def _load_sources(profile: ZooProfile, cfg: ZooConfig) -> list[ImageDataset]:
-    from ..data import list_datasets
-
     data_dir = resolve_data_dir(cfg.data_dir)
-    names = list(profile.datasets) if profile.datasets else [d["name"] for d in list_datasets(data_dir)]
+    names = source_names(profile, data_dir)
     if not names:
-        raise ConfigError(f"no datasets in {data_dir}; add .npz archives or pass --data-dir")
+        raise ConfigError(f"no datasets to build from in {data_dir} (held out: {', '.join(profile.holdout) or 'none'}); "
+                          "add .npz archives or pass --data-dir")
     return [load_dataset(n, data_dir=data_dir, input_size=profile.input_size, seed=cfg.seed,
                          max_train=profile.max_train, max_test=profile.max_test) for n in names]
 
@@ -117,7 +139,8 @@ def _config_hash(profile: ZooProfile, group: ImageDataset, seed: int, base: str 
 
     The dataset list and group count are left out (the group's own data fingerprint covers them),
     so adding a dataset to a build does not rebuild the groups already there."""
-    settings = {k: v for k, v in profile.to_params().items() if k not in ("datasets", "n_groups", "name")}
+    settings = {k: v for k, v in profile.to_params().items()
+                if k not in ("datasets", "n_groups", "name", "holdout")}
     blob = json.dumps({"profile": settings, "data": group.fingerprint(), "seed": seed,
                        "base": base}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -148,7 +171,7 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str, str]
     torch.manual_seed(cfg.seed)
     net = build_supernet(spec)
     tags = {"tans.kind": "zoo", "tans.group": "__base__", "tans.dataset": "__base__",
-            "tans.config_hash": chash, "tans.profile": profile.name}
+            "tans.config_hash": chash, "tans.profile": profile.name, HOLDOUT_TAG: ",".join(profile.holdout)}
     with mlflow.start_run(experiment_id=exp_id, run_name="base-supernet", tags=tags) as run:
         mlflow.log_params({**profile.to_params(), "role": "base", "n_images": len(x), "n_classes": spec.n_classes})
         total = n_train_steps(len(x), spec.n_classes, train_cfg)
@@ -183,7 +206,8 @@ def build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id
     spec = _spec(profile, group.n_classes)
     dataset = group.parent or group.name
     tags = {"tans.kind": "zoo", "tans.group": group.name, "tans.dataset": dataset,
-            "tans.config_hash": chash, "tans.profile": profile.name, "tans.fingerprint": group.fingerprint()}
+            "tans.config_hash": chash, "tans.profile": profile.name, "tans.fingerprint": group.fingerprint(),
+            HOLDOUT_TAG: ",".join(profile.holdout)}
     if tracking.PROJECT_RUN_ID:
         tags["tans.project_run"] = tracking.PROJECT_RUN_ID
     with mlflow.start_run(experiment_id=exp_id, run_name=group.name, tags=tags) as run:
@@ -217,7 +241,8 @@ def build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id
                   "supernet": spec.to_dict(), "probe_seed": PROBE_SEED, "fingerprint": group.fingerprint(),
                   "supernet_run": run.info.run_id, "descriptor": pixel_descriptor(group).tolist()}
         with tempfile.TemporaryDirectory() as tmp:
-            store.write_group(Path(tmp), header, rows, net.state_dict(), bn, embs)
+            store.write_group(Path(tmp), header, rows, net.state_dict(), bn, embs,
+                              image_hashes(np.concatenate([group.x_train, group.x_test])))
             mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)
         metrics["seconds"] = time.time() - t0
         mlflow.log_metrics(metrics)

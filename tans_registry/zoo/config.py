@@ -31,6 +31,7 @@ class ZooConfig:
     # machine build ~1.45x faster than 1 (small networks use two threads poorly; BENCHMARKS.md).
     workers: int = 1
     only_groups: tuple[str, ...] | None = None  # build just these groups (names as `tans zoo list` shows)
+    holdout: tuple[str, ...] | None = None      # datasets kept out of the build; None: the profile's; (): none
 
     def __post_init__(self) -> None:
         P.store(self,
@@ -46,7 +47,8 @@ class ZooConfig:
                 seed=P.as_int(STAGE, "seed", self.seed, 0),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False),
                 workers=P.as_int(STAGE, "workers", self.workers, 1),
-                only_groups=P.as_names(STAGE, "only_groups", self.only_groups))
+                only_groups=P.as_names(STAGE, "only_groups", self.only_groups),
+                holdout=None if self.holdout is None else (P.as_names(STAGE, "holdout", self.holdout) or ()))
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class ZooBuildRecord:
     tracking_uri: str
     experiment_id: str
     groups: tuple[GroupResult, ...] = ()
+    holdout: tuple[str, ...] = ()   # the reported datasets this build kept out
 
     @property
     def n_networks(self) -> int:

@@ -4,6 +4,8 @@ Each finished group run holds, under ``zoo/``:
 - ``supernet.safetensors``: the supernet's weights (no pickle);
 - ``bn.safetensors``: every network's recalibrated batch-norm buffers, keys ``n<index>/<buffer>``;
 - ``embeddings.safetensors``: ``functional`` [networks, dim] float32, the functional embeddings;
+- ``images.safetensors``: ``sha`` [images] int64, a hash of each training and test image of the group
+  (:func:`tans_registry.data.stats.image_hashes`), to check later that a query dataset is new to the zoo;
 - ``zoo.json``: the group header (dataset, classes, preprocessing, supernet spec) and one row per
   network (arch, topology, accuracy, n_params, flops, ...).
 """
@@ -24,6 +26,7 @@ from .space import SupernetSpec, materialize
 
 ARTIFACT_DIR = "zoo"
 COMPLETE_TAG = "tans.complete"
+HOLDOUT_TAG = "tans.holdout"  # the reported datasets the build kept out (comma-separated; "" for none)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class ZooNetwork:
 
 
 def write_group(out: Path, header: dict, rows: list[dict], supernet_state: dict,
-                bn: dict[str, torch.Tensor], f_emb: np.ndarray) -> Path:
+                bn: dict[str, torch.Tensor], f_emb: np.ndarray, image_sha: np.ndarray | None = None) -> Path:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -54,8 +57,22 @@ def write_group(out: Path, header: dict, rows: list[dict], supernet_state: dict,
     save_file({k: v.contiguous() for k, v in bn.items()}, str(out / "bn.safetensors"))
     save_file({"functional": torch.from_numpy(np.ascontiguousarray(f_emb, dtype=np.float32))},
               str(out / "embeddings.safetensors"))
+    if image_sha is not None:
+        save_file({"sha": torch.from_numpy(np.ascontiguousarray(image_sha, dtype=np.int64))},
+                  str(out / "images.safetensors"))
     (out / "zoo.json").write_text(json.dumps({"header": header, "networks": rows}, indent=1))
     return out
+
+
+def read_image_hashes(run_id: str) -> np.ndarray | None:
+    """The image hashes a group run kept (None for groups built before they were kept)."""
+    import mlflow
+    from safetensors.numpy import load_file
+
+    name = f"{ARTIFACT_DIR}/images.safetensors"
+    if name not in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, ARTIFACT_DIR)}:
+        return None
+    return load_file(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name))["sha"]
 
 
 def group_dir(run_id: str) -> Path:
