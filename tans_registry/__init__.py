@@ -32,6 +32,8 @@ _EXPORTS = {
     "FinetuneSettings": "tans_registry.finetune.config", "query": "tans_registry.finetune.pipeline",
     "ExportConfig": "tans_registry.export.config", "ExportRecord": "tans_registry.export.config",
     "export_model": "tans_registry.export.stage",
+    "BenchConfig": "tans_registry.bench.config", "BenchRecord": "tans_registry.bench.config",
+    "run_bench": "tans_registry.bench.stage",
     "load_dataset": "tans_registry.data.loading", "load_module": "tans_registry.registry.pyfunc",
     "decode_embedding": "tans_registry.registry.codec",
 }

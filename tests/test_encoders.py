@@ -414,13 +414,16 @@ def test_bench_trains_the_chosen_variants_and_logs_the_table(trained, tiny_data_
     assert res.exit_code == 0, res.output
     out = _json.loads(res.stdout)
     assert set(out["rows"]) == {"default", "no predictor", "untrained encoder", "pixel-statistics heuristic",
-                                "bigger-is-better heuristic"}
+                                "bigger-is-better heuristic", "best-average architecture"}
     assert "val_weighted_tau" in out["rows"]["default"] and "val_weighted_tau" not in out["rows"]["no predictor"]
+    for row in ("default", "best-average architecture", "bigger-is-better heuristic"):
+        assert 0.0 <= out["rows"][row]["val_regret_top1"] <= 100.0, row
     client = mlflow.MlflowClient()
     run = client.get_run(out["run_id"])
     assert run.data.params["val_datasets"] == "cells"
     table = open(mlflow.artifacts.download_artifacts(run_id=out["run_id"], artifact_path="bench_encoders.md")).read()
     assert "| no predictor |" in table and "| pixel-statistics heuristic |" in table
+    assert "| best-average architecture |" in table and "top-1 regret" in table
     bad = CliRunner().invoke(main, args + ["--variants", "default,nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
 

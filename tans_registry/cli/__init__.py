@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from . import bench as _bench
 from . import data as _data
 from . import encoders as _encoders
 from . import index as _index
@@ -43,5 +44,6 @@ def main(verbose: bool) -> None:
 for _group in (_data.data, _zoo.zoo, _encoders.encoders, _index.index):
     main.add_command(_group)
 main.add_command(_query.query)
+main.add_command(_bench.bench)
 for _command in (_serving.export, _serving.serve, _serving.predict):
     main.add_command(_command)

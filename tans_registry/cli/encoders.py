@@ -80,14 +80,17 @@ def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss,
     click.echo(f"encoders run {rec.run_id} (validation datasets: {', '.join(rec.val_datasets)})")
     click.echo("R@k: own networks among all (TANS); xtask: networks of the other tasks of the same dataset, own "
                "networks removed; xgood: only their best quarter, after re-ranking")
-    click.echo(f"{'':<18}{'R@1':>7}{'R@5':>7}{'xtask R@1':>11}{'xtask R@5':>11}{'xgood R@5':>11}{'w. tau':>8}")
+    click.echo(f"{'':<18}{'R@1':>7}{'R@5':>7}{'xtask R@1':>11}{'xtask R@5':>11}{'xgood R@5':>11}{'w. tau':>8}"
+               f"{'regret':>8}")
     for name, r in (("trained", rec.best), ("untrained", rec.untrained),
-                    ("pixel heuristic", rec.pixel_heuristic), ("bigger is better", rec.size_heuristic)):
+                    ("pixel heuristic", rec.pixel_heuristic), ("bigger is better", rec.size_heuristic),
+                    ("best-average arch", rec.best_average)):
         def f(key, width, fmt=".3f"):
             v = r.get(key, nan)
             return f"{v:>{width}{fmt}}" if v == v else f"{'-':>{width}}"
         click.echo(f"{name:<18}{f('val_recall_at_1', 7)}{f('val_recall_at_5', 7)}{f('val_xtask_recall_at_1', 11)}"
-                   f"{f('val_xtask_recall_at_5', 11)}{f('val_xgood_recall_at_5', 11)}{f('val_weighted_tau', 8)}")
+                   f"{f('val_xtask_recall_at_5', 11)}{f('val_xgood_recall_at_5', 11)}{f('val_weighted_tau', 8)}"
+                   f"{f('val_regret_top1', 8, '.1f')}")
     if rec.encoders_version is not None:
         click.echo(f"registered tans-encoders v{rec.encoders_version}"
                    + (" as champion" if rec.champion else " (champion unchanged)"))

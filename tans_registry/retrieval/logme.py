@@ -5,7 +5,7 @@ For each class ``k`` the one-hot target ``y_k`` gets a Bayesian linear model ``y
 prior ``w ~ N(0, I / alpha)`` and noise ``e ~ N(0, I / beta)``; its log marginal evidence ``log p(y_k |
 F, alpha, beta)`` is maximised over ``alpha`` and ``beta`` by the paper's fixed-point iteration
 (MacKay's updates ``alpha = gamma / m'm``, ``beta = (N - gamma) / |Fm - y|^2``), computed through one
-SVD of ``F``. LogME is the mean over classes of the maximised evidence divided by ``N``: higher means the
+thin SVD of ``F`` (from the eigen-decomposition of its smaller Gram matrix). LogME is the mean over classes of the maximised evidence divided by ``N``: higher means the
 features separate the classes better, so the network should fine-tune better.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ MAX_ITER, TOL = 100, 1e-5
 def class_evidence(features: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """``(log evidence, alpha, beta)`` of the target ``y [N]`` on ``features [N, D]`` at the optimum."""
     f = np.asarray(features, dtype=np.float64)
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    u, s = _left_singular(f)
     return _evidence(u, s, f.shape[1], np.asarray(y, dtype=np.float64))
 
 
@@ -51,6 +51,19 @@ def _evidence(u: np.ndarray, s: np.ndarray, d: int, y: np.ndarray) -> tuple[floa
     return evidence, alpha, beta
 
 
+def _left_singular(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``U`` and ``s`` of the thin SVD of ``f`` from the eigen-decomposition of the smaller Gram matrix
+    (``F F'`` or ``F'F``): the same basis at a fraction of the SVD's cost for N x 1280 features."""
+    n, d = f.shape
+    if n <= d:
+        w, u = np.linalg.eigh(f @ f.T)
+        return u, np.sqrt(np.clip(w, 0.0, None))
+    w, v = np.linalg.eigh(f.T @ f)
+    s = np.sqrt(np.clip(w, 0.0, None))
+    keep = s > s.max() * 1e-10 if s.size and s.max() > 0 else np.zeros_like(s, dtype=bool)
+    return (f @ v[:, keep]) / s[keep], s[keep]
+
+
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
     """LogME of ``features [N, D]`` for integer ``labels [N]`` (mean over the classes present)."""
     f = np.asarray(features, dtype=np.float64)
@@ -58,5 +71,5 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     if f.ndim != 2 or len(f) != len(labels) or len(f) < 2:
         raise ValueError(f"LogME needs features [N, D] with N >= 2 and N labels; got {f.shape} and {labels.shape}")
     n, d = f.shape
-    u, s, _ = np.linalg.svd(f, full_matrices=False)  # one SVD serves every class
+    u, s = _left_singular(f)  # one decomposition serves every class
     return float(np.mean([_evidence(u, s, d, (labels == c).astype(np.float64))[0] / n for c in np.unique(labels)]))

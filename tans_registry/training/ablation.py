@@ -26,12 +26,13 @@ from .stage import prepare, train_prepared
 log = logging.getLogger("tans_registry")
 
 BASELINES = {"untrained encoder": "untrained", "pixel-statistics heuristic": "pixel_heuristic",
-             "bigger-is-better heuristic": "size_heuristic"}
+             "bigger-is-better heuristic": "size_heuristic", "best-average architecture": "best_average"}
 # (column title, metric key, format)
 COLUMNS = [("R@1", "val_recall_at_1", ".3f"), ("R@5", "val_recall_at_5", ".3f"),
            ("xtask R@5", "val_xtask_recall_at_5", ".3f"), ("xtask mean rank", "val_xtask_mean_rank", ".1f"),
            ("xgood R@1", "val_xgood_recall_at_1", ".3f"), ("xgood R@5", "val_xgood_recall_at_5", ".3f"),
            ("xgood mean rank", "val_xgood_mean_rank", ".1f"), ("weighted tau", "val_weighted_tau", ".3f"),
+           ("top-1 regret", "val_regret_top1", ".1f"),
            ("predictor MAE", "val_pred_mae", ".3f"), ("s", "seconds", ".0f")]
 
 

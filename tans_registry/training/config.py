@@ -103,13 +103,14 @@ class EncoderTrainRecord:
     best: dict                  # validation report of the kept checkpoint (with its step)
     untrained: dict             # the same encoders untrained (same seed)
     pixel_heuristic: dict       # nearest dataset by pixel statistics
-    size_heuristic: dict        # bigger is better (tau only)
+    size_heuristic: dict        # bigger is better (ranking only)
     val_datasets: tuple[str, ...]
     seconds: float
     encoders_version: int | None = None   # set when registered
     backbone_version: int | None = None
     champion: bool | None = None          # whether `tans-encoders@champion` moved to it
     previous_champion: int | None = None
+    best_average: dict = field(default_factory=dict)  # the architecture best on average (ranking only)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,7 +24,7 @@ from ..encoders.flavour import save_backbone_model, save_encoders_model
 from ..encoders.models import TansEncoders, pad_sets
 from ..registry.models import register_encoders
 from ..retrieval.embed import QUERY_SETS
-from ..validation.baselines import pixel_heuristic, size_heuristic
+from ..validation.baselines import best_average_heuristic, pixel_heuristic, size_heuristic
 from ..validation.evaluate import embed_models, evaluate, selection_metric, selection_score
 from ..zoo.meta import MetaGroup, load_meta_groups, load_meta_snapshot, split_by_dataset
 from .config import EncoderTrainConfig, EncoderTrainRecord
@@ -66,13 +66,16 @@ def train_prepared(cfg: EncoderTrainConfig, prepared) -> EncoderTrainRecord:
     untrained = evaluate(enc, val, train)
     baseline = pixel_heuristic(val, train)
     by_size = size_heuristic(val)
+    by_average = best_average_heuristic(val, train)
     tags = {"tans.kind": "encoders"} | ({"tans.project_run": tracking.PROJECT_RUN_ID} if tracking.PROJECT_RUN_ID else {})
     with mlflow.start_run(experiment_id=exp_enc, run_name=f"encoders-{cfg.loss}-{cfg.encoder.pooling}", tags=tags) as run:
         mlflow.log_params(cfg.to_params() | {"val_datasets_used": ",".join(val_names), "n_train_groups": len(train),
+                                             "train_datasets": ",".join(sorted({g.dataset for g in train})),
                                              "n_val_groups": len(val)})
         mlflow.log_metrics({f"untrained_{k}": v for k, v in untrained.items() if np.isfinite(v)}
                            | {f"pixel_heuristic_{k}": v for k, v in baseline.items() if np.isfinite(v)}
-                           | {f"size_heuristic_{k}": v for k, v in by_size.items() if np.isfinite(v)}, step=0)
+                           | {f"size_heuristic_{k}": v for k, v in by_size.items() if np.isfinite(v)}
+                           | {f"best_average_{k}": v for k, v in by_average.items() if np.isfinite(v)}, step=0)
         best_report = fit(enc, train, val, cfg, on_eval=lambda step, m: mlflow.log_metrics(
             {k: v for k, v in m.items() if np.isfinite(v)}, step=step))
         mlflow.log_metrics({f"best_{k}": v for k, v in best_report.items() if np.isfinite(v)})
@@ -87,7 +90,7 @@ def train_prepared(cfg: EncoderTrainConfig, prepared) -> EncoderTrainRecord:
         if cfg.register:
             registered = register_encoders(run.info.run_id, selection_score(best_report), selection_metric(best_report))
     return EncoderTrainRecord(run_id=run.info.run_id, best=best_report, untrained=untrained, pixel_heuristic=baseline,
-                              size_heuristic=by_size, val_datasets=tuple(val_names), seconds=time.time() - t0,
+                              size_heuristic=by_size, best_average=by_average, val_datasets=tuple(val_names), seconds=time.time() - t0,
                               **registered)
 
 

@@ -10,7 +10,7 @@ import torch
 from ..encoders.models import TansEncoders, pad_sets, retrieval_scores
 from ..retrieval.rerank import RerankPolicy, rerank_scores
 from ..zoo.meta import MetaGroup
-from .metrics import mean_weighted_tau, predictor_errors
+from .metrics import mean_regret, mean_weighted_tau, predictor_errors
 from .protocols import candidates, good_siblings, own_and_sibling_positives, owners, retrieval_reports
 
 
@@ -42,6 +42,7 @@ def evaluate(enc: TansEncoders, val: list[MetaGroup], zoo: list[MetaGroup]) -> d
     if enc.predictor is not None:
         taus = [(predicted[i, own[i]], g.accuracy) for i, g in enumerate(val)]
         report["val_weighted_tau"] = mean_weighted_tau(taus)
+        report["val_regret_top1"] = mean_regret(taus)
         report.update({f"val_pred_{k}": v for k, v in predictor_errors(
             np.concatenate([p for p, _ in taus]), np.concatenate([a for _, a in taus])).items()})
     enc.train()

@@ -144,6 +144,14 @@ def mean_weighted_tau(groups: Iterable[tuple[object, object]]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def mean_regret(groups: Iterable[tuple[object, object]]) -> float:
+    """Mean over ``(predicted, measured)`` groups of the points of measured accuracy lost by taking the
+    network predicted best instead of the best one: 100 * (max(measured) - measured[argmax(predicted)])."""
+    out = [100.0 * (float(np.max(meas)) - float(np.asarray(meas)[int(np.argmax(pred))]))
+           for pred, meas in groups if len(meas)]
+    return float(np.mean(out)) if out else float("nan")
+
+
 def _column(x, name: str) -> np.ndarray:
     v = np.asarray(x, dtype=np.float64)
     if v.ndim == 2 and v.shape[1] == 1:  # a predictor head's [B, 1]

@@ -1,0 +1,69 @@
+"""What `tans bench` takes and gives (no torch here: the CLI reads these defaults).
+
+:class:`BenchConfig` -> :func:`~.stage.run_bench` -> :class:`BenchRecord`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .. import params as P
+
+STAGE = "bench"
+# Every start the benchmark compares, each fine-tuned with the same budget (epochs, images, schedule).
+METHODS = ("tans", "tans_predictor", "tans_logme", "logme_all", "random", "best_average", "top_source", "largest",
+           "scratch", "oracle")
+SCORERS = ("tans", "predictor", "logme")  # whose ranking of the ground truth is measured (weighted tau)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The fine-tuning benchmark over query datasets that no training and no choice has seen.
+
+    The budget is the product's fine-tuning (:class:`~tans_registry.finetune.config.FinetuneSettings`:
+    SGD, warm-up then cosine, the validation split) without early stopping, so that every start's
+    validation accuracy is known after every epoch; fixed a priori, never chosen on a reported dataset."""
+
+    holdout: tuple[str, ...] | None = None     # reported datasets of the data directory; None: the zoo build's
+    query_data: tuple[str, ...] = ()           # archives or image folders from outside (never used for training)
+    epochs: float = 5.0                        # the full budget (the one-epoch budget is run too)
+    max_train: int = 1000                      # training images per query dataset (stratified; validation carved out)
+    max_test: int = 1000                       # test images per query dataset (stratified)
+    ground_truth: int = 20                     # zoo networks fine-tuned at least (spread over retrieval order and size)
+    random_draws: int = 5
+    max_params: int | None = None              # the constraint every method works under (None: none)
+    seed: int = 0
+    workers: int | None = None                 # fine-tunings at once (processes); None: the machine's cores
+    plots: str | None = None                   # also write the PNG plots into this folder (e.g. docs/)
+    work_dir: str | None = None
+    data_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        P.store(self,
+                holdout=None if self.holdout is None else (P.as_names(STAGE, "holdout", self.holdout) or ()),
+                query_data=tuple(P.as_path(STAGE, "query_data", q, optional=False) for q in (self.query_data or ())),
+                epochs=P.as_float(STAGE, "epochs", self.epochs, minimum=1),
+                max_train=P.as_int(STAGE, "max_train", self.max_train, 20),
+                max_test=P.as_int(STAGE, "max_test", self.max_test, 10),
+                ground_truth=P.as_int(STAGE, "ground_truth", self.ground_truth, 3),
+                random_draws=P.as_int(STAGE, "random_draws", self.random_draws, 1),
+                max_params=P.as_int(STAGE, "max_params", self.max_params, 1, optional=True),
+                seed=P.as_int(STAGE, "seed", self.seed, 0),
+                workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True),
+                plots=P.as_path(STAGE, "plots", self.plots),
+                work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
+                data_dir=P.as_path(STAGE, "data_dir", self.data_dir),
+                progress=P.as_bool(STAGE, "progress", self.progress, flag=False))
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    run_id: str                                   # the parent run in tans/bench
+    datasets: dict = field(default_factory=dict)  # name -> its figures (see `tans bench --help`)
+    settings: dict = field(default_factory=dict)
+    zoo: dict = field(default_factory=dict)       # networks, groups, the build's holdout, encoder version
+    seconds: float = 0.0
+    plots: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,234 @@
+"""The fine-tuning benchmark (`tans bench`): its figures against hand-computed values, the separation of
+reported datasets from everything trained, and a real end-to-end run on a tiny zoo with a base supernet."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import _save
+from tans_registry.bench import metrics as M
+
+
+# ----------------------------------------------------------------------------- figures by hand
+
+def test_weighted_tau_matches_the_hand_computed_value():
+    """Hyperbolic weights 1/(r+1) on the rank by x and by y, averaged (scipy's default), computed by hand."""
+    x = [0.9, 0.7, 0.4, 0.1]
+    y = [0.8, 0.9, 0.3, 0.2]
+
+    def by_hand(a, b):
+        order = np.argsort(-np.asarray(a))           # rank 0 = the largest of `a`
+        rank = np.empty(len(a), int)
+        rank[order] = np.arange(len(a))
+        w = 1.0 / (rank + 1.0)
+        num = den_a = den_b = 0.0
+        for i in range(len(a)):
+            for j in range(i + 1, len(a)):
+                wij = w[i] + w[j]                       # additive weigher
+                sa, sb = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+                num += wij * sa * sb
+                den_a += wij * sa * sa
+                den_b += wij * sb * sb
+        return num / math.sqrt(den_a * den_b)
+
+    expected = (by_hand(x, y) + by_hand(y, x)) / 2
+    assert M.weighted_tau(x, y) == pytest.approx(expected, abs=1e-12)
+    assert M.weighted_tau(x, x) == pytest.approx(1.0)
+    assert M.weighted_tau(x, [-v for v in x]) == pytest.approx(-1.0)
+    assert M.weighted_tau([1, 1, 1], [1, 2, 3]) is None     # a constant scorer ranks nothing
+    assert M.weighted_tau([1, 2], [1, 2]) is None           # too few values
+
+
+def test_regret_epochs_to_target_and_the_spread_sample():
+    assert M.regret(0.90, [0.85, 0.88, 0.70]) == pytest.approx(5.0)
+    assert M.regret(0.90, [0.85, 0.88, 0.70], k=3) == pytest.approx(2.0)
+    assert M.regret(0.90, []) is None
+    assert M.epochs_to([0.2, 0.5, 0.7, 0.6], 0.6) == 3
+    assert M.epochs_to([0.2, 0.5], 0.6) is None
+    order = list(range(100, 140))                          # retrieval order of 40 rows
+    sizes = {r: (r * 37) % 41 for r in order}              # sizes unrelated to the order
+    picked = M.spread_sample(order, sizes, 12, must=[139, 100])
+    assert len(picked) == len(set(picked)) >= 12 and picked[:2] == [139, 100]
+    assert order[0] in picked and order[-1] in picked        # both ends of the retrieval order
+    by_size = sorted(order, key=lambda r: sizes[r])
+    assert by_size[0] in picked and by_size[-1] in picked    # and of the size range
+    assert sorted(M.spread_sample(order[:5], sizes, 12, [])) == order[:5]
+
+
+def test_mean_regret_and_the_best_average_architecture_by_hand():
+    """The encoders' table: points of measured accuracy lost by the predicted-best network; the best-average
+    baseline scores each network by its architecture's mean accuracy over the training groups."""
+    from types import SimpleNamespace
+
+    from tans_registry.validation.baselines import best_average_heuristic
+    from tans_registry.validation.metrics import mean_regret
+
+    assert mean_regret([([0.1, 0.9, 0.5], [0.8, 0.6, 0.7]), ([3, 2, 1], [0.5, 0.4, 0.3])]) == pytest.approx(10.0)
+    topo = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    train = [SimpleNamespace(topology=topo, accuracy=np.array([0.9, 0.5, 0.7])),
+             SimpleNamespace(topology=topo[:2], accuracy=np.array([0.7, 0.6]))]
+    val = [SimpleNamespace(topology=topo, accuracy=np.array([0.6, 0.8, 0.7]))]
+    # means: arch0 0.8, arch1 0.55, arch2 0.7 -> picks arch0 (0.6) while arch1 scored 0.8: 20 points lost
+    rep = best_average_heuristic(val, train)
+    assert rep["val_regret_top1"] == pytest.approx(20.0)
+    assert rep["val_weighted_tau"] == pytest.approx(M.weighted_tau([0.8, 0.55, 0.7], [0.6, 0.8, 0.7]))
+
+
+def test_logme_equals_the_closed_form_mean_over_classes():
+    """LogME = mean over classes of log N(y_c | 0, I/beta + F F'/alpha) / N at each class's optimum, for
+    features narrower and wider than the sample (both branches of the Gram-matrix decomposition)."""
+    from scipy.stats import multivariate_normal
+
+    from tans_registry.retrieval.logme import class_evidence, logme
+
+    rng = np.random.default_rng(3)
+    for n, d in ((30, 8), (12, 40)):
+        f = rng.normal(size=(n, d))
+        labels = rng.integers(0, 3, n)
+        per_class = []
+        for c in np.unique(labels):
+            y = (labels == c).astype(float)
+            _, a, b = class_evidence(f, y)
+            per_class.append(multivariate_normal(np.zeros(n), np.eye(n) / b + f @ f.T / a).logpdf(y) / n)
+        assert logme(f, labels) == pytest.approx(float(np.mean(per_class)), abs=1e-8)
+
+
+# ----------------------------------------------------------------------------- a real tiny zoo
+
+@pytest.fixture(scope="module")
+def bench_pipeline(tmp_path_factory):
+    """Three real tiny datasets; the zoo holds one out ('faces'), has a base supernet, and is registered,
+    the encoders trained and the index built. A fourth, 'glyphs', lies outside the data directory."""
+    from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, ZooConfig, build_index,
+                               build_zoo, register_zoo, train_encoders)
+    from tans_registry.data import load_dataset
+
+    root = tmp_path_factory.mktemp("bench")
+    data, outside = root / "data", root / "outside"
+    data.mkdir()
+    outside.mkdir()
+    _save(load_dataset("mnist", max_train=96, max_test=60), data / "digits.npz")
+    _save(load_dataset("bccd_cells", max_train=64, max_test=45), data / "cells.npz")
+    _save(load_dataset("sign_language_digits", max_train=80, max_test=40), data / "faces.npz")
+    _save(load_dataset("chinese_mnist", max_train=90, max_test=45), outside / "glyphs.npz")
+    work = root / "work"
+    build = build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), holdout=("faces",), subnets=3, epochs=1, groups=4,
+                                base_epochs=0.2, data_dir=str(data), work_dir=str(work), progress=False))
+    register_zoo(RegisterConfig(work_dir=str(work), progress=False))
+    enc = train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=6, eval_every=3,
+                                            val_datasets=("cells",), backbone_epochs=0.5, work_dir=str(work),
+                                            data_dir=str(data), progress=False))
+    build_index(IndexConfig(work_dir=str(work), progress=False))
+    return {"work": work, "data": data, "outside": outside, "build": build, "encoders": enc}
+
+
+def test_a_reported_dataset_never_reaches_the_zoo_the_base_the_backbone_or_the_encoders(bench_pipeline):
+    import mlflow
+
+    from tans_registry import tracking
+    from tans_registry.data import load_dataset
+    from tans_registry.data.stats import image_hashes
+    from tans_registry.zoo import store
+
+    p = bench_pipeline
+    assert p["build"].holdout == ("faces",)
+    assert {g.dataset for g in p["build"].groups} == {"digits", "cells"}
+    wd, _ = tracking.setup(str(p["work"]))
+    runs = store.finished_group_runs(tracking.experiment_id("zoo", wd))
+    assert "__base__" in runs
+    assert all(r.data.tags[store.HOLDOUT_TAG] == "faces" for r in runs.values())
+    # the base supernet was trained on the two training datasets' images only
+    base = runs["__base__"].data.params
+    assert int(base["n_images"]) == 96 + 64 and int(base["n_classes"]) == 10 + 3
+    faces = load_dataset("faces", data_dir=p["data"])
+    zoo_images = np.concatenate([store.read_image_hashes(r.info.run_id) for g, r in runs.items() if g != "__base__"])
+    assert not np.isin(image_hashes(np.concatenate([faces.x_train, faces.x_test])), zoo_images).any()
+    digits = load_dataset("digits", data_dir=p["data"])
+    assert np.isin(image_hashes(digits.x_train), zoo_images).all()   # the check sees what it looks for
+    enc_run = mlflow.get_run(p["encoders"].run_id).data.params
+    assert set(enc_run["train_datasets"].split(",")) == {"digits"}     # backbone and encoders: training groups
+    assert enc_run["val_datasets_used"] == "cells"                      # selection: a zoo dataset, not 'faces'
+
+
+def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_pipeline, tmp_path):
+    """`tans bench` over the build's holdout and an archive from outside: every method, both budgets, the
+    regrets, the scorers' weighted tau, costs, plots; one run per dataset in tans/bench."""
+    import mlflow
+
+    from tans_registry.cli import main
+
+    p = bench_pipeline
+    plots = tmp_path / "plots"
+    res = CliRunner().invoke(main, ["bench", "--work-dir", str(p["work"]), "--data-dir", str(p["data"]),
+                                    "--holdout", "faces", "--query-data", str(p["outside"] / "glyphs.npz"),
+                                    "--epochs", "2", "--ground-truth", "5", "--random-draws", "2",
+                                    "--max-train", "60", "--max-test", "40", "--workers", "1",
+                                    "--plots", str(plots), "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert set(rec["datasets"]) == {"faces", "glyphs"}
+    for name, d in rec["datasets"].items():
+        methods = d["methods"]
+        assert {"tans", "tans_predictor", "tans_logme", "logme_all", "random", "best_average", "top_source",
+                "largest", "scratch", "oracle"} <= set(methods)
+        oracle = d["oracle"]["full"]
+        for m in methods.values():
+            assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 <= m["test_acc_one_epoch"] <= 1.0
+            assert len(m["val_history"]) == 2                               # every epoch of the full budget
+        for m in ("tans", "tans_predictor", "tans_logme", "logme_all", "top_source", "largest"):
+            assert methods[m]["regret_top1"] == pytest.approx(100 * (oracle - methods[m]["test_acc"]))
+            assert methods[m]["regret_top1"] >= -1e-9 and methods[m]["regret_top3"] <= methods[m]["regret_top1"] + 1e-9
+        assert methods["oracle"]["regret_top1"] == pytest.approx(0.0)
+        assert methods["random"]["draws"] == 2 and "test_acc_std" in methods["random"]
+        assert methods["tans"]["forward_passes"] == 1                      # the query embedding only
+        n = rec["zoo"]["networks"]
+        assert methods["logme_all"]["forward_passes"] == n                  # every network once
+        assert 1 < methods["tans_logme"]["forward_passes"] <= n + 1
+        assert d["ground_truth"]["networks"] >= 5
+        assert set(d["weighted_tau"]) == {"tans", "predictor", "logme"}
+        assert methods["best_average"]["picks"][0]["weights"] == "base supernet"
+        assert methods["scratch"]["picks"][0]["arch_hash"] == methods["tans"]["picks"][0]["arch_hash"]
+    assert rec["zoo"]["holdout"] == ["faces"]
+    assert sorted(x.split("/")[-1] for x in rec["plots"]) == ["bench-epochs-faces.png", "bench-epochs-glyphs.png",
+                                                             "bench-regret.png"]
+    assert all((plots / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in ("bench-regret.png",))
+    runs = mlflow.search_runs(experiment_names=["tans/bench"], output_format="list")
+    assert {r.data.tags.get("tans.dataset") for r in runs} >= {"faces", "glyphs"}
+    parent = mlflow.get_run(rec["run_id"])
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)} >= {"bench.json", "plots"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--holdout", "digits"], "a training dataset of this zoo"),
+    (["--holdout", "none", "--query-data", "{data}/digits.npz"], "images the zoo was trained or tested on"),
+    (["--holdout", "nosuch"], "nosuch"),
+    (["--epochs", "0"], "'epochs' parameter of bench (--epochs) must be"),
+])
+def test_bench_refuses_datasets_the_zoo_has_seen_and_bad_values(bench_pipeline, args, message):
+    from tans_registry.cli import main
+
+    p = bench_pipeline
+    args = [a.replace("{data}", str(p["data"])) for a in args]
+    res = CliRunner().invoke(main, ["bench", "--work-dir", str(p["work"]), "--data-dir", str(p["data"]), *args])
+    assert res.exit_code in (1, 2) and message in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_zoo_build_holdout_is_checked_before_anything_is_built(tiny_data_dir, tmp_path):
+    from tans_registry.cli import main
+
+    for args, message in ((["--holdout", "nosuch"], "no dataset named 'nosuch'"),
+                          (["--datasets", "digits,cells", "--holdout", "cells"], "both built")):
+        res = CliRunner().invoke(main, ["zoo", "build", "--work-dir", str(tmp_path), "--data-dir", str(tiny_data_dir),
+                                        *args])
+        assert res.exit_code == 1 and message in res.output, res.output
+    import mlflow
+
+    from tans_registry import tracking
+
+    tracking.setup(str(tmp_path))
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
