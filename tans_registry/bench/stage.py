@@ -32,12 +32,12 @@ from ..registry.index import load_index
 from ..registry.names import model_uri
 from ..retrieval.config import RankConfig
 from ..retrieval.embed import embed_dataset, load_champion
-from ..retrieval.search import logme_scores, rank_candidates
+from ..retrieval.search import rank_candidates
 from ..zoo import store
 from . import metrics as M
 from .config import BenchConfig, BenchRecord
 from .report import plot_dataset, plot_regrets
-from .starts import finetune_start
+from .starts import finetune_start, logme_group
 
 RANKED = {"tans": "none", "tans_predictor": "predictor", "tans_logme": "logme"}  # method -> re-ranking
 OVERLAP_LIMIT = 0.01  # a query dataset with more of its images than this in the zoo's groups is not new
@@ -175,7 +175,7 @@ def _bench_dataset(label, ds, cfg: BenchConfig, settings: FinetuneSettings, cham
     retrieval = {h["row"]: h["score"] for h in hits}
     predicted = _predicted(enc, idx, q, order)
     t = time.perf_counter()
-    logme = _logme_all(idx, order, ds, cfg, desc=f"LogME {label}")
+    logme = _logme_all(idx, order, ds, cfg, uri, desc=f"LogME {label}")
     methods["logme_all"] = {"picks": sorted(order, key=lambda r: -logme[r])[:3],
                             "query_seconds": time.perf_counter() - t, "forward_passes": len(order)}
     rng = np.random.default_rng([cfg.seed, 11])
@@ -213,18 +213,39 @@ def _predicted(enc, idx, q: np.ndarray, order: list[int]) -> dict[int, float] | 
     return dict(zip(order, out.tolist()))
 
 
-def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, desc: str) -> dict[int, float]:
-    """LogME of every network, one group at a time (one supernet in memory at once)."""
+def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, uri: str, desc: str) -> dict[int, float]:
+    """LogME of every network, one group per job (one supernet in memory per worker), in parallel."""
     by_group: dict[str, list[int]] = {}
     for r in order:
         by_group.setdefault(str(idx.groups[r]), []).append(r)
+    workers, threads = _workers(cfg)
+    jobs = [{"uris": [model_uri(str(idx.names[r]), int(idx.versions[r])) for r in rs], "dataset": ds,
+             "seed": cfg.seed, "tracking_uri": uri, "threads": threads} for rs in by_group.values()]
     out: dict[int, float] = {}
     with tqdm(total=len(order), desc=desc, unit="net", leave=False, disable=not cfg.progress) as bar:
-        for rs in by_group.values():
-            scores = logme_scores([model_uri(str(idx.names[r]), int(idx.versions[r])) for r in rs], ds, cfg.seed)
-            out.update(zip(rs, scores.tolist()))
+        for rs, scores in zip(by_group.values(), _map(logme_group, jobs, workers)):
+            out.update(zip(rs, scores))
             bar.update(len(rs))
     return out
+
+
+def _workers(cfg: BenchConfig) -> tuple[int, int]:
+    """Processes and threads each: ``cfg.workers`` (default: one per core), the cores shared out."""
+    cores = os.cpu_count() or 1
+    workers = cfg.workers or cores
+    return workers, (max(1, cores // workers) if workers > 1 else torch.get_num_threads())
+
+
+def _map(fn, jobs: list[dict], workers: int):
+    """``fn`` over ``jobs`` in order, in ``workers`` spawned processes (in this one for 1)."""
+    if workers == 1 or len(jobs) < 2:
+        yield from (fn(j) for j in jobs)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        yield from pool.map(fn, jobs)
 
 
 def _spec_of(idx, row: int, n_classes: int) -> dict:
@@ -251,27 +272,16 @@ def _best_average(idx, rows: np.ndarray, zoo: dict) -> dict | None:
 
 
 def _finetune_all(starts: dict[str, dict], ds, settings, budgets, uri: str, cfg: BenchConfig, desc: str) -> dict:
-    workers = cfg.workers or (os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = {key: {"start": s, "classes": list(ds.classes), "x_train": ds.x_train, "y_train": ds.y_train,
-                  "x_test": ds.x_test, "y_test": ds.y_test, "settings": asdict(settings), "budgets": budgets,
-                  "tracking_uri": uri, "threads": threads if workers > 1 else torch.get_num_threads()}
-            for key, s in starts.items()}
+    workers, threads = _workers(cfg)
+    keys = list(starts)
+    jobs = [{"start": starts[k], "classes": list(ds.classes), "x_train": ds.x_train, "y_train": ds.y_train,
+             "x_test": ds.x_test, "y_test": ds.y_test, "settings": asdict(settings), "budgets": budgets,
+             "tracking_uri": uri, "threads": threads} for k in keys]
     out: dict[str, dict] = {}
     with tqdm(total=len(jobs), desc=desc, unit="start", leave=False, disable=not cfg.progress) as bar:
-        if workers == 1:
-            for key, job in jobs.items():
-                out[key] = finetune_start(job)
-                bar.update(1)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(finetune_start, job): key for key, job in jobs.items()}
-                for f in as_completed(futures):
-                    out[futures[f]] = f.result()
-                    bar.update(1)
+        for key, res in zip(keys, _map(finetune_start, jobs, workers)):
+            out[key] = res
+            bar.update(1)
     return out
 
 

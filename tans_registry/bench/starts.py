@@ -73,3 +73,15 @@ def finetune_start(job: dict) -> dict:
     return {"budgets": out, "n_train": int(len(tr)), "n_val": int(len(va))}
 
 
+
+
+def logme_group(job: dict) -> list[float]:
+    """A worker's share of LogME-all: the LogME of ``job["uris"]`` (one group's networks) on the dataset."""
+    import mlflow
+
+    from ..retrieval.search import logme_scores
+
+    torch.set_num_threads(job["threads"])
+    mlflow.set_tracking_uri(job["tracking_uri"])
+    mlflow.set_registry_uri(job["tracking_uri"])
+    return logme_scores(job["uris"], job["dataset"], job["seed"]).tolist()
