@@ -76,6 +76,8 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     uri = tracking_uri(wd)
     if is_database_uri(uri) and not uri.startswith("sqlite"):
         check_database(uri)
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
     if uri == f"sqlite:///{wd / STORE_FILE}":
         _DEFAULTS_SET.add(uri)
     mlflow.set_tracking_uri(uri)
@@ -110,6 +112,44 @@ def check_database(uri: str, timeout_s: int = 5) -> None:
         raise TrackingError(_explain(uri, exc)) from exc
 
 
+# MLflow's HTTP client retries an unreachable server with exponential back-off for about 4 minutes by
+# default; these bound a request to about 20 s in all (a user's own settings win).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when a tracking server does not answer its health check; bound
+    MLflow's own retries (:data:`HTTP_DEFAULTS`)."""
+    import base64
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    req = urllib.request.Request(url)
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            resp.read(64)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TrackingError(f"the MLflow tracking server {redact(uri)} refused the credentials (HTTP {exc.code}); "
+                                "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD") from None
+        # another status: the server answers; MLflow's own calls will say what is wrong
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"cannot reach the MLflow tracking server {redact(uri)} ({scrub(str(reason))[:200]}). "
+                            "Start it (`mlflow server ...`), fix MLFLOW_TRACKING_URI, or unset it to use the embedded "
+                            "SQLite store in the work directory.") from None
+
+
 def experiment_id(key: str, work_dir: Path) -> str:
     """Id of one of the project's experiments (``zoo``, ``encoders``, ...), created when missing.
 
@@ -139,9 +179,16 @@ def experiment_id(key: str, work_dir: Path) -> str:
 
 def _explain(uri: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"cannot use the MLflow tracking store {redact(uri)}: {first[:300]}. "
+    return (f"cannot use the MLflow tracking store {redact(uri)}: {scrub(first)[:300]}. "
             "Check that the database or server is running and the URI is right "
             "(MLFLOW_TRACKING_URI), or unset it to use the embedded SQLite store in the work directory.")
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every URI in it masked (error messages quote URIs)."""
+    import re
+
+    return re.sub(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]+):[^@\s]*@", r"\1:***@", text)
 
 
 def redact(uri: str) -> str:
