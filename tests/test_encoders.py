@@ -240,6 +240,8 @@ def test_training_is_tracked_and_registered(trained):
 
 
 def test_champion_moves_only_when_validation_improves(trained):
+    """Only a better score computed the same way (same selection datasets, same metric) moves the champion;
+    a score from other datasets or another metric does not compare (--promote replaces it anyway)."""
     import mlflow
 
     from tans_registry import tracking
@@ -248,13 +250,26 @@ def test_champion_moves_only_when_validation_improves(trained):
     work, rec = trained
     tracking.setup(work)
     client = mlflow.MlflowClient()
-    current = float(client.get_model_version("tans-encoders", "1").tags["tans.val_score"])
-    worse = register_encoders(rec.run_id, current - 0.5, "val_recall_at_5")
-    assert worse["champion"] is False
-    assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == "1"
-    better = register_encoders(rec.run_id, current + 0.5, "val_recall_at_5")
-    assert better["champion"] is True
-    assert str(client.get_model_version_by_alias("tans-encoders", "champion").version) == str(better["encoders_version"])
+    first = client.get_model_version("tans-encoders", "1").tags
+    current, metric, val = float(first["tans.val_score"]), first["tans.val_metric"], tuple(first["tans.val_datasets"].split(","))
+    assert val == rec.val_datasets
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("tans-encoders", "champion").version)
+
+    worse = register_encoders(rec.run_id, current - 0.5, metric, val)
+    assert worse["champion"] is False and worse["champion_comparable"] is True and champion() == "1"
+    other_data = register_encoders(rec.run_id, current + 5.0, metric, ("digits",))
+    assert other_data["champion"] is False and other_data["champion_comparable"] is False and champion() == "1"
+    other_metric = register_encoders(rec.run_id, current + 5.0, "val_recall_at_5" if metric != "val_recall_at_5"
+                                     else "val_xtask_recall_at_5", val)
+    assert other_metric["champion"] is False and champion() == "1"
+    better = register_encoders(rec.run_id, current + 0.5, metric, val)
+    assert better["champion"] is True and champion() == str(better["encoders_version"])
+    forced = register_encoders(rec.run_id, -10.0, metric, ("digits",), promote=True)
+    assert forced["champion"] is True and champion() == str(forced["encoders_version"])
+    again = register_encoders(rec.run_id, current + 0.5, metric, val)  # back on the original datasets
+    assert again["champion"] is False and again["champion_comparable"] is False
 
 
 def test_index_build_writes_decodable_learned_embeddings(trained):
@@ -392,9 +407,8 @@ def test_query_refuses_a_stale_index(trained, tiny_data_dir):
     from tans_registry import RankConfig as QueryConfig
 
     work, rec = trained
-    client = _ready_index(work)
-    current = float(client.get_model_version_by_alias("tans-encoders", "champion").tags["tans.val_score"])
-    assert register_encoders(rec.run_id, current + 1.0, "val_recall_at_5")["champion"]  # a new champion
+    _ready_index(work)
+    assert register_encoders(rec.run_id, 0.0, "val_recall_at_5", ("cells",), promote=True)["champion"]  # a new one
     with pytest.raises(TansError, match="tans index build") as err:
         run_query(QueryConfig(data="cells", work_dir=str(work), data_dir=str(tiny_data_dir)))
     assert err.value.code == "INDEX_STALE"

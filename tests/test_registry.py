@@ -312,6 +312,6 @@ def test_registry_errors_leave_the_boundary_as_tans_errors(registered):
                                             r"MLFLOW_TRACKING_URI"):
         get_version("zoo.digits", "999")
     with pytest.raises(RegistryError, match="cannot register the encoders .* rerun `tans encoders train`"):
-        register_encoders("0" * 32, 1.0, "val_recall_at_5")
+        register_encoders("0" * 32, 1.0, "val_recall_at_5", ("cells",))
     assert champion("tans-encoders") is None  # no such model: no champion, not an error
     assert "tans-encoders" not in {m.name for m in mlflow.MlflowClient().search_registered_models()}  # nothing half-made

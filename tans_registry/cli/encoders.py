@@ -54,15 +54,19 @@ def encoders() -> None:
 @click.option("--rerank-groups", type=OrDefault(INT), default=default(E, "rerank_groups"), show_default=True,
               help="Re-ranking: the predictor orders the shortlisted networks of the first N groups in retrieval "
                    "order (0: the whole shortlist). Stored with the encoders; `tans query` uses it.")
+@click.option("--promote", is_flag=True,
+              help="Move the champion alias to this version whatever the current champion scored (by default it "
+                   "moves only on a better score computed on the same validation datasets and metric).")
 @as_json_option
 def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss, k_per_class, functional, predictor,
-                   dataset_weight, rank_weight, shortlist, rerank_groups, as_json):
+                   dataset_weight, rank_weight, shortlist, rerank_groups, promote, as_json):
     """Train query encoder, model encoder and predictor; log them to `tans/encoders`; register them.
 
     Validation holds out whole datasets. The encoders are registered as `tans-encoders` (and the
     feature backbone as `tans-backbone`), both MLflow pyfunc models; the alias `champion` moves only
     when the validation score (Recall@5 of the strictest retrieval protocol the held-out datasets
-    allow, plus the predictor's weighted tau) improves on the current champion's. Then run
+    allow, plus the predictor's weighted tau) improves on the current champion's, computed on the same
+    validation datasets and metric (or with --promote). Then run
     `tans index build` to embed the zoo with them.
     """
     from ..training.stage import train_encoders
@@ -71,7 +75,7 @@ def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss,
                         **given(pooling=pooling, dataset_weight=dataset_weight, shortlist=shortlist,
                                 rerank_groups=rerank_groups, k_per_class=k_per_class))
     rec = train_encoders(EncoderTrainConfig(encoder=enc, val_datasets=split(val_datasets), work_dir=work_dir,
-                                            data_dir=data_dir,
+                                            data_dir=data_dir, promote=promote,
                                             **given(steps=steps, loss=loss, rank_weight=rank_weight, seed=seed)))
     if as_json:
         click.echo(json.dumps(rec.to_dict(), default=float))
@@ -93,7 +97,10 @@ def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss,
                    f"{f('val_regret_top1', 8, '.1f')}")
     if rec.encoders_version is not None:
         click.echo(f"registered tans-encoders v{rec.encoders_version}"
-                   + (" as champion" if rec.champion else " (champion unchanged)"))
+                   + (" as champion" if rec.champion else
+                      " (champion unchanged: its score was better)" if rec.champion_comparable else
+                      f" (champion v{rec.previous_champion} unchanged: it was scored on other validation datasets or "
+                      "another metric, so the scores do not compare; --promote replaces it)"))
 
 
 @encoders.command("bench")

@@ -115,6 +115,14 @@ def read_archive(path: Path):
         if y.size and (y.min() < 0 or y.max() >= len(classes)):
             raise DataError(f"archive {path}: y_{split} holds labels outside 0..{len(classes) - 1} "
                             f"(there are {len(classes)} classes). {fix}")
+    if len(arr["x_train"]) < 2:
+        raise DataError(f"archive {path} has {len(arr['x_train'])} training image; training needs at least 2 "
+                        f"(one per class at the very least). {fix}")
+    empty = np.flatnonzero(np.bincount(arr["y_train"].astype(np.int64), minlength=len(classes)) == 0)
+    if empty.size:
+        names = ", ".join(repr(classes[i]) for i in empty[:5]) + (" ..." if empty.size > 5 else "")
+        raise DataError(f"archive {path}: {empty.size} class(es) have no training image ({names}); every class "
+                        f"needs at least one. Add images of them to x_train/y_train, or drop them from 'classes'.")
     source = "; ".join(s for s in (str(path), source, f"licence: {licence}" if licence else "") if s)
     return (arr["x_train"], arr["y_train"].astype(np.int64), arr["x_test"],
             arr["y_test"].astype(np.int64), classes, source)

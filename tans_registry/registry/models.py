@@ -16,6 +16,7 @@ from .names import BACKBONE_MODEL, CHAMPION, ENCODERS_MODEL, finetuned_model_nam
 SCORE_TAG = "tans.val_score"      # encoders: selection score of the version's best checkpoint
 METRIC_TAG = "tans.val_metric"    # ... and the validation metric it was driven by
 BACKBONE_TAG = "tans.backbone_version"
+VAL_DATASETS_TAG = "tans.val_datasets"  # encoders: the selection datasets its score was computed on
 VAL_ACC_TAG = "tans.val_accuracy"  # fine-tuned: validation accuracy (what moves its champion)
 
 
@@ -96,23 +97,29 @@ def load_pyfunc(uri: str):
 
 
 @C.boundary("register the encoders", "check the store and rerun `tans encoders train`")
-def register_encoders(run_id: str, score: float, metric: str, encoders_path: str = "encoders",
-                      backbone_path: str = "backbone") -> dict:
+def register_encoders(run_id: str, score: float, metric: str, val_datasets: tuple[str, ...], promote: bool = False,
+                      encoders_path: str = "encoders", backbone_path: str = "backbone") -> dict:
     """Register the encoders and their backbone (MLflow model folders ``encoders_path`` and
     ``backbone_path`` of run ``run_id``); move ``tans-encoders@champion`` (and ``tans-backbone@champion``
-    with it) only when ``score`` beats the current champion's (a champion whose score cannot be read
-    counts as no score)."""
+    with it) when there is no champion, when ``promote``, or when ``score`` beats the champion's and the
+    champion was scored the same way (the same selection datasets and metric): scores computed on other
+    datasets or protocols are not compared. A store error reading the champion is an error."""
     c = C.client()
+    val = ",".join(sorted(val_datasets))
     bb = _register(BACKBONE_MODEL, run_id, backbone_path, {}, None, "backbone")
     v = _register(ENCODERS_MODEL, run_id, encoders_path,
-                  {SCORE_TAG: f"{score:.6f}", METRIC_TAG: metric, BACKBONE_TAG: str(bb.version)}, None, "encoders")
+                  {SCORE_TAG: f"{score:.6f}", METRIC_TAG: metric, VAL_DATASETS_TAG: val,
+                   BACKBONE_TAG: str(bb.version)}, None, "encoders")
     current = C.alias_version(ENCODERS_MODEL, CHAMPION)
-    promoted = score > _score(current, SCORE_TAG)
+    comparable = current is not None and current.tags.get(METRIC_TAG) == metric and \
+        current.tags.get(VAL_DATASETS_TAG) == val
+    promoted = current is None or promote or (comparable and score > _score(current, SCORE_TAG))
     if promoted:  # the backbone's champion is the champion encoders' own backbone
         c.set_registered_model_alias(BACKBONE_MODEL, CHAMPION, bb.version)
         c.set_registered_model_alias(ENCODERS_MODEL, CHAMPION, v.version)
     return {"encoders_version": int(v.version), "backbone_version": int(bb.version), "champion": promoted,
-            "previous_champion": int(current.version) if current is not None else None}
+            "previous_champion": int(current.version) if current is not None else None,
+            "champion_comparable": None if current is None else comparable}
 
 
 def _score(version, tag: str) -> float:

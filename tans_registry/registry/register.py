@@ -30,6 +30,7 @@ from .pyfunc import write_model_dir
 log = logging.getLogger("tans_registry")
 RAW_ENCODER = "raw"  # tans.encoder_version until `tans index build` writes learned embeddings
 REGISTRY_DIR = "registry"
+DIRS_COMPLETE = "_complete"  # written into registry/ after every network's MLmodel folder is uploaded
 DONE_TAG = "tans.registered_run"  # model tag: the group run whose networks are all registered
 SUPERSEDED_TAG = "tans.superseded_by"  # version tag: the run of the group's build that replaced it
 CHECKED_TAG = "tans.superseded_checked"  # model tag: the run whose earlier builds' versions were tagged
@@ -109,20 +110,45 @@ def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
             ids = {v.tags.get("tans.network_id") for v in have}
             todo = [r for r in rows if f"{run.info.run_id}:{r['index']}" not in ids]
             existing += len(rows) - len(todo)
+            _ensure_model_dirs(run, header, rows)  # also when every version exists: their folders may not
             if todo:
-                _ensure_model_dirs(run, header, rows)
                 f_emb = load_functional_embeddings(run.info.run_id)
                 for row in todo:
                     C.client().create_model_version(
                         name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
                         run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
                         description=model_card(header, row, name))
-                models[name] = len(todo)
-                created += len(todo)
+                removed = _dedupe(name, run.info.run_id)
+                models[name] = len(todo) - removed
+                created += len(todo) - removed
+                existing += removed
             superseded += _supersede(name, have, run.info.run_id)
             _mark_done(name, run.info.run_id, len(rows))
     return RegisterRecord(tracking_uri=tracking.redact(uri), models=models, created=created, existing=existing,
                           superseded=superseded)
+
+
+def _dedupe(name: str, run_id: str) -> int:
+    """Writers registering the same group at once each create the versions they did not see: keep the
+    lowest version of every network of ``run_id`` and delete the others (every writer converges on the same
+    survivors), so each network ends registered exactly once. Returns how many this call deleted."""
+    from mlflow.exceptions import MlflowException
+
+    seen: dict[str, list[int]] = {}
+    for v in C.versions(name):
+        nid = v.tags.get("tans.network_id", "")
+        if nid.startswith(f"{run_id}:"):
+            seen.setdefault(nid, []).append(int(v.version))
+    n = 0
+    for numbers in seen.values():
+        for extra in sorted(numbers)[1:]:
+            try:
+                C.client().delete_model_version(name, str(extra))
+                n += 1
+            except MlflowException as exc:  # another writer deleted it first
+                if C.error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+    return n
 
 
 def _supersede(name: str, versions: list, run_id: str) -> int:
@@ -180,9 +206,10 @@ def _create_model(name: str, header: dict) -> None:
 
 
 def _ensure_model_dirs(run, header: dict, rows: list[dict]) -> None:
-    """Log the per-network MLmodel folders into the group run, once."""
+    """Log the per-network MLmodel folders into the group run, once: a folder set is complete only with its
+    ``_complete`` marker, uploaded after them (an upload cut short is redone whole)."""
     client = C.client()
-    if client.list_artifacts(run.info.run_id, REGISTRY_DIR):
+    if f"{REGISTRY_DIR}/{DIRS_COMPLETE}" in {f.path for f in client.list_artifacts(run.info.run_id, REGISTRY_DIR)}:
         return
     zoo_uri = f"{run.info.artifact_uri}/zoo"
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,3 +221,6 @@ def _ensure_model_dirs(run, header: dict, rows: list[dict]) -> None:
                 "mean": header["mean"], "std": header["std"], "accuracy": row["accuracy"],
                 "n_params": row["n_params"], "flops": row["flops"]})
         client.log_artifacts(run.info.run_id, tmp, REGISTRY_DIR)
+        marker = Path(tmp) / DIRS_COMPLETE
+        marker.write_text(f"{len(rows)} network folders\n")
+        client.log_artifact(run.info.run_id, str(marker), REGISTRY_DIR)

@@ -50,6 +50,7 @@ class EncoderTrainConfig:
     data_dir: str | None = None
     snapshot: str | None = None      # learn from a zoo snapshot file instead of the work dir's zoo
     register: bool = True
+    promote: bool = False            # move the champion to this version whatever the current one scored
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ class EncoderTrainConfig:
                 data_dir=P.as_path(STAGE, "data_dir", self.data_dir),
                 snapshot=P.as_path(STAGE, "snapshot", self.snapshot),
                 register=P.as_bool(STAGE, "register", self.register, flag=False),
+                promote=P.as_bool(STAGE, "promote", self.promote),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False))
         if self.snapshot and self.register:
             from ..errors import ConfigError
@@ -92,7 +94,8 @@ class EncoderTrainConfig:
 
     def to_params(self) -> dict:
         """Flat parameters for the run (the encoder's fields beside the training's)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("encoder", "work_dir", "data_dir", "progress")}
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("encoder", "work_dir", "data_dir", "progress", "promote")}
         d |= asdict(self.encoder)
         return {k: (",".join(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
@@ -110,6 +113,7 @@ class EncoderTrainRecord:
     backbone_version: int | None = None
     champion: bool | None = None          # whether `tans-encoders@champion` moved to it
     previous_champion: int | None = None
+    champion_comparable: bool | None = None  # whether the previous champion was scored the same way
     best_average: dict = field(default_factory=dict)  # the architecture best on average (ranking only)
 
     def to_dict(self) -> dict:

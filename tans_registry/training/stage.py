@@ -88,7 +88,8 @@ def train_prepared(cfg: EncoderTrainConfig, prepared) -> EncoderTrainRecord:
             mlflow.log_artifacts(tmp)
         registered = {}
         if cfg.register:
-            registered = register_encoders(run.info.run_id, selection_score(best_report), selection_metric(best_report))
+            registered = register_encoders(run.info.run_id, selection_score(best_report), selection_metric(best_report),
+                                           tuple(val_names), promote=cfg.promote)
     return EncoderTrainRecord(run_id=run.info.run_id, best=best_report, untrained=untrained, pixel_heuristic=baseline,
                               size_heuristic=by_size, best_average=by_average, val_datasets=tuple(val_names), seconds=time.time() - t0,
                               **registered)

@@ -62,6 +62,10 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     exp_id = tracking.experiment_id("zoo", work_dir)
     sources = _load_sources(profile, cfg)
     groups = make_groups(sources, profile.n_groups or len(sources), seed=cfg.seed)
+    small = [g.name for g in groups if len(g.x_train) < 2]
+    if small:
+        raise ConfigError(f"group(s) {', '.join(small)} hold fewer than 2 training images: a supernet cannot train on "
+                          "them. Use fewer --groups, or datasets with more images")
     if cfg.only_groups:
         names = [g.name for g in groups]
         unknown = [n for n in cfg.only_groups if n not in names]

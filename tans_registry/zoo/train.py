@@ -76,7 +76,9 @@ def train_supernet(
             if step >= total:
                 break
             idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2:  # batch norm needs two samples
+            if len(idx) < 2:  # batch norm needs two samples; the step still counts, so the loop ends
+                step += 1
+                sched.step()
                 continue
             xb = to_tensor(color_jitter(random_crop(x[idx], cfg.crop_pad, rng), jitter, rng), mean, std)
             yb = torch.from_numpy(y[idx])

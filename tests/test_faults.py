@@ -1,0 +1,228 @@
+"""Faults and bad input: a killed writer, an unreachable store, concurrent writers, malformed data. Every
+check runs the real thing (subprocesses killed with SIGKILL, the real PostgreSQL server, real archives)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+
+TANS = [sys.executable, "-m", "tans_registry.cli"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_"))}
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+def clone_work_dir(src: Path, dst: Path) -> Path:
+    """A copy of an embedded work directory whose store points at its own artifacts (SQLite rows rewritten)."""
+    shutil.copytree(src, dst)
+    db = sqlite3.connect(dst / "mlflow.db")
+    tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+    for t in tables:
+        for _, col, typ, *_ in db.execute(f"pragma table_info('{t}')").fetchall():
+            if "CHAR" in typ.upper() or "TEXT" in typ.upper():
+                db.execute(f'update "{t}" set "{col}" = replace("{col}", ?, ?) where "{col}" like ?',
+                           (str(src), str(dst), f"%{src}%"))
+    db.commit()
+    db.close()
+    return dst
+
+
+def registry_dump(work: Path) -> dict:
+    """Names, versions (number, tags, source relative to the work dir, status), model tags and aliases."""
+    import mlflow
+
+    from tans_registry import tracking
+
+    tracking.setup(str(work))
+    c = mlflow.MlflowClient()
+    out = {}
+    for m in c.search_registered_models(max_results=1000):
+        versions = {}
+        for v in c.search_model_versions(f"name = '{m.name}'", max_results=1000):
+            src = v.source.replace(work.as_uri(), "<wd>").replace(str(work), "<wd>")
+            versions[int(v.version)] = {"tags": dict(v.tags), "source": src, "status": v.status}
+            local = Path(v.source.replace("file://", ""))
+            assert (local / "MLmodel").is_file(), f"{m.name} v{v.version} points at missing files: {v.source}"
+        out[m.name] = {"tags": dict(m.tags), "aliases": dict(m.aliases), "versions": versions}
+    return out
+
+
+def _count_versions(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from model_versions").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 240.0) -> int:
+    """Run ``cmd``; SIGKILL it as soon as ``ready()`` holds. Returns the exit status (-9 when killed)."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def built_zoo(tmp_path_factory, tiny_data_dir):
+    """A tiny real zoo (4 groups x 3 networks), built once and not registered."""
+    from tans_registry import ZooConfig, build_zoo
+
+    work = tmp_path_factory.mktemp("faults") / "zoo"
+    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
+                        data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
+    return work
+
+
+def test_kill_9_during_zoo_register_then_rerun_equals_an_uninterrupted_run(built_zoo, tmp_path):
+    straight = clone_work_dir(built_zoo, tmp_path / "straight")
+    killed = clone_work_dir(built_zoo, tmp_path / "killed")
+    assert subprocess.run(TANS + ["zoo", "register", "--work-dir", str(straight)], env=_env(),
+                          capture_output=True, timeout=300).returncode == 0
+    db = killed / "mlflow.db"
+    rc = _kill_when(TANS + ["zoo", "register", "--work-dir", str(killed)], lambda: _count_versions(db) >= 4)
+    assert rc == -signal.SIGKILL, "the registration ended before it could be killed"
+    assert 4 <= _count_versions(db) < 12                                  # killed half-way
+    rerun = subprocess.run(TANS + ["zoo", "register", "--work-dir", str(killed)], env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert registry_dump(killed) == registry_dump(straight)
+
+
+def test_a_half_uploaded_set_of_model_folders_is_uploaded_again(built_zoo, tmp_path):
+    """Registration logs each network's MLmodel folder into its group run, then a marker: without the
+    marker (an upload cut short), the next registration uploads them again. (In subprocesses: the clone
+    shares its run ids with the fixture's build, whose artifact locations this process has cached.)"""
+    import mlflow
+
+    from tans_registry import tracking
+    from tans_registry.registry.register import DIRS_COMPLETE, REGISTRY_DIR
+
+    work = clone_work_dir(built_zoo, tmp_path / "w")
+
+    def register() -> str:
+        res = subprocess.run(TANS + ["zoo", "register", "--work-dir", str(work), "--json"], env=_env(),
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    register()
+    tracking.setup(str(work))
+    run = mlflow.search_runs(experiment_names=["tans/zoo"], filter_string="tags.`tans.group` = 'cells'",
+                             output_format="list")[0]
+    folder = work / "mlruns" / "tans-zoo" / run.info.run_id / "artifacts" / REGISTRY_DIR
+    (folder / DIRS_COMPLETE).unlink()
+    shutil.rmtree(folder / "n1")                              # as if the upload had stopped half-way
+    mlflow.MlflowClient().delete_registered_model_tag("zoo.cells", "tans.registered_run")  # the group is revisited
+    assert json.loads(register())["created"] == 0
+    assert (folder / "n1" / "MLmodel").is_file() and (folder / DIRS_COMPLETE).is_file()
+    registry_dump(work)  # every version points at a complete MLmodel folder
+
+
+@pytest.mark.postgres
+def test_four_writers_registering_the_same_zoo_at_once_register_each_network_once(tiny_data_dir, tmp_path,
+                                                                                   pg_database):
+    """Four `tans zoo register` processes started together on one PostgreSQL-backed store."""
+    import mlflow
+
+    env = _env(MLFLOW_TRACKING_URI=pg_database)
+    build = subprocess.run(TANS + ["zoo", "build", "--profile", "quick", "--datasets", "digits,cells", "--subnets", "3",
+                                   "--epochs", "1", "--groups", "4", "--data-dir", str(tiny_data_dir),
+                                   "--work-dir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    procs = [subprocess.Popen(TANS + ["zoo", "register", "--work-dir", str(tmp_path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    client = mlflow.MlflowClient(tracking_uri=pg_database, registry_uri=pg_database)
+    models = [m for m in client.search_registered_models() if m.name.startswith("zoo.")]
+    assert len(models) == 4
+    for m in models:
+        ids = [v.tags["tans.network_id"] for v in client.search_model_versions(f"name = '{m.name}'")]
+        assert len(ids) == len(set(ids)) == 3, (m.name, sorted(ids))
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error_within_seconds(tmp_path):
+    """No server on the port: one line naming the URI, its password masked, in seconds (MLflow alone retries
+    for about 4 minutes)."""
+    uri = f"http://alice:s3cret@127.0.0.1:{_free_port()}"
+    t0 = time.time()
+    res = subprocess.run(TANS + ["zoo", "list"], env=_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    took = time.time() - t0
+    assert res.returncode == 1 and took < 30, (took, res.stderr)
+    assert "cannot reach the MLflow tracking server http://alice:***@127.0.0.1" in res.stderr
+    assert "s3cret" not in res.stderr + res.stdout and "Traceback" not in res.stderr
+
+
+def test_an_unreachable_database_is_a_clear_error_within_seconds(tmp_path):
+    uri = f"postgresql+psycopg://bob:hunter2@127.0.0.1:{_free_port()}/nowhere"
+    t0 = time.time()
+    res = subprocess.run(TANS + ["zoo", "list"], env=_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert res.returncode == 1 and time.time() - t0 < 30, res.stderr
+    assert "postgresql+psycopg://bob:***@127.0.0.1" in res.stderr and "hunter2" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- bad data
+
+def _archive(path: Path, x_train, y_train, x_test, y_test, classes) -> Path:
+    np.savez(path, x_train=np.asarray(x_train, np.uint8), y_train=np.asarray(y_train, np.int64),
+             x_test=np.asarray(x_test, np.uint8), y_test=np.asarray(y_test, np.int64), classes=np.array(classes))
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one_training_image", "has 1 training image; training needs at least 2"),
+    ("class_without_training_image", "1 class(es) have no training image ('c')"),
+])
+def test_archives_too_small_to_train_on_are_refused(tmp_path, case, message):
+    from tans_registry.cli import main
+
+    img = np.zeros((1, 8, 8, 3), np.uint8)
+    if case == "one_training_image":
+        path = _archive(tmp_path / "a.npz", img, [0], np.repeat(img, 2, 0), [0, 1], ["a", "b"])
+    else:
+        path = _archive(tmp_path / "a.npz", np.repeat(img, 4, 0), [0, 0, 1, 1], np.repeat(img, 3, 0), [0, 1, 2],
+                        ["a", "b", "c"])
+    res = CliRunner().invoke(main, ["data", "show", str(path)])
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_supernet_training_ends_on_a_single_image():
+    """A batch of one cannot train batch norm; the step still counts, so the loop ends."""
+    from tans_registry.zoo.profiles import TrainConfig
+    from tans_registry.zoo.space import SupernetSpec, build_supernet
+    from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
+    from tans_registry.zoo.train import train_supernet
+
+    spec = SupernetSpec(n_classes=2)
+    out = train_supernet(build_supernet(spec), spec, np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1, np.int64),
+                         TrainConfig(epochs=3.0, eval_images=0), DEFAULT_MEAN, DEFAULT_STD)
+    assert out["steps"] == 3 and out["epochs"] == 3
