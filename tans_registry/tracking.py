@@ -177,6 +177,18 @@ def experiment_id(key: str, work_dir: Path) -> str:
         raise TrackingError(_explain(mlflow.get_tracking_uri(), exc)) from exc
 
 
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the store's connection (database driver, SQLAlchemy, HTTP client)."""
+    return type(exc).__module__.split(".", 1)[0] in ("sqlalchemy", "psycopg", "psycopg2", "requests", "urllib3")
+
+
+def store_error(exc: BaseException) -> TrackingError:
+    """``exc`` from the store as one clear error naming the (redacted) store and the next step."""
+    import mlflow
+
+    return TrackingError(_explain(mlflow.get_tracking_uri(), exc))
+
+
 def _explain(uri: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (f"cannot use the MLflow tracking store {redact(uri)}: {scrub(first)[:300]}. "

@@ -25,6 +25,8 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(levelname)s %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # a store error is reported once, as one line; MLflow would also log its traceback
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

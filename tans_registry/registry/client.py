@@ -43,7 +43,7 @@ def wrapped(action: str, next_step: str = _NEXT, also: tuple = ()):
     except (MlflowException, *also) as exc:
         raise _error(action, exc, next_step) from exc
     except Exception as exc:  # SQLAlchemy / psycopg errors from a database store
-        if type(exc).__module__.split(".", 1)[0] not in ("sqlalchemy", "psycopg", "requests", "urllib3"):
+        if not tracking.is_store_error(exc):
             raise
         raise _error(action, exc, next_step) from exc
 
@@ -65,7 +65,7 @@ def _error(action: str, exc: Exception, next_step: str) -> RegistryError:
     text = str(getattr(exc, "message", None) or exc).strip()
     first = text.splitlines()[0][:300] if text else type(exc).__name__
     return RegistryError(f"cannot {action} in the model registry at {tracking.redact(mlflow.get_registry_uri())}: "
-                         f"{first}; {next_step}")
+                         f"{tracking.scrub(first)}; {next_step}")
 
 
 @boundary("read a registered model")

@@ -97,35 +97,74 @@ def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
     with C.wrapped("register the zoo", "check the store and run `tans zoo register` again (it is idempotent)"):
         for group, run in tqdm(sorted(groups.items()), desc="register", unit="group", disable=not cfg.progress):
             name = zoo_model_name(group)
-            model = C.get_model(name)
-            if (model is not None and model.tags.get(DONE_TAG) == run.info.run_id
-                    and model.tags.get(CHECKED_TAG) == run.info.run_id):
-                existing += int(model.tags.get("tans.n_networks", 0))  # the whole group is in: skip cheaply
-                continue
-            table = read_table(run.info.run_id)
-            header, rows = table["header"], table["networks"]
-            if model is None:
-                _create_model(name, header)
-            have = C.versions(name)
-            ids = {v.tags.get("tans.network_id") for v in have}
-            todo = [r for r in rows if f"{run.info.run_id}:{r['index']}" not in ids]
-            existing += len(rows) - len(todo)
-            _ensure_model_dirs(run, header, rows)  # also when every version exists: their folders may not
-            if todo:
-                f_emb = load_functional_embeddings(run.info.run_id)
-                for row in todo:
-                    C.client().create_model_version(
-                        name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
-                        run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
-                        description=model_card(header, row, name))
-                removed = _dedupe(name, run.info.run_id)
-                models[name] = len(todo) - removed
-                created += len(todo) - removed
-                existing += removed
-            superseded += _supersede(name, have, run.info.run_id)
-            _mark_done(name, run.info.run_id, len(rows))
+            made, had, old = _retrying(lambda: _register_group(name, run), f"registering {name}")
+            if made:
+                models[name] = made
+            created, existing, superseded = created + made, existing + had, superseded + old
     return RegisterRecord(tracking_uri=tracking.redact(uri), models=models, created=created, existing=existing,
                           superseded=superseded)
+
+
+def _register_group(name: str, run) -> tuple[int, int, int]:
+    """Register one group run's networks as versions of ``name`` (idempotent: what exists is kept, racing
+    writers converge); returns (created, already there, superseded)."""
+    model = C.get_model(name)
+    if (model is not None and model.tags.get(DONE_TAG) == run.info.run_id
+            and model.tags.get(CHECKED_TAG) == run.info.run_id):
+        return 0, int(model.tags.get("tans.n_networks", 0)), 0  # the whole group is in: skip cheaply
+    table = read_table(run.info.run_id)
+    header, rows = table["header"], table["networks"]
+    if model is None:
+        _create_model(name, header)
+    have = C.versions(name)
+    ids = {v.tags.get("tans.network_id") for v in have}
+    todo = [r for r in rows if f"{run.info.run_id}:{r['index']}" not in ids]
+    existing = len(rows) - len(todo)
+    _ensure_model_dirs(run, header, rows)  # also when every version exists: their folders may not
+    created = 0
+    if todo:
+        f_emb = load_functional_embeddings(run.info.run_id)
+        for row in todo:
+            C.client().create_model_version(
+                name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
+                run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
+                description=model_card(header, row, name))
+        removed = _dedupe(name, run.info.run_id)
+        created, existing = len(todo) - removed, existing + removed
+    superseded = _supersede(name, have, run.info.run_id)
+    _mark_done(name, run.info.run_id, len(rows))
+    return created, existing, superseded
+
+
+RETRIES, RETRY_WAIT_S = 3, 2.0
+
+
+def _retrying(fn, what: str):
+    """``fn()``, tried again (up to :data:`RETRIES` times in all) when the store's connection drops, e.g. a
+    database restarted: every step it retries is idempotent."""
+    import time
+
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - only connection errors are retried, the rest re-raised
+            if attempt == RETRIES or not _connection_lost(exc):
+                raise
+            log.warning("the store's connection was lost while %s (%s); trying again (%d/%d)", what,
+                        tracking.scrub(str(exc).splitlines()[0])[:120], attempt + 1, RETRIES)
+            time.sleep(RETRY_WAIT_S * attempt)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a dropped or refused database connection."""
+    while exc is not None:
+        if type(exc).__name__ in ("OperationalError", "InterfaceError") and \
+                type(exc).__module__.split(".", 1)[0] in ("sqlalchemy", "psycopg", "psycopg2"):
+            return True
+        if "server closed the connection" in str(exc) or "connection is closed" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _dedupe(name: str, run_id: str) -> int:

@@ -82,6 +82,8 @@ def group_dir(run_id: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_DIR))
     except Exception as exc:
+        if tracking.is_store_error(exc):
+            raise tracking.store_error(exc) from exc
         raise TansError(f"cannot read the zoo artifacts of run {run_id}: {exc}. "
                         "Rebuild the group with `tans zoo build`.", code="ZOO_ARTIFACTS") from exc
 
@@ -92,6 +94,8 @@ def read_table(run_id: str) -> dict:
     try:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{ARTIFACT_DIR}/zoo.json")
     except Exception as exc:
+        if tracking.is_store_error(exc):
+            raise tracking.store_error(exc) from exc
         raise TansError(f"cannot read the zoo table of run {run_id}: {exc}. "
                         "Rebuild the group with `tans zoo build`.", code="ZOO_ARTIFACTS") from exc
 
