@@ -202,7 +202,7 @@ def synthetic_index(rows: int, dim: int, seed: int) -> ZooIndex:
                     dataset_emb=np.zeros((rows, 22), np.float32),
                     topology=np.zeros((rows, 45), np.float32), arch_hashes=np.full(rows, ""), archs=np.full(rows, ""),
                     n_classes=np.full(rows, 10), latency_ms=rng.uniform(2, 9, rows).astype(np.float32),
-                    encoder_version="synthetic", key="synthetic")
+                    encoders=np.full(rows, "synthetic"), encoder_version="synthetic", key="synthetic")
 
 
 def bench_search(idx: ZooIndex, label: str, n: int, seed: int) -> list[dict]:

@@ -444,3 +444,66 @@ def test_postgresql_restarted_during_registration_then_rerun_registers_everythin
         ids = [v.tags["tans.network_id"] for v in vs]
         assert len(ids) == len(set(ids)) == 3, (m.name, sorted(ids))
         assert all((Path(v.source.replace("file://", "")) / "MLmodel").is_file() for v in vs)
+
+
+def test_queries_answer_while_new_networks_await_embedding_and_a_garbled_version_is_skipped(
+        trained_work, tiny_data_dir, tmp_path):
+    """A group registered since the last `tans index build` (as while a registration runs) is left out of
+    the search with a warning, not the query; a version whose embedding tag is garbled is skipped, the rest
+    served."""
+    import mlflow
+
+    from tans_registry import tracking
+
+    data = ["--data-dir", str(tiny_data_dir)]
+    work = clone_work_dir(trained_work, tmp_path / "w")
+    _ok(TANS + ["index", "build", "--work-dir", str(work)])
+    extra = tmp_path / "data"
+    extra.mkdir()
+    for f in tiny_data_dir.glob("*.npz"):
+        shutil.copy(f, extra / f.name)
+    shutil.copy(tiny_data_dir / "cells.npz", extra / "blood.npz")
+    _ok(TANS + ["zoo", "build", "--profile", "quick", "--datasets", "blood", "--subnets", "2", "--epochs", "1",
+                "--data-dir", str(extra), "--work-dir", str(work)])
+    _ok(TANS + ["zoo", "register", "--work-dir", str(work)])
+    query = TANS + ["query", "digits", "--finetune", "0", "--top-k", "20", "--work-dir", str(work), "--json", *data]
+    res = subprocess.run(query, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "2 of 14 zoo versions are not embedded by the champion encoders" in res.stderr
+    assert {c["group"] for c in json.loads(res.stdout)["candidates"]} == {"digits-t0", "digits-t1", "digits-t2",
+                                                                         "cells"}
+    tracking.setup(str(work))
+    mlflow.MlflowClient().set_model_version_tag("zoo.cells", "1", "tans.model_embedding", "f16:not-base64!")
+    rebuilt = subprocess.run(TANS + ["index", "build", "--force", "--work-dir", str(work)], env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "1 zoo version(s) left out of the index, their tags unreadable: zoo.cells v1" in rebuilt.stderr
+    res = subprocess.run(query, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    picked = {(c["model"], c["version"]) for c in json.loads(res.stdout)["candidates"]}
+    assert ("zoo.cells", 1) not in picked and ("zoo.blood", 1) in picked and len(picked) == 13
+
+
+def test_two_fine_tuning_queries_at_once_both_land_and_the_champion_is_the_better(trained_work, tiny_data_dir,
+                                                                                  tmp_path):
+    import mlflow
+
+    from tans_registry import tracking
+
+    work = clone_work_dir(trained_work, tmp_path / "w")
+    _ok(TANS + ["index", "build", "--work-dir", str(work)])
+    runs = [subprocess.Popen(TANS + ["query", "cells", "--finetune", "1", "--top-k", "2", "--epochs", str(epochs),
+                                     "--work-dir", str(work), "--data-dir", str(tiny_data_dir)],
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for epochs in (1, 3)]
+    errors = [p.communicate(timeout=900)[1] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [e[-2000:] for e in errors]
+    tracking.setup(str(work))
+    c = mlflow.MlflowClient()
+    versions = c.search_model_versions("name = 'tans-finetuned.cells'")
+    assert len(versions) == 2
+    best = max(versions, key=lambda v: (float(v.tags["tans.val_accuracy"]), -int(v.version)))
+    assert c.get_model_version_by_alias("tans-finetuned.cells", "champion").version == best.version
+    onnx = c.get_model_version_by_alias("tans-onnx.cells", "champion")
+    assert onnx.tags["tans.parent_model"] == f"models:/tans-finetuned.cells/{best.version}"
+    assert len(c.search_model_versions("name = 'tans-onnx.cells'")) == 2

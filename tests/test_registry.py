@@ -172,7 +172,7 @@ def _synthetic_index(n=500, seed=0):
         dataset_emb=np.zeros((n, 0), np.float32), topology=np.zeros((n, 45), np.float32),
         arch_hashes=np.array([f"a{i % 50}" for i in range(n)]), archs=np.full(n, "{}"), n_classes=np.full(n, 10),
         latency_ms=np.where(np.arange(n) % 17 == 0, np.nan, rng.uniform(2, 9, n)).astype(np.float32),
-        encoder_version="raw", key="k")
+        encoders=np.full(n, "raw"), encoder_version="raw", key="k")
 
 
 def test_constraint_filters_and_top_k_match_brute_force():

@@ -32,7 +32,7 @@ from ..registry.index import load_index
 from ..registry.names import model_uri
 from ..retrieval.config import RankConfig
 from ..retrieval.embed import embed_dataset, load_champion
-from ..retrieval.search import rank_candidates
+from ..retrieval.search import rank_candidates, searchable
 from ..zoo import store
 from . import metrics as M
 from .config import BenchConfig, BenchRecord
@@ -49,10 +49,7 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
     t0 = time.time()
     wd, uri = tracking.setup(cfg.work_dir)
     champ = load_champion()
-    idx, _ = load_index(wd, latency=False)
-    if idx.encoder_version != champ.version:
-        raise TansError(f"the zoo index was embedded by encoders {idx.encoder_version!r}, but the champion is "
-                        f"v{champ.version}: run `tans index build`", code="INDEX_STALE")
+    idx = searchable(load_index(wd, latency=False)[0], champ.version, champ.encoders.cfg.embed_dim)
     zoo = _zoo_facts(wd, set(idx.groups.tolist()))
     queries = _queries(cfg, zoo)
     settings = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed)

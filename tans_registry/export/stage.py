@@ -65,7 +65,7 @@ def save_onnx_model(onnx_path: Path, folder: Path, example: np.ndarray, n_classe
 
 
 def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, network: dict | None = None,
-                 ds=None) -> ExportRecord:
+                 ds=None, follow_champion: bool = False) -> ExportRecord:
     """Export, verify, log and (``cfg.register``) register; ``run_id``: log into that run (a query's
     winner) instead of a new one in `tans/queries`; ``module``/``network``/``ds``: the source and its
     dataset already loaded."""
@@ -122,7 +122,8 @@ def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, netw
                        f"graph), logits out; metadata_props hold the classes, input size, mean and std. Verified "
                        f"against PyTorch on {result.n_images} images: max abs logit difference "
                        f"{result.max_abs_diff:.1e}, top-1 agreement {result.top1_agreement:.0%}.")
-        registered = registry_models.register_onnx(dataset, run_id, ARTIFACT, tags, description, cfg.promote)
+        registered = registry_models.register_onnx(dataset, run_id, ARTIFACT, tags, description, cfg.promote,
+                                                   follow_champion)
     return ExportRecord(source_model_uri=cfg.model_uri, path=out_path, max_abs_diff=result.max_abs_diff,
                         top1_agreement=result.top1_agreement, parity_images=result.n_images,
                         model_uri=registered.get("model_uri"), champion=bool(registered.get("champion")),

@@ -43,7 +43,7 @@ def query(cfg: QueryConfig) -> QueryRecord:
         t2 = time.time()
         onnx = export_model(ExportConfig(model_uri=winner["model_uri"], work_dir=cfg.work_dir, data_dir=cfg.data_dir,
                                          promote=winner["champion"]),
-                            run_id=winner["run_id"], module=module, network=network, ds=ds)
+                            run_id=winner["run_id"], module=module, network=network, ds=ds, follow_champion=True)
         timings["export"] = time.time() - t2
         if ranking.run_id and onnx.model_uri:
             client.set_tag(ranking.run_id, "tans.onnx_model", onnx.model_uri)

@@ -32,7 +32,7 @@ from .register import DONE_TAG, current_zoo_versions
 
 log = logging.getLogger("tans_registry")
 _ARRAYS = ("names", "versions", "groups", "datasets", "accuracy", "n_params", "flops", "model_emb", "dataset_emb",
-           "topology", "arch_hashes", "archs", "n_classes", "latency_ms")
+           "topology", "arch_hashes", "archs", "n_classes", "latency_ms", "encoders")
 LIMITS = (("max_params", "n_params", "parameters"), ("max_flops", "flops", "FLOPs"),
           ("max_latency_ms", "latency_ms", "ms latency"))
 
@@ -53,12 +53,28 @@ class ZooIndex:
     archs: np.ndarray        # str: the OFA arch config as JSON
     n_classes: np.ndarray    # int64: the network's head (its source dataset's classes)
     latency_ms: np.ndarray   # float32: ONNX Runtime batch-1 latency on the machine of `hardware` (NaN: unmeasured)
+    encoders: np.ndarray     # str: the encoder version whose embeddings each row holds ("raw": none yet)
     encoder_version: str
     key: str
     hardware: str = "{}"     # JSON: where latency_ms was measured (zoo.latency.hardware)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def subset(self, keep: np.ndarray) -> "ZooIndex":
+        """The rows where ``keep`` (a boolean array) holds, as an index of their own."""
+        arrays = {a: getattr(self, a)[keep] for a in _ARRAYS}
+        encoders = sorted(set(arrays["encoders"].tolist()))
+        return ZooIndex(**arrays, encoder_version=",".join(encoders) or "none", key=self.key, hardware=self.hardware)
+
+    def embedded_by(self, encoder_version: str, dim: int) -> "ZooIndex":
+        """The rows embedded by ``encoder_version``, whose embeddings have ``dim`` values (versions registered
+        since the last `tans index build` hold other embeddings, and widened the arrays they share)."""
+        if self.encoder_version == encoder_version:
+            return self
+        out = self.subset(self.encoders == encoder_version)
+        out.model_emb, out.dataset_emb = out.model_emb[:, :dim], out.dataset_emb[:, :dim]
+        return out
 
     # ------------------------------------------------------------------ constraints and search
     def mask(self, max_params: int | None = None, max_flops: int | None = None, max_latency_ms: float | None = None,
@@ -186,11 +202,19 @@ def registry_state() -> tuple[str, list[str]]:
 def index_from_versions(versions, key: str) -> ZooIndex:
     """Arrays from registry model versions (their ``tans.*`` tags)."""
     cols = {a: [] for a in _ARRAYS}
-    encoders = set()
+    encoders, garbled = set(), []
     for v in versions:
         t = v.tags
         if "tans.model_embedding" not in t:
             continue  # not a zoo version (or one being written)
+        try:
+            model_emb = decode_embedding(t["tans.model_embedding"])
+            dataset_emb = decode_embedding(t.get("tans.dataset_embedding", "f16:"))
+            arch = topology(json.loads(t["tans.arch"])) if "tans.arch" in t else np.zeros(TOPOLOGY_DIM)
+            n_classes = _n_classes(t.get("tans.classes", "[]"))
+        except (ValueError, KeyError, TypeError) as exc:  # a garbled tag: that version is left out, not the zoo
+            garbled.append(f"{v.name} v{v.version} ({str(exc)[:60]})")
+            continue
         cols["names"].append(v.name)
         cols["versions"].append(int(v.version))
         cols["groups"].append(t.get("tans.group", v.name))
@@ -198,13 +222,18 @@ def index_from_versions(versions, key: str) -> ZooIndex:
         cols["accuracy"].append(float(t.get("tans.accuracy", "nan")))
         cols["n_params"].append(int(t.get("tans.n_params", 0)))
         cols["flops"].append(int(t.get("tans.flops", 0)))
-        cols["model_emb"].append(decode_embedding(t["tans.model_embedding"]))
-        cols["dataset_emb"].append(decode_embedding(t.get("tans.dataset_embedding", "f16:")))
-        cols["topology"].append(topology(json.loads(t["tans.arch"])) if "tans.arch" in t else np.zeros(TOPOLOGY_DIM))
+        cols["model_emb"].append(model_emb)
+        cols["dataset_emb"].append(dataset_emb)
+        cols["topology"].append(arch)
         cols["arch_hashes"].append(t.get("tans.arch_hash", ""))
         cols["archs"].append(t.get("tans.arch", ""))
-        cols["n_classes"].append(_n_classes(t.get("tans.classes", "[]")))
+        cols["n_classes"].append(n_classes)
+        cols["encoders"].append(t.get("tans.encoder_version", "raw"))
         encoders.add(t.get("tans.encoder_version", "raw"))
+    if garbled:
+        log.warning("%d zoo version(s) left out of the index, their tags unreadable: %s%s; re-register them "
+                    "(`tans zoo register`) or delete them", len(garbled), "; ".join(garbled[:3]),
+                    " ..." if len(garbled) > 3 else "")
     if len(encoders) > 1:
         log.warning("zoo versions carry embeddings of several encoders %s; run `tans index build`", sorted(encoders))
     return ZooIndex(
@@ -215,7 +244,7 @@ def index_from_versions(versions, key: str) -> ZooIndex:
         dataset_emb=_stack(cols["dataset_emb"]), topology=_stack(cols["topology"]),
         arch_hashes=np.array(cols["arch_hashes"], dtype=str), archs=np.array(cols["archs"], dtype=str),
         n_classes=np.array(cols["n_classes"], dtype=np.int64), latency_ms=np.full(len(cols["names"]), np.nan, np.float32),
-        encoder_version=",".join(sorted(encoders)) or "none", key=key)
+        encoders=np.array(cols["encoders"], dtype=str), encoder_version=",".join(sorted(encoders)) or "none", key=key)
 
 
 def _n_classes(tag: str) -> int:

@@ -145,26 +145,58 @@ def register_finetuned(dataset: str, run_id: str, artifact_path: str, val_accura
     ``run_id``; ``champion`` moves to it when its validation accuracy beats the current champion's on the
     same data (``tags["tans.fingerprint"]``), or when the champion was fine-tuned on other data."""
     name = finetuned_model_name(dataset)
-    v = _register(name, run_id, artifact_path, tags | {VAL_ACC_TAG: f"{val_accuracy:.6f}"}, description, "finetuned")
     current = C.alias_version(name, CHAMPION)
-    best = _score(current, VAL_ACC_TAG)
-    # only like is compared with like: a champion fine-tuned on other data (another fingerprint: other
-    # images or classes under the same name) is replaced, whatever its accuracy
-    same_data = current is not None and current.tags.get("tans.fingerprint") == tags.get("tans.fingerprint")
-    promoted = val_accuracy > best or not same_data
-    if promoted:
-        C.client().set_registered_model_alias(name, CHAMPION, v.version)
-    return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}", "champion": promoted,
-            "previous_champion": int(current.version) if current is not None else None}
+    v = _register(name, run_id, artifact_path, tags | {VAL_ACC_TAG: f"{val_accuracy:.6f}"}, description, "finetuned")
+    best = _settle_champion(name, tags.get("tans.fingerprint"))
+    return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}",
+            "champion": best == int(v.version), "previous_champion": int(current.version) if current is not None else None}
+
+
+def _settle_champion(name: str, fingerprint: str | None, rounds: int = 5) -> int:
+    """Point ``name@champion`` at the best validation accuracy among the versions fine-tuned on
+    ``fingerprint`` (the earlier version on a tie; a champion fine-tuned on other data is replaced), and read
+    again until no new version appeared: writers racing on one model converge on the best (each one's last
+    write follows a read that saw every version registered before it). Returns the champion's version."""
+    seen, best = None, None
+    for _ in range(rounds):
+        same = [v for v in C.versions(name) if v.tags.get("tans.fingerprint") == fingerprint]
+        numbers = sorted(int(v.version) for v in same)
+        if numbers == seen:
+            break
+        best = max(same, key=lambda v: (_score(v, VAL_ACC_TAG), -int(v.version)))
+        current = C.alias_version(name, CHAMPION)
+        if current is None or str(current.version) != str(best.version):
+            C.client().set_registered_model_alias(name, CHAMPION, best.version)
+        seen = numbers
+    return int(best.version)
 
 
 @C.boundary("register the ONNX export", "check the store and run the export again")
 def register_onnx(dataset: str, run_id: str, artifact_path: str, tags: dict, description: str,
-                  promote: bool) -> dict:
+                  promote: bool, follow_champion: bool = False) -> dict:
     """A version of ``tans-onnx.<dataset>`` from the MLflow (onnx flavour) model folder ``artifact_path``
-    of run ``run_id``; ``champion`` moves to it when ``promote``."""
+    of run ``run_id``; ``champion`` moves to it when ``promote`` (with ``follow_champion``, a query's export:
+    only if no export of the current fine-tuned champion is registered, which then keeps or takes it)."""
     name = onnx_model_name(dataset)
     v = _register(name, run_id, artifact_path, tags, description, "onnx")
+    champion = int(v.version)
     if promote:
         C.client().set_registered_model_alias(name, CHAMPION, v.version)
-    return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}", "champion": promote}
+        if follow_champion:
+            champion = _follow_finetuned_champion(name, dataset, int(v.version))
+    return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}",
+            "champion": promote and champion == int(v.version)}
+
+
+def _follow_finetuned_champion(name: str, dataset: str, mine: int) -> int:
+    """The ONNX champion is the export of the fine-tuned champion when one is registered (two queries
+    exporting at once: the better one's export ends champion, whichever registers last)."""
+    ft = C.alias_version(finetuned_model_name(dataset), CHAMPION)
+    if ft is None:
+        return mine
+    parent = f"models:/{finetuned_model_name(dataset)}/{ft.version}"
+    theirs = [int(v.version) for v in C.versions(name) if v.tags.get("tans.parent_model") == parent]
+    if not theirs or mine in theirs:
+        return mine
+    C.client().set_registered_model_alias(name, CHAMPION, str(max(theirs)))
+    return max(theirs)

@@ -12,6 +12,7 @@ versions, and the ranked candidates as an artifact.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -34,6 +35,7 @@ from .embed import Champion, embed_dataset, load_champion
 from .logme import logme
 from .rerank import RerankPolicy, rerank_list
 
+log = logging.getLogger("tans_registry")
 # At most this many training images (stratified) feed each network's LogME: one forward pass of 256 images
 # costs ~0.3 s a network on 2 cores, so LogME over every network of a 2,250-network zoo takes minutes, not an
 # hour (500 before session 7; set for cost, before any benchmark figure existed).
@@ -101,6 +103,21 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
     return out, passes, seconds
 
 
+def searchable(idx: ZooIndex, champion: str, dim: int) -> ZooIndex:
+    """The rows of ``idx`` the champion encoders embedded. Versions registered since the last `tans index
+    build` are left out with a warning (queries go on answering while a registration runs); none at all is
+    an error naming the next step. ``dim``: the champion's embedding size."""
+    usable = idx.embedded_by(champion, dim)
+    if len(usable) == 0:
+        raise TansError(f"the zoo index was embedded by encoders {idx.encoder_version!r}, but the champion is "
+                        f"v{champion}: run `tans index build`", code="INDEX_STALE")
+    if len(usable) < len(idx):
+        log.warning("%d of %d zoo versions are not embedded by the champion encoders v%s yet (registered since the "
+                    "last `tans index build`) and are not searched; run `tans index build`",
+                    len(idx) - len(usable), len(idx), champion)
+    return usable
+
+
 def rank(cfg: RankConfig) -> RankRecord:
     """Embed the dataset, search the registry under the constraints, re-rank; log the query run."""
     return rank_dataset(cfg)[0]
@@ -113,9 +130,7 @@ def rank_dataset(cfg: RankConfig):
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)  # bad input fails before any model loads
     champ = load_champion()
     idx, idx_rec = load_index(wd)
-    if idx.encoder_version != champ.version:
-        raise TansError(f"the zoo index was embedded by encoders {idx.encoder_version!r}, but the champion is "
-                        f"v{champ.version}: run `tans index build`", code="INDEX_STALE")
+    idx = searchable(idx, champ.version, champ.encoders.cfg.embed_dim)
     if cfg.max_latency_ms is not None and np.isnan(idx.latency_ms).all():
         raise TansError("the zoo index holds no latency measurements: run `tans index build --force` on this "
                         "machine, or drop --max-latency-ms", code="NO_LATENCY")
