@@ -507,3 +507,41 @@ def test_two_fine_tuning_queries_at_once_both_land_and_the_champion_is_the_bette
     onnx = c.get_model_version_by_alias("tans-onnx.cells", "champion")
     assert onnx.tags["tans.parent_model"] == f"models:/tans-finetuned.cells/{best.version}"
     assert len(c.search_model_versions("name = 'tans-onnx.cells'")) == 2
+
+
+def test_a_candidate_whose_artifacts_are_missing_is_skipped_and_the_query_goes_on(trained_work, tiny_data_dir,
+                                                                                  tmp_path):
+    import mlflow
+
+    from tans_registry import tracking
+
+    data = ["--data-dir", str(tiny_data_dir)]
+    work = clone_work_dir(trained_work, tmp_path / "w")
+    _ok(TANS + ["index", "build", "--work-dir", str(work)])
+    ranked = json.loads(_ok(TANS + ["query", "cells", "--finetune", "0", "--top-k", "2", "--json", "--work-dir",
+                                    str(work), *data]))["candidates"]
+    first = ranked[0]
+    tracking.setup(str(work))
+    source = mlflow.MlflowClient().get_model_version(first["model"], str(first["version"])).source
+    shutil.rmtree(source.replace("file://", ""))                       # its model folder is gone
+    res = subprocess.run(TANS + ["query", "cells", "--finetune", "2", "--top-k", "2", "--epochs", "1", "--json",
+                                 "--work-dir", str(work), *data], env=_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"candidate {first['model_uri']} skipped" in res.stderr
+    out = json.loads(res.stdout)
+    assert [f["rank"] for f in out["finetuned"]] == [2] and out["winner"]["rank"] == 2
+
+
+def test_a_store_error_while_reading_a_champion_is_an_error_not_no_champion(tmp_path):
+    import mlflow
+
+    from tans_registry.errors import RegistryError
+    from tans_registry.registry.models import champion
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    mlflow.set_tracking_uri(f"sqlite:///{junk}")
+    mlflow.set_registry_uri(f"sqlite:///{junk}")
+    with pytest.raises(RegistryError, match="cannot read a model alias in the model registry at sqlite:///.*file is not a database"):
+        champion("tans-encoders")

@@ -9,6 +9,7 @@ validation and test accuracy). Workers only read the registry; every write happe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict
@@ -18,22 +19,35 @@ import torch
 from safetensors.torch import load_file
 
 from .. import tracking
+from ..errors import TansError
 from ..registry import models as registry_models
 from .candidate import finetune_candidate
 from .config import CandidateResult, FinetuneSettings
 from .network import rebuild, save_model
 
 ARTIFACT = "finetuned"
+log = logging.getLogger("tans_registry")
+
+
+def _candidate_or_error(job: dict) -> dict:
+    """:func:`finetune_candidate`, or ``{"error": message}`` when the candidate cannot be loaded (its
+    artifacts missing or unreadable): the query goes on with the others."""
+    from ..errors import TansError
+
+    try:
+        return finetune_candidate(job)
+    except TansError as exc:
+        return {"error": str(exc)}
 
 
 def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
     if workers <= 1 or len(jobs) == 1:
-        return [finetune_candidate(j) for j in jobs]
+        return [_candidate_or_error(j) for j in jobs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(finetune_candidate, jobs))
+        return list(pool.map(_candidate_or_error, jobs))
 
 
 def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: dict, query_run: str | None,
@@ -51,6 +65,15 @@ def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: di
                  "threads": threads if workers > 1 else torch.get_num_threads(), "out": str(Path(tmp) / f"c{i}.safetensors")}
                 for i, c in enumerate(candidates)]
         outs = _run_jobs(jobs, workers)
+        failed = [(c, out["error"]) for c, out in zip(candidates, outs) if "error" in out]
+        for c, why in failed:
+            log.warning("candidate %s skipped: %s", c.model_uri, why)
+        if len(failed) == len(candidates):
+            raise TansError(f"none of the {len(candidates)} candidates could be fine-tuned ({failed[0][1]}); check the "
+                            "zoo's artifacts (`tans zoo list`) or fine-tune more candidates (--finetune)",
+                            code="FINETUNE_FAILED")
+        kept = [i for i, out in enumerate(outs) if "error" not in out]
+        candidates, outs, jobs = [candidates[i] for i in kept], [outs[i] for i in kept], [jobs[i] for i in kept]
         results, networks, modules = [], [], []
         for c, out, job in zip(candidates, outs, jobs):
             network = _network(c, out, ds, settings, data_spec, query_run)
