@@ -165,8 +165,8 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
     plots = tmp_path / "plots"
     res = CliRunner().invoke(main, ["bench", "--work-dir", str(p["work"]), "--data-dir", str(p["data"]),
                                     "--holdout", "faces", "--query-data", str(p["outside"] / "glyphs.npz"),
-                                    "--epochs", "2", "--ground-truth", "5", "--random-draws", "2",
-                                    "--max-train", "60", "--max-test", "40", "--workers", "1",
+                                    "--epochs", "2", "--ground-truth", "4", "--random-draws", "2",
+                                    "--max-train", "50", "--max-test", "20", "--workers", "1",
                                     "--plots", str(plots), "--json"])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)
@@ -188,7 +188,7 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
         n = rec["zoo"]["networks"]
         assert methods["logme_all"]["forward_passes"] == n                  # every network once
         assert 1 < methods["tans_logme"]["forward_passes"] <= n + 1
-        assert d["ground_truth"]["networks"] >= 5
+        assert d["ground_truth"]["networks"] >= 4
         assert set(d["weighted_tau"]) == {"tans", "predictor", "logme"}
         assert methods["best_average"]["picks"][0]["weights"] == "base supernet"
         assert methods["scratch"]["picks"][0]["arch_hash"] == methods["tans"]["picks"][0]["arch_hash"]

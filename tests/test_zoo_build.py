@@ -48,7 +48,7 @@ def test_build_records_every_group_as_a_run(built):
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert [m.step for m in history] == [1]  # one point per epoch
         names = {f.path for f in client.list_artifacts(run.info.run_id, "zoo")}
-        assert names == {"zoo/supernet.safetensors", "zoo/bn.safetensors", "zoo/embeddings.safetensors",
+        assert names == {"zoo/supernet.safetensors", "zoo/bn.safetensors", "zoo/embeddings.safetensors", "zoo/images.safetensors",
                          "zoo/zoo.json"}
         assert 0.0 <= run.data.metrics["best_acc"] <= 1.0
 
