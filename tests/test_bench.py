@@ -166,7 +166,7 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
     res = CliRunner().invoke(main, ["bench", "--work-dir", str(p["work"]), "--data-dir", str(p["data"]),
                                     "--holdout", "faces", "--query-data", str(p["outside"] / "glyphs.npz"),
                                     "--epochs", "2", "--ground-truth", "4", "--random-draws", "2",
-                                    "--max-train", "50", "--max-test", "20", "--workers", "1",
+                                    "--max-train", "50", "--max-test", "20", "--workers", "1", "--seed", "1",
                                     "--plots", str(plots), "--json"])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)
@@ -199,6 +199,7 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
     runs = mlflow.search_runs(experiment_names=["tans/bench"], output_format="list")
     assert {r.data.tags.get("tans.dataset") for r in runs} >= {"faces", "glyphs"}
     parent = mlflow.get_run(rec["run_id"])
+    assert parent.data.params["seed"] == "1" and parent.data.params["max_train"] == "50"
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)} >= {"bench.json", "plots"}
 
 
@@ -207,6 +208,7 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
     (["--holdout", "none", "--query-data", "{data}/digits.npz"], "images the zoo was trained or tested on"),
     (["--holdout", "nosuch"], "nosuch"),
     (["--epochs", "0"], "'epochs' parameter of bench (--epochs) must be"),
+    (["--holdout", "faces", "--max-params", "1"], "no zoo network has at most 1 parameters"),
 ])
 def test_bench_refuses_datasets_the_zoo_has_seen_and_bad_values(bench_pipeline, args, message):
     from tans_registry.cli import main

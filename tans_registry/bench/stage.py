@@ -108,11 +108,16 @@ def _zoo_facts(wd: Path, indexed_groups: set[str]) -> dict:
         h = store.read_image_hashes(r.info.run_id)
         (unchecked.append(g) if h is None else hashes.append(h))
     base = runs.get("__base__")
+    base_start = None
+    if base is not None:  # its weights, fetched once for every query dataset's best-average start
+        folder = store.group_dir(base.info.run_id)
+        base_start = {"weights": str(folder / "supernet.safetensors"),
+                      "supernet": json.loads((folder / "zoo.json").read_text())["header"]["supernet"]}
     return {"datasets": sorted({r.data.tags.get("tans.dataset", g) for g, r in groups.items()}),
             "fingerprints": {r.data.tags.get("tans.fingerprint") for r in groups.values()} - {None},
             "hashes": np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.int64),
             "unchecked_groups": sorted(unchecked), "holdout": holdout,
-            "base_run": base.info.run_id if base is not None else None}
+            "base_run": base.info.run_id if base is not None else None, "base_start": base_start}
 
 
 def _queries(cfg: BenchConfig, zoo: dict) -> list[tuple[str, object]]:
@@ -197,7 +202,7 @@ def _bench_dataset(label, ds, cfg: BenchConfig, settings: FinetuneSettings, cham
         starts["best_average"] = avg
     budgets = [1.0, float(cfg.epochs)] if cfg.epochs != 1 else [1.0]
     results = _finetune_all(starts, ds, settings, budgets, uri, cfg, desc=f"fine-tune {label}")
-    return _figures(label, ds, methods, results, budgets, order, retrieval, predicted, logme, truth, zoo_rows, idx, avg)
+    return _figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg)
 
 
 def _predicted(enc, idx, q: np.ndarray, order: list[int]) -> dict[int, float] | None:
@@ -254,17 +259,15 @@ def _spec_of(idx, row: int, n_classes: int) -> dict:
 def _best_average(idx, rows: np.ndarray, zoo: dict) -> dict | None:
     """The architecture with the best mean source accuracy over the groups that hold it (those holding it
     most often first), as a subnet of the shared base supernet; None when the zoo has no base supernet."""
-    if zoo["base_run"] is None:
+    if zoo["base_start"] is None:
         return None
     stats: dict[str, list[float]] = {}
     for r in rows:
         stats.setdefault(str(idx.arch_hashes[r]), []).append(float(idx.accuracy[r]))
     best = max(stats, key=lambda h: (len(stats[h]), float(np.mean(stats[h]))))
     row = next(int(r) for r in rows if str(idx.arch_hashes[r]) == best)
-    folder = store.group_dir(zoo["base_run"])
-    header = json.loads((folder / "zoo.json").read_text())["header"]
-    return {"kind": "base", "weights": str(folder / "supernet.safetensors"), "supernet": header["supernet"],
-            "arch": json.loads(str(idx.archs[row])), "arch_hash": best, "groups": len(stats[best]),
+    return {"kind": "base", **zoo["base_start"], "arch": json.loads(str(idx.archs[row])), "arch_hash": best,
+            "groups": len(stats[best]),
             "mean_source_accuracy": float(np.mean(stats[best])), "n_params": int(idx.n_params[row])}
 
 
@@ -284,8 +287,7 @@ def _finetune_all(starts: dict[str, dict], ds, settings, budgets, uri: str, cfg:
 
 # ----------------------------------------------------------------------------- figures
 
-def _figures(label, ds, methods, results, budgets, order, retrieval, predicted, logme, truth, zoo_rows, idx,
-             avg) -> dict:
+def _figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg) -> dict:
     full, one = str(budgets[-1]), str(budgets[0])
 
     def acc(key: str, budget: str) -> float:
@@ -314,11 +316,10 @@ def _figures(label, ds, methods, results, budgets, order, retrieval, predicted, 
                                                                     "n_params")} | {"weights": "base supernet"}]
     out_methods["scratch"]["picks"] = [{"arch_hash": str(idx.arch_hashes[methods["tans"]["picks"][0]]),
                                         "weights": "random"}]
-    truth_rows = list(zoo_rows)
-    truth_acc = [fine[r] for r in truth_rows]
-    tau = {"tans": M.weighted_tau([retrieval[r] for r in truth_rows], truth_acc),
-           "predictor": None if predicted is None else M.weighted_tau([predicted[r] for r in truth_rows], truth_acc),
-           "logme": M.weighted_tau([logme[r] for r in truth_rows], truth_acc)}
+    truth_acc = [fine[r] for r in zoo_rows]
+    tau = {"tans": M.weighted_tau([retrieval[r] for r in zoo_rows], truth_acc),
+           "predictor": None if predicted is None else M.weighted_tau([predicted[r] for r in zoo_rows], truth_acc),
+           "logme": M.weighted_tau([logme[r] for r in zoo_rows], truth_acc)}
     return {"dataset": {"name": label, "classes": int(ds.n_classes), "train_images": int(len(ds.x_train)),
                         "test_images": int(len(ds.x_test)), "fingerprint": ds.fingerprint(),
                         "n_train": results["scratch"]["n_train"], "n_val": results["scratch"]["n_val"]},
@@ -326,9 +327,9 @@ def _figures(label, ds, methods, results, budgets, order, retrieval, predicted, 
             "methods": out_methods, "weighted_tau": tau,
             "oracle": {"one_epoch": oracle[one], "full": oracle[full]},
             "scratch_target": {"val_accuracy": target, "scratch_epochs": scratch_epochs},
-            "ground_truth": {"networks": len(truth_rows), "spread_sample": len(truth),
+            "ground_truth": {"networks": len(zoo_rows), "spread_sample": len(truth),
                              "test_acc": {model_uri(str(idx.names[r]), int(idx.versions[r])): fine[r]
-                                          for r in truth_rows}}}
+                                          for r in zoo_rows}}}
 
 
 def _method(m: dict, keys: list[str], results: dict, budgets, oracle: dict, target: float, draws: bool = False) -> dict:
