@@ -9,10 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "tans_registry"
 # The layers, lowest first (README "Layout"). A module may import its own layer and the ones before it.
-# The base modules (errors, params, tracking) are below everything; the CLI and the package top above.
+# The base modules (errors, params, tracking, device, executor) are below everything; the CLI and the package top above.
 LAYERS = ["base", "data", "zoo", "registry", "encoders", "retrieval", "validation", "training",
           "export", "finetune", "serve", "bench", "cli", "top"]
-BASE = {"errors", "params", "tracking", "mlmodel"}
+BASE = {"errors", "params", "tracking", "mlmodel", "device", "executor"}
 # Model Registry calls (MlflowClient and fluent): allowed only under registry/.
 REGISTRY_CALLS = {
     "create_registered_model", "get_registered_model", "search_registered_models", "rename_registered_model",

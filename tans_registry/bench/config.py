@@ -32,7 +32,10 @@ class BenchConfig:
     random_draws: int = 5
     max_params: int | None = None              # the constraint every method works under (None: none)
     seed: int = 0
-    workers: int | None = None                 # fine-tunings at once (processes); None: the machine's cores
+    workers: int | None = None                 # jobs at once (processes); None: the machine's cores (Ray: the cluster's)
+    executor: str = "local"                    # local processes, or one Ray task per start / LogME group
+    device: str = "auto"                       # auto: CUDA when a device answers, else CPU
+    ray_address: str | None = None             # the Ray cluster (None: RAY_ADDRESS, else a local one)
     plots: str | None = None                   # also write the PNG plots into this folder (e.g. docs/)
     work_dir: str | None = None
     data_dir: str | None = None
@@ -50,10 +53,15 @@ class BenchConfig:
                 max_params=P.as_int(STAGE, "max_params", self.max_params, 1, optional=True),
                 seed=P.as_int(STAGE, "seed", self.seed, 0),
                 workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True),
+                executor=P.as_choice(STAGE, "executor", self.executor, ("local", "ray")),
+                device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")),
+                ray_address=P.as_path(STAGE, "ray_address", self.ray_address),
                 plots=P.as_path(STAGE, "plots", self.plots),
                 work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
                 data_dir=P.as_path(STAGE, "data_dir", self.data_dir),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False))
+        if self.ray_address is not None and self.executor != "ray":
+            P.fail(STAGE, "ray_address", "used with --executor ray only", self.ray_address)
 
 
 @dataclass(frozen=True)

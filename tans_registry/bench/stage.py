@@ -12,6 +12,7 @@ ground truth, at least ``ground_truth`` zoo networks spread over the retrieval o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -27,6 +28,8 @@ from .. import tracking
 from ..data import load_dataset, resolve_data_dir
 from ..data.stats import image_hashes
 from ..errors import ConfigError, TansError
+from ..device import resolve as resolve_device
+from ..executor import Executor, parallel_map, ray_session
 from ..finetune.config import FinetuneSettings
 from ..registry.index import load_index
 from ..registry.names import model_uri
@@ -47,17 +50,20 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
     import mlflow
 
     t0 = time.time()
+    device = str(resolve_device(cfg.device))  # cuda asked for and absent: refused before anything is read
     wd, uri = tracking.setup(cfg.work_dir)
     champ = load_champion()
     idx = searchable(load_index(wd, latency=False)[0], champ.version, champ.encoders.cfg.embed_dim)
     zoo = _zoo_facts(wd, set(idx.groups.tolist()))
     queries = _queries(cfg, zoo)
-    settings = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed)
+    settings = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device)
     exp = tracking.experiment_id("bench", wd)
-    tags = {"tans.kind": "finetune-bench", "tans.encoder_version": champ.version}
+    tags = {"tans.kind": "finetune-bench", "tans.encoder_version": champ.version, "tans.device": device,
+            "tans.executor": cfg.executor}
     out: dict[str, dict] = {}
     plots: list[str] = []
-    with mlflow.start_run(experiment_id=exp, run_name="finetune-bench", tags=tags) as parent, \
+    ray = ray_session(cfg.ray_address) if cfg.executor == "ray" else contextlib.nullcontext()
+    with ray, mlflow.start_run(experiment_id=exp, run_name="finetune-bench", tags=tags) as parent, \
             tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                            if k not in ("work_dir", "data_dir", "progress", "plots")}
@@ -168,7 +174,8 @@ def _bench_dataset(label, ds, cfg: BenchConfig, settings: FinetuneSettings, cham
     row_of = {(str(idx.names[r]), int(idx.versions[r])): int(r) for r in rows}
     methods: dict[str, dict] = {}
     for method, rerank in RANKED.items():
-        rc = RankConfig(data=str(label), top_k=3, rerank=rerank, max_params=cfg.max_params, seed=cfg.seed, log_run=False)
+        rc = RankConfig(data=str(label), top_k=3, rerank=rerank, max_params=cfg.max_params, seed=cfg.seed, log_run=False,
+                        device=cfg.device)
         cands, passes, secs = rank_candidates(champ, idx, q, rc, ds)
         methods[method] = {"picks": [row_of[(c.model, c.version)] for c in cands],
                            "query_seconds": embed_s + secs["search"] + secs["rerank"], "forward_passes": 1 + passes}
@@ -222,32 +229,30 @@ def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, uri: str, desc: str)
         by_group.setdefault(str(idx.groups[r]), []).append(r)
     workers, threads = _workers(cfg)
     jobs = [{"uris": [model_uri(str(idx.names[r]), int(idx.versions[r])) for r in rs], "dataset": ds,
-             "seed": cfg.seed, "tracking_uri": uri, "threads": threads} for rs in by_group.values()]
+             "seed": cfg.seed, "tracking_uri": uri, "threads": threads, "device": cfg.device} for rs in by_group.values()]
     out: dict[int, float] = {}
     with tqdm(total=len(order), desc=desc, unit="net", leave=False, disable=not cfg.progress) as bar:
-        for rs, scores in zip(by_group.values(), _map(logme_group, jobs, workers)):
+        for rs, scores in zip(by_group.values(), _map(logme_group, jobs, workers, cfg)):
             out.update(zip(rs, scores))
             bar.update(len(rs))
     return out
 
 
 def _workers(cfg: BenchConfig) -> tuple[int, int]:
-    """Processes and threads each: ``cfg.workers`` (default: one per core), the cores shared out."""
+    """Processes and threads each: ``cfg.workers`` (default: one per core), the cores shared out; Ray tasks
+    get one thread each (the cluster's CPUs decide how many run)."""
+    if cfg.executor == "ray":
+        return cfg.workers or 1, 1
     cores = os.cpu_count() or 1
     workers = cfg.workers or cores
     return workers, (max(1, cores // workers) if workers > 1 else torch.get_num_threads())
 
 
-def _map(fn, jobs: list[dict], workers: int):
-    """``fn`` over ``jobs`` in order, in ``workers`` spawned processes (in this one for 1)."""
-    if workers == 1 or len(jobs) < 2:
-        yield from (fn(j) for j in jobs)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        yield from pool.map(fn, jobs)
+def _map(fn, jobs: list[dict], workers: int, cfg: BenchConfig):
+    """``fn`` over ``jobs`` in order: in ``workers`` spawned processes (in this one for 1), or as Ray tasks."""
+    executor = Executor(cfg.executor, cfg.ray_address)
+    yield from parallel_map(fn, jobs, workers if not executor.is_ray else (cfg.workers or len(jobs)), executor,
+                            threads=jobs[0]["threads"] if jobs else 1)
 
 
 def _spec_of(idx, row: int, n_classes: int) -> dict:
@@ -279,7 +284,7 @@ def _finetune_all(starts: dict[str, dict], ds, settings, budgets, uri: str, cfg:
              "tracking_uri": uri, "threads": threads} for k in keys]
     out: dict[str, dict] = {}
     with tqdm(total=len(jobs), desc=desc, unit="start", leave=False, disable=not cfg.progress) as bar:
-        for key, res in zip(keys, _map(finetune_start, jobs, workers)):
+        for key, res in zip(keys, _map(finetune_start, jobs, workers, cfg)):
             out[key] = res
             bar.update(1)
     return out

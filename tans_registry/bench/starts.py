@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from ..device import resolve as resolve_device
 from ..finetune.candidate import split_train_val, train
 from ..finetune.network import new_head
 from ..zoo.measure import accuracy, recalibrate_bn
@@ -24,14 +25,14 @@ from ..zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
 CALIB_IMAGES = 500  # training images re-estimating a base-supernet subnet's batch norm (as the zoo's 500)
 
 
-def _module(start: dict, n_classes: int, x_calib: np.ndarray, seed: int):
-    """The start's network (new head for the query's classes) and its preprocessing."""
+def _module(start: dict, n_classes: int, x_calib: np.ndarray, seed: int, device: torch.device):
+    """The start's network (new head for the query's classes) on ``device``, and its preprocessing."""
     kind = start["kind"]
     if kind == "zoo":
         from ..registry.pyfunc import load_module, load_network_info
 
         info = load_network_info(start["uri"])
-        return new_head(load_module(start["uri"]), n_classes, seed), info["mean"], info["std"]
+        return new_head(load_module(start["uri"]), n_classes, seed).to(device), info["mean"], info["std"]
     spec = SupernetSpec.from_dict(start["supernet"])
     torch.manual_seed(start.get("seed", seed))
     supernet = build_supernet(spec)
@@ -41,10 +42,10 @@ def _module(start: dict, n_classes: int, x_calib: np.ndarray, seed: int):
         supernet.load_state_dict(load_file(start["weights"]))
     elif kind != "scratch":
         raise ValueError(f"unknown start kind {kind!r}")
-    module = extract_subnet(supernet, validate_arch(start["arch"], spec))
+    module = extract_subnet(supernet, validate_arch(start["arch"], spec)).to(device)
     if kind == "base":
         recalibrate_bn(module, x_calib, DEFAULT_MEAN, DEFAULT_STD)
-    return new_head(module, n_classes, seed), list(DEFAULT_MEAN), list(DEFAULT_STD)
+    return new_head(module, n_classes, seed).to(device), list(DEFAULT_MEAN), list(DEFAULT_STD)
 
 
 def finetune_start(job: dict) -> dict:
@@ -61,16 +62,17 @@ def finetune_start(job: dict) -> dict:
     x, y, xv, yv = job["x_train"][tr], job["y_train"][tr], job["x_train"][va], job["y_train"][va]
     calib = x[np.random.default_rng(s["seed"]).permutation(len(x))[:CALIB_IMAGES]]
     out = {}
+    device = resolve_device(s.get("device"))
     for budget in job["budgets"]:
         t0 = time.time()
-        module, mean, std = _module(job["start"], len(job["classes"]), calib, s["seed"])
+        module, mean, std = _module(job["start"], len(job["classes"]), calib, s["seed"], device)
         settings = s | {"epochs": float(budget), "patience": 10 ** 6}  # every epoch measured: no early stop
         fit = train(module, x, y, xv, yv, settings, mean, std)
         out[str(budget)] = {"val_accuracy": fit["val_accuracy"], "best_epoch": fit["best_epoch"],
                             "history": [float(h) for h in fit["history"]], "steps": fit["steps"],
                             "test_accuracy": accuracy(module, job["x_test"], job["y_test"], mean, std),
                             "seconds": time.time() - t0}
-    return {"budgets": out, "n_train": int(len(tr)), "n_val": int(len(va))}
+    return {"budgets": out, "n_train": int(len(tr)), "n_val": int(len(va)), "device": str(device)}
 
 
 
@@ -84,4 +86,4 @@ def logme_group(job: dict) -> list[float]:
     torch.set_num_threads(job["threads"])
     mlflow.set_tracking_uri(job["tracking_uri"])
     mlflow.set_registry_uri(job["tracking_uri"])
-    return logme_scores(job["uris"], job["dataset"], job["seed"]).tolist()
+    return logme_scores(job["uris"], job["dataset"], job["seed"], job["device"]).tolist()

@@ -6,7 +6,7 @@ import json
 import click
 
 from ..bench.config import BenchConfig
-from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, given, split
+from .options import INT, LIMIT, OrDefault, as_json_option, common_options, default, device_option, executor_options, given, split
 
 
 @click.command("bench")
@@ -32,13 +32,16 @@ from .options import INT, LIMIT, OrDefault, as_json_option, common_options, defa
 @click.option("--max-params", type=LIMIT, default=None,
               help="The constraint every method picks under ('none': no limit, the default).")
 @click.option("--workers", type=OrDefault(INT), default=None,
-              help="Fine-tunings at once, each in its own process [default: the machine's cores].")
+              help="Jobs at once (fine-tunings; LogME groups), each in its own process [default: the machine's cores]; "
+                   "Ray: tasks in flight at most [default: as the cluster's CPUs allow].")
+@executor_options
+@device_option
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Also write the PNG plots into this folder (they are always artifacts of the run).")
 @click.option("--seed", type=OrDefault(INT), default=default(BenchConfig, "seed"), show_default=True)
 @as_json_option
 def bench(work_dir, data_dir, holdout, query_data, epochs, max_train, max_test, ground_truth, random_draws,
-          max_params, workers, plots, seed, as_json):
+          max_params, workers, executor, ray_address, device, plots, seed, as_json):
     """Does the retrieved network win after fine-tuning, on datasets nothing was trained or tuned on?
 
     On a built work directory (zoo registered, encoders trained, index built), for each query dataset:
@@ -61,7 +64,7 @@ def bench(work_dir, data_dir, holdout, query_data, epochs, max_train, max_test, 
     else:
         hold = () if holdout.strip().lower() == "none" else (split(holdout) or ())
     rec = run_bench(BenchConfig(holdout=hold, query_data=tuple(q for q in query_data if q.strip()), plots=plots, work_dir=work_dir,
-                                data_dir=data_dir, max_params=max_params,
+                                data_dir=data_dir, max_params=max_params, executor=executor, ray_address=ray_address, device=device,
                                 **given(epochs=epochs, max_train=max_train, max_test=max_test,
                                         ground_truth=ground_truth, random_draws=random_draws, workers=workers,
                                         seed=seed)))

@@ -7,7 +7,7 @@ import click
 
 from ..encoders.config import POOLINGS, EncoderConfig
 from ..training.config import LOSSES, VARIANTS, EncoderTrainConfig
-from .options import INT, OrDefault, as_json_option, common_options, default, given, split
+from .options import INT, OrDefault, as_json_option, common_options, default, device_option, given, split
 
 E, T = EncoderConfig, EncoderTrainConfig
 
@@ -57,9 +57,10 @@ def encoders() -> None:
 @click.option("--promote", is_flag=True,
               help="Move the champion alias to this version whatever the current champion scored (by default it "
                    "moves only on a better score computed on the same validation datasets and metric).")
+@device_option
 @as_json_option
 def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss, k_per_class, functional, predictor,
-                   dataset_weight, rank_weight, shortlist, rerank_groups, promote, as_json):
+                   dataset_weight, rank_weight, shortlist, rerank_groups, promote, device, as_json):
     """Train query encoder, model encoder and predictor; log them to `tans/encoders`; register them.
 
     Validation holds out whole datasets. The encoders are registered as `tans-encoders` (and the
@@ -75,7 +76,7 @@ def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss,
                         **given(pooling=pooling, dataset_weight=dataset_weight, shortlist=shortlist,
                                 rerank_groups=rerank_groups, k_per_class=k_per_class))
     rec = train_encoders(EncoderTrainConfig(encoder=enc, val_datasets=split(val_datasets), work_dir=work_dir,
-                                            data_dir=data_dir, promote=promote,
+                                            data_dir=data_dir, promote=promote, device=device,
                                             **given(steps=steps, loss=loss, rank_weight=rank_weight, seed=seed)))
     if as_json:
         click.echo(json.dumps(rec.to_dict(), default=float))

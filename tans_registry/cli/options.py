@@ -132,3 +132,20 @@ def data_options(fn):
 def common_options(fn):
     """--work-dir and --data-dir, for commands that use both."""
     return work_dir_option(data_dir_option(handles_errors(fn)))
+
+
+def executor_options(fn):
+    """--executor and --ray-address, for commands that fan work out."""
+    fn = click.option("--ray-address", default=None, metavar="HOST:PORT",
+                      help="The Ray cluster's head (`ray start --head` prints it) [default: RAY_ADDRESS, else a "
+                           "local cluster started for this command]. Only with --executor ray.")(fn)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local: processes on this machine. ray: one Ray task per job, each logging to the "
+                             "same tracking URI (use a tracking server when the cluster spans machines).")(fn)
+
+
+def device_option(fn):
+    """--device, for commands that train or run networks."""
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                        help="Where networks train and run: auto takes CUDA when a device answers, else the CPU; "
+                             "cuda without one is refused. Recorded in each run.")(fn)

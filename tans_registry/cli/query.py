@@ -7,7 +7,8 @@ import click
 
 from ..finetune.config import FinetuneSettings, QueryConfig
 from ..retrieval.config import RERANK
-from .options import FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common_options, default, from_command_line, given
+from .options import (FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common_options, default, device_option, executor_options,
+                      from_command_line, given)
 
 
 @click.command("query")
@@ -43,13 +44,16 @@ from .options import FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common_
               help="Fine-tuning epochs per candidate (early stopping on a validation split may end it sooner).")
 @click.option("--finetune-workers", type=OrDefault(INT), default=None,
               help="Candidates fine-tuned at once, each in its own process [default: min(N, cores)].")
+@executor_options
+@device_option
 @click.option("--export/--no-export", default=default(QueryConfig, "export"), show_default=True,
               help="Export the fine-tuned winner to verified ONNX and register it.")
 @click.option("--seed", type=OrDefault(INT), default=default(QueryConfig, "seed"), show_default=True,
               help="Seed of the image sample, a folder's split, and the fine-tuning.")
 @as_json_option
 def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms, exclude, rerank, shortlist,
-          rerank_groups, k_per_class, finetune, epochs, finetune_workers, export, seed, as_json):
+          rerank_groups, k_per_class, finetune, epochs, finetune_workers, executor, ray_address, device, export,
+          seed, as_json):
     """Rank the zoo's networks as starting points for DATA; fine-tune the best; deploy the winner.
 
     DATA is a dataset name from the data directory, a .npz archive in the shared format, or a folder
@@ -65,15 +69,16 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms
     if not from_command_line("finetune") and top_k is not None:
         finetune = min(finetune, top_k)  # the default fine-tunes at most what is ranked
     if finetune == 0:
-        extra = [f"--{n.replace('_', '-')}" for n in ("epochs", "finetune_workers", "export") if from_command_line(n)]
+        extra = [f"--{n.replace('_', '-')}" for n in ("epochs", "finetune_workers", "executor", "ray_address", "export")
+                 if from_command_line(n)]
         if extra:
             raise click.UsageError(f"{', '.join(extra)} apply to fine-tuning, and --finetune is 0: drop them, or "
                                    "fine-tune (--finetune N)")
-    settings = FinetuneSettings(**given(epochs=epochs, seed=seed, workers=finetune_workers))
+    settings = FinetuneSettings(device=device, **given(epochs=epochs, seed=seed, workers=finetune_workers))
     rec = run_query(QueryConfig(data=data, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
                                 exclude_datasets=tuple(exclude), shortlist=shortlist, rerank_groups=rerank_groups,
                                 k_per_class=k_per_class, work_dir=work_dir, data_dir=data_dir, settings=settings,
-                                export=export, **given(top_k=top_k, rerank=rerank, seed=seed, finetune=finetune)))
+                                export=export, executor=executor, ray_address=ray_address, device=device, **given(top_k=top_k, rerank=rerank, seed=seed, finetune=finetune)))
     out = rec.to_dict()
     if as_json:
         click.echo(json.dumps(out))

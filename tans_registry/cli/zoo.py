@@ -7,7 +7,8 @@ import click
 
 from ..zoo.config import ZooConfig
 from ..zoo.profiles import PROFILES
-from .options import INT, OrDefault, as_json_option, common_options, default, given, split, store_options
+from .options import (INT, OrDefault, as_json_option, common_options, default, device_option, executor_options, given, split,
+                      store_options)
 
 
 @click.group()
@@ -30,9 +31,12 @@ def zoo() -> None:
 @click.option("--base-epochs", type=OrDefault(float), default=None,
               help="Epochs of the shared base supernet on the pooled datasets; 0 trains each group from scratch "
                    "[default: the profile's].")
-@click.option("--workers", type=OrDefault(INT), default=default(ZooConfig, "workers"), show_default=True,
-              help="Groups built at once, each in its own process with its share of the CPU threads. "
-                   "2 on a 2-core machine builds ~1.4x faster than 1 (small networks use 2 threads poorly).")
+@click.option("--workers", type=OrDefault(INT), default=None,
+              help="Local: groups built at once, each in its own process with its share of the CPU threads "
+                   "[default: 1]; 2 on a 2-core machine builds ~1.4x faster than 1 (small networks use 2 threads "
+                   "poorly). Ray: at most this many group tasks in flight [default: as the cluster's CPUs allow].")
+@executor_options
+@device_option
 @click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
 @click.option("--only-groups", default=None,
               help="Comma-separated group names (e.g. gtsrb-t1,gtsrb-t2): build just these groups of the "
@@ -43,8 +47,8 @@ def zoo() -> None:
                    "[default: the profile's; bench: orl_faces,pacs_art,notmnist,pneumoniamnist; quick: none].")
 @click.option("--seed", type=OrDefault(INT), default=default(ZooConfig, "seed"), show_default=True)
 @as_json_option
-def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, workers, resume,
-              only_groups, holdout, seed, as_json):
+def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, workers, executor,
+              ray_address, device, resume, only_groups, holdout, seed, as_json):
     """Train one OFA supernet per group, cut out subnets, measure them, record them in MLflow.
 
     Each group is a run of the experiment `tans/zoo`. A killed build loses at most the group in
@@ -57,7 +61,8 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
                               datasets=split(datasets), only_groups=split(only_groups), resume=resume,
                               holdout=None if holdout is None else
                               (() if holdout.strip().lower() == "none" else split(holdout) or ()),
-                              data_dir=data_dir, work_dir=work_dir))
+                              data_dir=data_dir, work_dir=work_dir, executor=executor, ray_address=ray_address,
+                              device=device))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return

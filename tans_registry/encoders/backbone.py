@@ -15,6 +15,8 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..errors import ConfigError
+from ..device import batch_on
+from ..device import resolve as resolve_device
 from ..zoo.tensors import DEFAULT_MEAN, DEFAULT_STD, random_crop, to_tensor
 
 FEATURE_DIM = 256
@@ -40,8 +42,10 @@ class SmallBackbone(nn.Module):
 
 
 def train_backbone(datasets: list[ImageDataset], epochs: float = 2.0, seed: int = 0, lr: float = 0.05,
-                   batch_size: int = 128, max_per_dataset: int = 3000, progress=None) -> SmallBackbone:
-    """Train on the given datasets pooled (labels offset per dataset); returns the headless backbone."""
+                   batch_size: int = 128, max_per_dataset: int = 3000, progress=None,
+                   device: str | None = "auto") -> SmallBackbone:
+    """Train on the given datasets pooled (labels offset per dataset), on ``device``; returns the headless
+    backbone, on the CPU."""
     if not datasets:
         raise ConfigError("the backbone needs at least one meta-training dataset")
     rng = np.random.default_rng(seed)
@@ -53,7 +57,7 @@ def train_backbone(datasets: list[ImageDataset], epochs: float = 2.0, seed: int 
         offset += ds.n_classes
     x, y = np.concatenate(xs), np.concatenate(ys)
     torch.manual_seed(seed)
-    net = SmallBackbone(n_classes=offset)
+    net = SmallBackbone(n_classes=offset).to(resolve_device(device))
     steps = max(1, int(round(epochs * math.ceil(len(x) / batch_size))))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -64,8 +68,9 @@ def train_backbone(datasets: list[ImageDataset], epochs: float = 2.0, seed: int 
             if step >= steps:
                 break
             idx = rng.permutation(len(x))[:batch_size] if start == 0 else rng.integers(0, len(x), batch_size)
-            xb = to_tensor(random_crop(x[idx], 2, rng), DEFAULT_MEAN, DEFAULT_STD)
-            loss = nn.functional.cross_entropy(net(xb), torch.from_numpy(y[idx]))
+            xb, yb = batch_on(net, to_tensor(random_crop(x[idx], 2, rng), DEFAULT_MEAN, DEFAULT_STD),
+                              torch.from_numpy(y[idx]))
+            loss = nn.functional.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -74,13 +79,14 @@ def train_backbone(datasets: list[ImageDataset], epochs: float = 2.0, seed: int 
             if progress:
                 progress(1)
     net.head = None
-    return net.eval()
+    return net.to("cpu").eval()
 
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     backbone.eval()
-    out = [backbone(to_tensor(x[s:s + batch_size], DEFAULT_MEAN, DEFAULT_STD)).numpy() for s in range(0, len(x), batch_size)]
+    out = [backbone(batch_on(backbone, to_tensor(x[s:s + batch_size], DEFAULT_MEAN, DEFAULT_STD))).cpu().numpy()
+           for s in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ..data.sampling import stratified_split
+from ..device import batch_on, cpu_state
+from ..device import resolve as resolve_device
 from ..zoo.measure import accuracy
 from ..zoo.tensors import random_crop, to_tensor
 from .network import new_head
@@ -51,8 +53,9 @@ def train(module: nn.Module, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: n
                 step += 1
                 sched.step()
                 continue
-            xb = to_tensor(random_crop(x[idx], settings["crop_pad"], rng), mean, std)
-            loss = nn.functional.cross_entropy(module(xb), torch.from_numpy(y[idx]))
+            xb, yb = batch_on(module, to_tensor(random_crop(x[idx], settings["crop_pad"], rng), mean, std),
+                              torch.from_numpy(y[idx]))
+            loss = nn.functional.cross_entropy(module(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,12 +90,13 @@ def finetune_candidate(job: dict) -> dict:
     mlflow.set_tracking_uri(job["tracking_uri"])
     mlflow.set_registry_uri(job["tracking_uri"])
     info = load_network_info(job["uri"])
-    module = new_head(load_module(job["uri"]), len(job["classes"]), job["settings"]["seed"])
+    device = resolve_device(job["settings"].get("device"))
+    module = new_head(load_module(job["uri"]), len(job["classes"]), job["settings"]["seed"]).to(device)
     mean, std = info["mean"], info["std"]
     tr, va = split_train_val(job["y_train"], job["settings"]["val_fraction"], job["settings"]["seed"])
     fit = train(module, job["x_train"][tr], job["y_train"][tr], job["x_train"][va], job["y_train"][va],
                 job["settings"], mean, std)
     test_acc = accuracy(module, job["x_test"], job["y_test"], mean, std)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, job["out"])
-    return fit | {"test_accuracy": test_acc, "seconds": time.time() - t0, "info": info,
+    save_file(cpu_state(module), job["out"])
+    return fit | {"test_accuracy": test_acc, "seconds": time.time() - t0, "info": info, "device": str(device),
                   "n_train": int(len(tr)), "n_val": int(len(va))}

@@ -30,6 +30,7 @@ class FinetuneSettings:
     crop_pad: int = 2              # random translation, as the zoo's training
     seed: int = 0
     workers: int | None = None     # candidates fine-tuned at once (processes); None: min(candidates, cores)
+    device: str = "auto"           # auto: CUDA when a device answers, else CPU
 
     def __post_init__(self) -> None:
         P.store(self,
@@ -44,7 +45,8 @@ class FinetuneSettings:
                 val_fraction=P.as_float(STAGE, "val_fraction", self.val_fraction, above=0, maximum=0.5, flag=False),
                 crop_pad=P.as_int(STAGE, "crop_pad", self.crop_pad, 0, flag=False),
                 seed=P.as_int(STAGE, "seed", self.seed, 0, flag=False),
-                workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True, flag="--finetune-workers"))
+                workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True, flag="--finetune-workers"),
+                device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")))
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,15 @@ class QueryConfig(RankConfig):
     finetune: int = 3                       # candidates fine-tuned (0: rank only)
     settings: FinetuneSettings = field(default_factory=FinetuneSettings)
     export: bool = True                     # export the winner to ONNX and register it
+    executor: str = "local"                 # candidates in local processes, or one Ray task each
+    ray_address: str | None = None          # the Ray cluster (None: RAY_ADDRESS, else a local one)
 
     def __post_init__(self) -> None:
         self._validate_rank(STAGE)
+        P.store(self, executor=P.as_choice(STAGE, "executor", self.executor, ("local", "ray")),
+                ray_address=P.as_path(STAGE, "ray_address", self.ray_address))
+        if self.ray_address is not None and self.executor != "ray":
+            P.fail(STAGE, "ray_address", "used with --executor ray only", self.ray_address)
         if not isinstance(self.settings, FinetuneSettings):
             P.fail(STAGE, "settings", "a FinetuneSettings", self.settings, flag=False)
         P.store(self, finetune=P.as_int(STAGE, "finetune", self.finetune, 0),

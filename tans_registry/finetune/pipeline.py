@@ -11,6 +11,8 @@ from ..export.config import ExportConfig
 from ..export.stage import export_model
 from ..retrieval.search import rank_dataset
 from .config import QueryConfig, QueryRecord
+from ..device import resolve as resolve_device
+from ..executor import Executor
 from .stage import finetune_top
 
 
@@ -19,6 +21,9 @@ def query(cfg: QueryConfig) -> QueryRecord:
     import mlflow
 
     t0 = time.time()
+    if cfg.finetune:
+        resolve_device(cfg.settings.device)  # cuda asked for and absent: refused before the query runs
+    resolve_device(cfg.device)
     ranking, ds = rank_dataset(cfg.rank_config())
     timings = dict(ranking.seconds) | {"rank": time.time() - t0}
     if cfg.finetune == 0:
@@ -26,12 +31,13 @@ def query(cfg: QueryConfig) -> QueryRecord:
     wd, _ = tracking.setup(cfg.work_dir)
     client = mlflow.MlflowClient()
     if ranking.run_id:  # the query run records how its candidates were fine-tuned
-        for k, v in {"finetune": cfg.finetune, "export": cfg.export,
+        for k, v in {"finetune": cfg.finetune, "export": cfg.export, "executor": cfg.executor,
                      **{f"finetune_{k}": v for k, v in asdict(cfg.settings).items()}}.items():
             client.log_param(ranking.run_id, k, v)
     t1 = time.time()
     results, winner = finetune_top(list(ranking.candidates[: cfg.finetune]), ds, cfg.settings,
-                                   {"data": cfg.data, "data_dir": cfg.data_dir, "seed": cfg.seed}, ranking.run_id, wd)
+                                   {"data": cfg.data, "data_dir": cfg.data_dir, "seed": cfg.seed}, ranking.run_id, wd,
+                                   Executor(cfg.executor, cfg.ray_address))
     timings["finetune"] = time.time() - t1
     module, network = winner.pop("module"), winner.pop("network")
     if ranking.run_id:  # before the export: a failed export leaves the fine-tuned winner recorded

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from .. import tracking
 from ..errors import TansError
+from ..executor import Executor, parallel_map, ray_session
 from ..registry import models as registry_models
 from .candidate import finetune_candidate
 from .config import CandidateResult, FinetuneSettings
@@ -40,31 +41,52 @@ def _candidate_or_error(job: dict) -> dict:
         return {"error": str(exc)}
 
 
-def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    if workers <= 1 or len(jobs) == 1:
-        return [_candidate_or_error(j) for j in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+def _candidate_anywhere(job: dict) -> dict:
+    """A Ray task's :func:`_candidate_or_error`: the kept weights come back in the result (the task may run
+    on another machine, where the parent's folder does not exist), and the parent writes them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = _candidate_or_error(job | {"out": str(Path(tmp) / "kept.safetensors")})
+        if "error" not in out:
+            import ray
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_candidate_or_error, jobs))
+            out["weights"] = (Path(tmp) / "kept.safetensors").read_bytes()
+            out["ray_task"] = ray.get_runtime_context().get_task_id()
+    return out
+
+
+def _run_jobs(jobs: list[dict], workers: int, executor: Executor) -> list[dict]:
+    if not executor.is_ray:
+        return list(parallel_map(_candidate_or_error, jobs, workers))
+    with ray_session(executor.ray_address):
+        outs = list(parallel_map(_candidate_anywhere, jobs, workers, executor, threads=jobs[0]["threads"]))
+    for job, out in zip(jobs, outs):
+        if "weights" in out:
+            Path(job["out"]).write_bytes(out.pop("weights"))
+    return outs
 
 
 def finetune_top(candidates: list, ds, settings: FinetuneSettings, data_spec: dict, query_run: str | None,
-                 work_dir: Path) -> tuple[list[CandidateResult], dict | None]:
-    """Fine-tune ``candidates`` (ranked :class:`~tans_registry.retrieval.config.Candidate` rows) on ``ds``;
-    returns their results (rank order; each logged as an MLflow model in its run) and the registered winner."""
+                 work_dir: Path, executor: Executor | None = None) -> tuple[list[CandidateResult], dict | None]:
+    """Fine-tune ``candidates`` (ranked :class:`~tans_registry.retrieval.config.Candidate` rows) on ``ds``
+    in local processes or (``executor``) as Ray tasks, one a candidate, one CPU each, at most
+    ``settings.workers`` at once when given; returns their results (rank order; each logged as an MLflow
+    model in its run) and the registered winner."""
     import mlflow
 
-    workers = settings.workers or min(len(candidates), os.cpu_count() or 1)
-    threads = max(1, torch.get_num_threads() // max(1, min(workers, len(candidates))))
+    executor = executor or Executor()
+    if executor.is_ray:
+        workers, threads = settings.workers or len(candidates), 1
+    else:
+        workers = settings.workers or min(len(candidates), os.cpu_count() or 1)
+        threads = max(1, torch.get_num_threads() // max(1, min(workers, len(candidates))))
     uri = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [{"uri": c.model_uri, "classes": list(ds.classes), "x_train": ds.x_train, "y_train": ds.y_train,
                  "x_test": ds.x_test, "y_test": ds.y_test, "settings": asdict(settings), "tracking_uri": uri,
-                 "threads": threads if workers > 1 else torch.get_num_threads(), "out": str(Path(tmp) / f"c{i}.safetensors")}
+                 "threads": threads if workers > 1 or executor.is_ray else torch.get_num_threads(),
+                 "out": str(Path(tmp) / f"c{i}.safetensors")}
                 for i, c in enumerate(candidates)]
-        outs = _run_jobs(jobs, workers)
+        outs = _run_jobs(jobs, workers, executor)
         failed = [(c, out["error"]) for c, out in zip(candidates, outs) if "error" in out]
         for c, why in failed:
             log.warning("candidate %s skipped: %s", c.model_uri, why)
@@ -106,6 +128,9 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
     client = mlflow.MlflowClient()
     exp = tracking.experiment_id("queries", work_dir)
     tags = {"tans.kind": "finetune", "tans.zoo_parent": c.model_uri, "tans.rank": str(c.rank)}
+    tags["tans.device"] = str(out.get("device", "cpu"))
+    if out.get("ray_task"):  # where it ran: the Ray task, as the cluster's logs name it
+        tags["tans.ray_task"] = out["ray_task"]
     if query_run:
         tags["mlflow.parentRunId"] = query_run
     run = client.create_run(exp, run_name=f"finetune-{c.model}-v{c.version}", tags=tags)

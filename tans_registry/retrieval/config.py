@@ -56,6 +56,7 @@ class RankConfig:
     work_dir: str | None = None
     data_dir: str | None = None
     log_run: bool = True
+    device: str = "auto"                     # where LogME's forward passes run (auto: CUDA when present)
 
     def __post_init__(self) -> None:
         self._validate_rank("query")
@@ -76,7 +77,8 @@ class RankConfig:
                 seed=P.as_int(st, "seed", self.seed, 0),
                 work_dir=P.as_path(st, "work_dir", self.work_dir),
                 data_dir=P.as_path(st, "data_dir", self.data_dir),
-                log_run=P.as_bool(st, "log_run", self.log_run, flag=False))
+                log_run=P.as_bool(st, "log_run", self.log_run, flag=False),
+                device=P.as_choice(st, "device", self.device, ("auto", "cpu", "cuda")))
 
 
 @dataclass(frozen=True)

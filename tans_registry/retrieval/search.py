@@ -23,6 +23,7 @@ import torch
 
 from .. import tracking
 from ..data import load_dataset
+from ..device import resolve as resolve_device
 from ..encoders.backbone import sample_per_class
 from ..errors import TansError
 from ..registry.index import ZooIndex, load_index
@@ -43,16 +44,18 @@ LOGME_IMAGES = 256
 
 
 @torch.no_grad()
-def logme_scores(uris: list[str], ds, seed: int) -> np.ndarray:
+def logme_scores(uris: list[str], ds, seed: int, device: str | None = "auto") -> np.ndarray:
     """LogME of each network (by model URI) on the dataset's training images, each preprocessed the
-    network's way: one forward pass each."""
+    network's way: one forward pass each, on ``device``."""
+    dev = resolve_device(device)
     k = max(1, LOGME_IMAGES // ds.n_classes)
     pick = sample_per_class(ds, k, seed)
     images, y = ds.x_train[pick], ds.y_train[pick]
     out = []
     for module, network in load_networks(uris):
-        x = to_tensor(images, network["mean"], network["std"])
-        feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+        module.to(dev)
+        x = to_tensor(images, network["mean"], network["std"]).to(dev)
+        feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
         out.append(logme(feats, y))
     return np.asarray(out)
 
@@ -84,7 +87,8 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
         def predict(positions: np.ndarray) -> np.ndarray:
             nonlocal passes
             passes += len(positions)
-            return logme_scores([model_uri(hits[p]["model"], hits[p]["version"]) for p in positions], ds, cfg.seed)
+            return logme_scores([model_uri(hits[p]["model"], hits[p]["version"]) for p in positions], ds, cfg.seed,
+                                cfg.device)
 
         order, scores = rerank_list([h["group"] for h in hits], predict, policy)
     else:

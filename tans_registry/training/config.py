@@ -52,6 +52,8 @@ class EncoderTrainConfig:
     register: bool = True
     promote: bool = False            # move the champion to this version whatever the current one scored
     progress: bool = True
+    device: str = "auto"             # where the backbone trains (auto: CUDA when present); the encoders' own
+                                     # small networks on cached features train on the CPU
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, EncoderConfig):
@@ -78,7 +80,8 @@ class EncoderTrainConfig:
                 snapshot=P.as_path(STAGE, "snapshot", self.snapshot),
                 register=P.as_bool(STAGE, "register", self.register, flag=False),
                 promote=P.as_bool(STAGE, "promote", self.promote),
-                progress=P.as_bool(STAGE, "progress", self.progress, flag=False))
+                progress=P.as_bool(STAGE, "progress", self.progress, flag=False),
+                device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")))
         if self.snapshot and self.register:
             from ..errors import ConfigError
 

@@ -27,6 +27,7 @@ from ..retrieval.embed import QUERY_SETS
 from ..validation.baselines import best_average_heuristic, pixel_heuristic, size_heuristic
 from ..validation.evaluate import embed_models, evaluate, selection_metric, selection_score
 from ..zoo.meta import MetaGroup, load_meta_groups, load_meta_snapshot, split_by_dataset
+from ..device import resolve as resolve_device
 from .config import EncoderTrainConfig, EncoderTrainRecord
 from .loop import fit
 
@@ -39,7 +40,7 @@ def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
     train, val, val_names = split_by_dataset(groups, list(cfg.val_datasets) if cfg.val_datasets else None, cfg.seed)
     # the backbone learns from the training groups' whole source datasets, never the validation ones
     sources = {g.dataset: g.source if g.source is not None else g.data for g in train}
-    backbone = train_backbone(list(sources.values()), epochs=cfg.backbone_epochs, seed=cfg.seed)
+    backbone = train_backbone(list(sources.values()), epochs=cfg.backbone_epochs, seed=cfg.seed, device=cfg.device)
     for g in groups:
         g.features = extract_features(backbone, g.data.x_train[sample_per_class(g.data, cfg.encoder.k_per_class, cfg.seed)])
     return train, val, val_names, backbone
@@ -47,6 +48,7 @@ def prepare(cfg: EncoderTrainConfig, exp_zoo: str):
 
 def train_encoders(cfg: EncoderTrainConfig) -> EncoderTrainRecord:
     """Train, validate, log and register the encoders (`champion` moves only when validation improves)."""
+    resolve_device(cfg.device)  # cuda asked for and absent: refused before anything is read or written
     wd, _ = tracking.setup(cfg.work_dir)
     return train_prepared(cfg, prepare(cfg, tracking.experiment_id("zoo", wd)))
 
@@ -71,7 +73,7 @@ def train_prepared(cfg: EncoderTrainConfig, prepared) -> EncoderTrainRecord:
     with mlflow.start_run(experiment_id=exp_enc, run_name=f"encoders-{cfg.loss}-{cfg.encoder.pooling}", tags=tags) as run:
         mlflow.log_params(cfg.to_params() | {"val_datasets_used": ",".join(val_names), "n_train_groups": len(train),
                                              "train_datasets": ",".join(sorted({g.dataset for g in train})),
-                                             "n_val_groups": len(val)})
+                                             "n_val_groups": len(val), "backbone_device": str(resolve_device(cfg.device))})
         mlflow.log_metrics({f"untrained_{k}": v for k, v in untrained.items() if np.isfinite(v)}
                            | {f"pixel_heuristic_{k}": v for k, v in baseline.items() if np.isfinite(v)}
                            | {f"size_heuristic_{k}": v for k, v in by_size.items() if np.isfinite(v)}

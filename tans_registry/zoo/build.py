@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from .. import tracking
 from ..data import ImageDataset, load_dataset, make_groups, resolve_data_dir
 from ..data.stats import image_hashes, pixel_descriptor
+from ..device import cpu_state
+from ..device import resolve as resolve_device
 from ..errors import ConfigError
 from . import store
 from .config import GroupResult, ZooBuildRecord, ZooConfig
@@ -30,7 +32,7 @@ from .profiles import ZooProfile, get_profile
 from .space import SupernetSpec, arch_hash, bn_state, build_supernet, extract_subnet, sample_archs, topology
 from .tensors import DEFAULT_MEAN, DEFAULT_STD
 from .train import n_train_steps, train_supernet
-from .workers import build_in_workers
+from .workers import build_in_ray, build_in_workers
 
 log = logging.getLogger("tans_registry")
 PROBE_SEED = 777  # seed of the probe batch behind every functional embedding (TANS's seed)
@@ -58,6 +60,7 @@ def resolve_profile(cfg: ZooConfig) -> ZooProfile:
 def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     """Build (or resume) the zoo described by ``cfg``; returns what was built and skipped."""
     profile = resolve_profile(cfg)
+    resolve_device(cfg.device)  # cuda asked for and absent: refused before anything is written
     work_dir, uri = tracking.setup(cfg.work_dir)
     exp_id = tracking.experiment_id("zoo", work_dir)
     sources = _load_sources(profile, cfg)
@@ -95,7 +98,9 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     bar = tqdm(total=len(groups), initial=len(results), desc="zoo groups", unit="group",
                disable=not cfg.progress)
     try:
-        if cfg.workers == 1 or len(todo) < 2:
+        if cfg.executor == "ray" and todo:
+            build_in_ray(build_group, todo, profile, cfg, exp_id, uri, base_run, results, bar)
+        elif (cfg.workers or 1) == 1 or len(todo) < 2:
             for group, chash in todo:
                 bar.set_postfix_str(group.name)
                 results[group.name] = build_group(group, profile, cfg, exp_id, chash, base_state)
@@ -173,16 +178,18 @@ def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str, str]
         return load_file(str(store.group_dir(prev.info.run_id) / "supernet.safetensors")), chash, prev.info.run_id
     train_cfg = replace(profile.train, epochs=profile.base_epochs, seed=cfg.seed, steps_per_class=0)
     torch.manual_seed(cfg.seed)
-    net = build_supernet(spec)
+    device = resolve_device(cfg.device)
+    net = build_supernet(spec).to(device)
     tags = {"tans.kind": "zoo", "tans.group": "__base__", "tans.dataset": "__base__",
             "tans.config_hash": chash, "tans.profile": profile.name, HOLDOUT_TAG: ",".join(profile.holdout)}
     with mlflow.start_run(experiment_id=exp_id, run_name="base-supernet", tags=tags) as run:
-        mlflow.log_params({**profile.to_params(), "role": "base", "n_images": len(x), "n_classes": spec.n_classes})
+        mlflow.log_params({**profile.to_params(), "role": "base", "n_images": len(x), "n_classes": spec.n_classes,
+                           "device": str(device)})
         total = n_train_steps(len(x), spec.n_classes, train_cfg)
         with tqdm(total=total, desc="base supernet", unit="step", leave=False, disable=not cfg.progress) as pb:
             train_supernet(net, spec, x, y, train_cfg, DEFAULT_MEAN, DEFAULT_STD,
                            on_epoch=lambda e, m: mlflow.log_metrics(m, step=e), progress=pb.update)
-        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:
             from safetensors.torch import save_file
 
@@ -211,20 +218,22 @@ def build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id
     dataset = group.parent or group.name
     tags = {"tans.kind": "zoo", "tans.group": group.name, "tans.dataset": dataset,
             "tans.config_hash": chash, "tans.profile": profile.name, "tans.fingerprint": group.fingerprint(),
-            HOLDOUT_TAG: ",".join(profile.holdout)}
+            HOLDOUT_TAG: ",".join(profile.holdout), "tans.executor": cfg.executor}
+    device = resolve_device(cfg.device)
     if tracking.PROJECT_RUN_ID:
         tags["tans.project_run"] = tracking.PROJECT_RUN_ID
     with mlflow.start_run(experiment_id=exp_id, run_name=group.name, tags=tags) as run:
         mlflow.log_params({**profile.to_params(), "group": group.name, "dataset": dataset,
                            "n_classes": group.n_classes, "n_train": len(group.x_train),
                            "n_test": len(group.x_test), "seed": cfg.seed, "probe_seed": PROBE_SEED,
-                           "init": "base" if base_state is not None else "scratch"})
+                           "init": "base" if base_state is not None else "scratch", "device": str(device)})
         torch.manual_seed(cfg.seed)  # the initial weights (and so the whole build) follow the seed
         net = build_supernet(spec)
         if base_state is not None:
             own = net.state_dict()
             net.load_state_dict({k: v for k, v in base_state.items() if not k.startswith("classifier.")}
                                 | {k: v for k, v in own.items() if k.startswith("classifier.")})
+        net.to(device)
         probe = np.random.default_rng(cfg.seed).permutation(len(group.x_test))[: profile.train.eval_images]
         steps = n_train_steps(len(group.x_train), spec.n_classes, profile.train)
         with tqdm(total=steps, desc=f"train {group.name}", unit="step", leave=False,
@@ -245,7 +254,7 @@ def build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id
                   "supernet": spec.to_dict(), "probe_seed": PROBE_SEED, "fingerprint": group.fingerprint(),
                   "supernet_run": run.info.run_id, "descriptor": pixel_descriptor(group).tolist()}
         with tempfile.TemporaryDirectory() as tmp:
-            store.write_group(Path(tmp), header, rows, net.state_dict(), bn, embs,
+            store.write_group(Path(tmp), header, rows, cpu_state(net), bn, embs,
                               image_hashes(np.concatenate([group.x_train, group.x_test])))
             mlflow.log_artifacts(tmp, store.ARTIFACT_DIR)
         metrics["seconds"] = time.time() - t0

@@ -29,7 +29,12 @@ class ZooConfig:
     progress: bool = True
     # Groups built at once, each in its own process with its share of the CPU threads: 2 on a 2-core
     # machine build ~1.45x faster than 1 (small networks use two threads poorly; BENCHMARKS.md).
-    workers: int = 1
+    # Local: groups built at once (default 1). Ray: at most this many group tasks in flight (default: as
+    # many as the cluster's CPUs run).
+    workers: int | None = None
+    executor: str = "local"                    # local processes, or one Ray task per group
+    ray_address: str | None = None             # the Ray cluster (None: RAY_ADDRESS, else a local one)
+    device: str = "auto"                       # auto: CUDA when a device answers, else CPU
     only_groups: tuple[str, ...] | None = None  # build just these groups (names as `tans zoo list` shows)
     holdout: tuple[str, ...] | None = None      # datasets kept out of the build; None: the profile's; (): none
 
@@ -46,9 +51,14 @@ class ZooConfig:
                 work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
                 seed=P.as_int(STAGE, "seed", self.seed, 0),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False),
-                workers=P.as_int(STAGE, "workers", self.workers, 1),
+                workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True),
+                executor=P.as_choice(STAGE, "executor", self.executor, ("local", "ray")),
+                ray_address=P.as_path(STAGE, "ray_address", self.ray_address),
+                device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")),
                 only_groups=P.as_names(STAGE, "only_groups", self.only_groups),
                 holdout=None if self.holdout is None else (P.as_names(STAGE, "holdout", self.holdout) or ()))
+        if self.ray_address is not None and self.executor != "ray":
+            P.fail(STAGE, "ray_address", "used with --executor ray only", self.ray_address, True)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import batch_on
 from .tensors import batches, to_tensor
 
 PROBE_SHAPE = (8, 3)  # probe batch: 8 seeded N(0, 1) images, 3 channels, at the zoo's input size
@@ -21,7 +22,7 @@ def count_flops(module: nn.Module, input_size: int) -> int:
     was_training = module.training
     module.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(torch.zeros(1, 3, input_size, input_size))
+        module(batch_on(module, torch.zeros(1, 3, input_size, input_size)))
     module.train(was_training)
     return int(counter.get_total_flops())
 
@@ -36,7 +37,7 @@ def recalibrate_bn(module: nn.Module, x: np.ndarray, mean, std, batch_size: int 
         m.momentum = None  # cumulative moving average: every batch counts equally
     module.train()
     for xb in batches(x, batch_size):
-        module(to_tensor(xb, mean, std))
+        module(batch_on(module, to_tensor(xb, mean, std)))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     module.eval()
@@ -47,7 +48,7 @@ def accuracy(module: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, batch_s
     module.eval()
     correct = 0
     for start, xb in enumerate(batches(x, batch_size)):
-        pred = module(to_tensor(xb, mean, std)).argmax(1).numpy()
+        pred = module(batch_on(module, to_tensor(xb, mean, std))).argmax(1).cpu().numpy()
         correct += int((pred == y[start * batch_size : start * batch_size + len(xb)]).sum())
     return correct / max(len(y), 1)
 
@@ -73,4 +74,4 @@ def probe_input(input_size: int, seed: int) -> torch.Tensor:
 def functional_embedding(subnet: nn.Module, input_size: int, seed: int) -> np.ndarray:
     """Mean penultimate activation of the subnet (eval mode) over the seeded probe batch."""
     subnet.eval()
-    return penultimate(subnet, probe_input(input_size, seed)).mean(0).numpy().astype(np.float32)
+    return penultimate(subnet, batch_on(subnet, probe_input(input_size, seed))).mean(0).cpu().numpy().astype(np.float32)

@@ -149,8 +149,10 @@ def set_active(supernet: nn.Module, arch: dict) -> None:
 
 def extract_subnet(supernet: nn.Module, arch: dict) -> nn.Module:
     """Cut the subnet of ``arch`` out of a live supernet (weights copied, BN stats sliced)."""
+    from ..device import device_of
+
     set_active(supernet, arch)
-    return supernet.get_active_subnet(preserve_weight=True)
+    return supernet.get_active_subnet(preserve_weight=True).to(device_of(supernet))
 
 
 def bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -158,8 +160,8 @@ def bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, m in module.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            out[f"{name}.running_mean"] = m.running_mean.detach().clone()
-            out[f"{name}.running_var"] = m.running_var.detach().clone()
+            out[f"{name}.running_mean"] = m.running_mean.detach().cpu().clone()
+            out[f"{name}.running_var"] = m.running_var.detach().cpu().clone()
     return out
 
 

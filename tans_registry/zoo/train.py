@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import batch_on
 from .measure import accuracy
 from .profiles import TrainConfig
 from .space import SupernetSpec, max_arch, set_active
@@ -80,8 +81,8 @@ def train_supernet(
                 step += 1
                 sched.step()
                 continue
-            xb = to_tensor(color_jitter(random_crop(x[idx], cfg.crop_pad, rng), jitter, rng), mean, std)
-            yb = torch.from_numpy(y[idx])
+            xb, yb = batch_on(supernet, to_tensor(color_jitter(random_crop(x[idx], cfg.crop_pad, rng), jitter, rng),
+                                                  mean, std), torch.from_numpy(y[idx]))
             supernet.train()
             opt.zero_grad(set_to_none=True)
             set_active(supernet, largest)

@@ -22,7 +22,7 @@ def build_in_workers(build_group, todo, profile, cfg, exp_id, uri, base_run, res
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
-    workers = min(cfg.workers, len(todo))
+    workers = min(cfg.workers or 1, len(todo))
     threads = max(1, torch.get_num_threads() // workers)
     worker_cfg = replace(cfg, progress=False)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
@@ -53,14 +53,49 @@ def build_in_workers(build_group, todo, profile, cfg, exp_id, uri, base_run, res
     pool.shutdown(wait=True)
 
 
+def build_in_ray(build_group, todo, profile, cfg, exp_id, uri, base_run, results, bar) -> None:
+    """Build the groups of ``todo`` as Ray tasks (one a group, one CPU and one thread each; at most
+    ``cfg.workers`` in flight when given), each logging its group's run to the tracking URI ``uri``.
+
+    The same seed builds the same networks as the local executor: a group's build depends on its data,
+    the profile and the seed only. A failing group stops the build (the tasks in flight are cancelled);
+    as locally, a group's run is marked complete last, so `--resume` rebuilds what was in progress."""
+    from ..executor import as_completed, ray_session
+
+    worker_cfg = replace(cfg, progress=False)
+    jobs = [{"build_group": build_group, "group": group, "profile": profile, "cfg": worker_cfg, "exp_id": exp_id,
+             "chash": chash, "uri": uri, "project_run": tracking.PROJECT_RUN_ID, "base_run": base_run}
+            for group, chash in todo]
+    with ray_session(cfg.ray_address) as resources:
+        bar.set_postfix_str(f"ray: {int(resources.get('CPU', 0))} CPUs")
+        for _, res in as_completed(_ray_build, jobs, threads=1, workers=cfg.workers):
+            results[res.group] = res
+            bar.set_postfix_str(f"{res.group} {res.best_accuracy:.3f}")
+            bar.update(1)
+
+
+def _ray_build(job: dict):
+    """A Ray task: one group, from the base supernet when the build has one."""
+    global _WORKER_BASE
+    _worker_init(job["uri"], 1, job["project_run"], job["base_run"], own_process=False)
+    try:
+        return job["build_group"](job["group"], job["profile"], job["cfg"], job["exp_id"], job["chash"], _WORKER_BASE)
+    finally:
+        _WORKER_BASE = None
+
+
 _WORKER_BASE: dict | None = None
 
 
-def _worker_init(uri: str, threads: int, project_run: str | None, base_run: str | None) -> None:
+def _worker_init(uri: str, threads: int, project_run: str | None, base_run: str | None,
+                 own_process: bool = True) -> None:
+    """A worker's set-up; ``own_process``: a process of this build's pool (it dies with the build), not a
+    Ray worker (Ray manages those)."""
     import mlflow
 
     global _WORKER_BASE
-    _die_with_parent()
+    if own_process:
+        _die_with_parent()
     torch.set_num_threads(threads)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
