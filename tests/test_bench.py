@@ -78,6 +78,59 @@ def test_mean_regret_and_the_best_average_architecture_by_hand():
     assert rep["val_weighted_tau"] == pytest.approx(M.weighted_tau([0.8, 0.55, 0.7], [0.6, 0.8, 0.7]))
 
 
+def _figures(tans, rnd, avg, regret, tau, passes, epochs, scratch_epochs):
+    """One dataset's figures, as `tans bench --json` writes them, with only what the goals read."""
+    return {"methods": {"tans": {"test_acc": tans, "test_acc_one_epoch": tans - 0.1, "regret_top1": regret,
+                                 "regret_top1_one_epoch": regret + 1, "forward_passes": passes[0],
+                                 "epochs_to_scratch": epochs},
+                        "random": {"test_acc": rnd, "test_acc_one_epoch": rnd - 0.1, "test_acc_std": 0.01,
+                                   "regret_top1": 3.0, "regret_top1_one_epoch": 4.0, "forward_passes": 0},
+                        "best_average": {"test_acc": avg, "test_acc_one_epoch": avg - 0.1, "regret_top1": 2.0,
+                                         "regret_top1_one_epoch": 3.0, "forward_passes": 0},
+                        "logme_all": {"test_acc": 0.5, "test_acc_one_epoch": 0.4, "regret_top1": 1.0,
+                                      "regret_top1_one_epoch": 2.0, "forward_passes": passes[1]}},
+            "weighted_tau": {"tans": tau[0], "predictor": None, "logme": tau[1]},
+            "scratch_target": {"val_accuracy": 0.5, "scratch_epochs": scratch_epochs},
+            "dataset": {"name": "x", "classes": 3, "n_train": 80, "n_val": 20, "test_images": 50},
+            "ground_truth": {"networks": 20}}
+
+
+def test_the_goals_and_the_table_by_hand(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tans_registry.bench.report import goals, markdown
+
+    ds = {"a": _figures(0.90, 0.80, 0.85, 1.0, (0.2, 0.4), (1, 2250), 1, 5),
+          "b": _figures(0.70, 0.75, 0.60, 4.0, (0.5, 0.1), (1, 2250), 2, 5),   # loses to random
+          "c": _figures(0.80, 0.70, 0.79, 0.0, (0.3, 0.2), (2, 150), 1, 3),   # only 75x fewer passes
+          "d": _figures(0.60, 0.50, 0.55, 2.0, (0.1, 0.3), (1, 2250), None, 5)}  # never reaches scratch's
+    g = {x["goal"]: x for x in goals(ds)}
+    assert g["beats_random_and_best_average"]["met"] and g["beats_random_and_best_average"]["value"] == "3 of 4"
+    assert g["mean_regret"]["met"] is True and g["mean_regret"]["value"] == "1.75 points"  # (1 + 4 + 0 + 2) / 4
+    assert g["tau_vs_logme"]["met"] is True and g["tau_vs_logme"]["value"].startswith("0.275 vs 0.250 (2 of 4")
+    assert g["forward_passes"]["met"] is False and g["forward_passes"]["value"] == "75x fewer (least)"
+    assert g["epochs_vs_scratch"]["met"] is False              # d never reaches scratch's accuracy
+    ds["b"]["methods"]["tans"]["test_acc"] = 0.74
+    ds.pop("d")
+    g = {x["goal"]: x for x in goals(ds)}
+    assert g["beats_random_and_best_average"]["met"] is False  # 2 of 3 < ceil(0.75 * 3)
+    assert g["epochs_vs_scratch"]["met"] is False              # b: 2 epochs vs scratch's 5 is more than a third
+    ds["b"]["methods"]["tans"]["epochs_to_scratch"] = 1
+    assert {x["goal"]: x for x in goals(ds)}["epochs_vs_scratch"]["met"] is True
+    table = markdown(ds)
+    assert "| tans | 0.800 / 0.900 | 0.600 / 0.740 | 0.700 / 0.800 |" in table
+    assert "| random | 0.700 / 0.800 ±0.010 |" in table
+    # the script merges a --json output and a one-dataset artifact into the same table
+    (tmp_path / "ab.json").write_text(json.dumps({"datasets": {"a": ds["a"], "b": ds["b"]}}))
+    (tmp_path / "bench-c.json").write_text(json.dumps(ds["c"] | {"dataset": ds["c"]["dataset"] | {"name": "c"}}))
+    script = Path(__file__).parent.parent / "scripts" / "bench_table.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "ab.json"), str(tmp_path / "bench-c.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == table
+
+
 def test_logme_equals_the_closed_form_mean_over_classes():
     """LogME = mean over classes of log N(y_c | 0, I/beta + F F'/alpha) / N at each class's optimum, for
     features narrower and wider than the sample (both branches of the Gram-matrix decomposition)."""

@@ -1,6 +1,7 @@
 """The benchmark's plots (PNG, matplotlib's Agg backend) and its table (text, as BENCHMARKS.md shows it)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,4 +88,101 @@ def table(rec) -> str:
                      f" (validation) at epoch {f(d['scratch_target']['scratch_epochs'], 'g')}")
     lines.append(f"{len(rec.datasets)} datasets in {rec.seconds / 60:.1f} min; run {rec.run_id} in tans/bench"
                  + (f"; plots: {', '.join(rec.plots)}" if rec.plots else ""))
+    return "\n".join(lines)
+
+
+GOALS = (
+    ("beats_random_and_best_average", "tans's fine-tuned accuracy >= random's (mean draw) and best_average's, "
+                                      "on at least 3 of 4 datasets"),
+    ("mean_regret", "tans's mean top-1 regret (full budget) under 2 points"),
+    ("tau_vs_logme", "retrieval's weighted tau >= LogME-all's (mean over datasets)"),
+    ("forward_passes", "at least 100x fewer forward passes than LogME-all"),
+    ("epochs_vs_scratch", "tans's start reaches scratch's final validation accuracy in at most a third of "
+                          "scratch's epochs (every dataset)"),
+)
+
+
+def goals(datasets: dict) -> list[dict]:
+    """Issue 13's goals, each ``{"goal", "text", "met", "value"}``, from ``datasets`` (name -> one dataset's
+    figures, as `tans bench --json` writes them under ``datasets``). ``met`` is None where a figure is missing."""
+    def m(d, name, key):
+        return d["methods"].get(name, {}).get(key)
+
+    n = len(datasets)
+    out = []
+    wins = [all(m(d, "tans", "test_acc") is not None and m(d, o, "test_acc") is not None
+                and m(d, "tans", "test_acc") >= m(d, o, "test_acc") for o in ("random", "best_average"))
+            for d in datasets.values()]
+    need = math.ceil(0.75 * n)
+    out.append({"value": f"{sum(wins)} of {n}", "met": sum(wins) >= need if n else None})
+    regrets = [m(d, "tans", "regret_top1") for d in datasets.values()]
+    mean_regret = float(np.mean(regrets)) if regrets and None not in regrets else None
+    out.append({"value": None if mean_regret is None else f"{mean_regret:.2f} points",
+                "met": None if mean_regret is None else mean_regret < 2.0})
+    taus = [(d["weighted_tau"].get("tans"), d["weighted_tau"].get("logme")) for d in datasets.values()]
+    taus = [(a, b) for a, b in taus if a is not None and b is not None]
+    if taus:
+        ta, tb = float(np.mean([a for a, _ in taus])), float(np.mean([b for _, b in taus]))
+        out.append({"value": f"{ta:.3f} vs {tb:.3f} ({sum(a >= b for a, b in taus)} of {len(taus)} datasets)",
+                    "met": ta >= tb})
+    else:
+        out.append({"value": None, "met": None})
+    ratios = [m(d, "logme_all", "forward_passes") / max(m(d, "tans", "forward_passes"), 1) for d in datasets.values()
+              if m(d, "logme_all", "forward_passes") is not None and m(d, "tans", "forward_passes") is not None]
+    out.append({"value": f"{min(ratios):.0f}x fewer (least)" if ratios else None,
+                "met": min(ratios) >= 100 if ratios else None})
+    per = []
+    for d in datasets.values():
+        scratch = d["scratch_target"]["scratch_epochs"]
+        mine = m(d, "tans", "epochs_to_scratch")
+        per.append(None if scratch is None or mine is None else (mine, scratch))
+    if per and None not in per:
+        out.append({"value": ", ".join(f"{a} vs {b}" for a, b in per), "met": all(3 * a <= b for a, b in per)})
+    else:
+        out.append({"value": ", ".join("never" if p is None else f"{p[0]} vs {p[1]}" for p in per) or None,
+                    "met": False if per else None})
+    return [{"goal": g, "text": t} | o for (g, t), o in zip(GOALS, out)]
+
+
+def markdown(datasets: dict) -> str:
+    """BENCHMARKS.md's table: one row per method, one column pair (one epoch / full budget) per dataset, then
+    the regrets, the scorers' weighted tau and the goals."""
+    def f(v, fmt=".3f"):
+        return "-" if v is None else format(v, fmt)
+
+    names = list(datasets)
+    head = "| method | " + " | ".join(f"{n} 1 ep / full" for n in names) + " | mean regret 1 ep / full | passes |"
+    lines = [head, "|" + "---|" * (len(names) + 3)]
+    for meth in TABLE_METHODS:
+        rows = [d["methods"].get(meth) for d in datasets.values()]
+        if all(r is None for r in rows):
+            continue
+        cells = []
+        for r in rows:
+            if r is None:
+                cells.append("-")
+                continue
+            std = f" ±{r['test_acc_std']:.3f}" if "test_acc_std" in r else ""
+            cells.append(f"{f(r['test_acc_one_epoch'])} / {f(r['test_acc'])}{std}")
+        reg1 = [r["regret_top1_one_epoch"] for r in rows if r is not None and r.get("regret_top1_one_epoch") is not None]
+        reg = [r["regret_top1"] for r in rows if r is not None and r.get("regret_top1") is not None]
+        passes = sorted({r["forward_passes"] for r in rows if r is not None and r.get("forward_passes") is not None})
+        lines.append(f"| {meth} | " + " | ".join(cells)
+                     + f" | {f(np.mean(reg1) if reg1 else None, '.1f')} / {f(np.mean(reg) if reg else None, '.1f')}"
+                     + f" | {'-' if not passes else '/'.join(str(p) for p in passes)} |")
+    lines.append("")
+    lines.append("| dataset | classes | train + val / test | ground truth | tau retrieval | tau predictor | tau LogME "
+                 "| scratch epochs | tans epochs to scratch's |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for n, d in datasets.items():
+        ds, tau = d["dataset"], d["weighted_tau"]
+        lines.append(f"| {n} | {ds['classes']} | {ds['n_train']} + {ds['n_val']} / {ds['test_images']} | "
+                     f"{d['ground_truth']['networks']} | {f(tau.get('tans'))} | {f(tau.get('predictor'))} | "
+                     f"{f(tau.get('logme'))} | {f(d['scratch_target']['scratch_epochs'], 'g')} | "
+                     f"{f(d['methods']['tans'].get('epochs_to_scratch'), 'g')} |")
+    lines.append("")
+    lines.append("| goal | measured | met |")
+    lines.append("|---|---|---|")
+    for g in goals(datasets):
+        lines.append(f"| {g['text']} | {g['value'] or '-'} | {'-' if g['met'] is None else ('yes' if g['met'] else 'no')} |")
     return "\n".join(lines)
