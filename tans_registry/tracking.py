@@ -69,6 +69,9 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     wd = resolve_work_dir(work_dir)
     # our own progress bars go to stderr; MLflow's per-download bars would drown them
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at: http://..." on stdout when a run ends on an http(s) tracking server:
+    # `--json` promises one document on stdout
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Inside `mlflow run`, MLFLOW_RUN_ID names the project's run; left set, every start_run() would
     # resume that run instead of opening the stage's own runs in the tans/* experiments. Keep it as a
     # lineage link instead (tag `tans.project_run`).
@@ -148,6 +151,28 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"cannot reach the MLflow tracking server {redact(uri)} ({scrub(str(reason))[:200]}). "
                             "Start it (`mlflow server ...`), fix MLFLOW_TRACKING_URI, or unset it to use the embedded "
                             "SQLite store in the work directory.") from None
+
+
+def server_command(backend_store_uri: str, artifacts_destination: str | Path, host: str = "127.0.0.1",
+                   port: int = 5000, mlflow_exe: str | Path = "mlflow", workers: int | None = None,
+                   allowed_hosts: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The one definition of the MLflow tracking server the project runs (tests, benchmarks, docker):
+    ``mlflow server`` on ``backend_store_uri`` (SQLite, PostgreSQL, ...) with served artifacts, so that
+    clients upload and download through the server (``mlflow-artifacts:/``) into ``artifacts_destination``
+    (a folder or an object-store URI), never into a local ``./mlruns`` of their own.
+
+    ``workers``: uvicorn worker processes (MLflow's default is 4). ``allowed_hosts``: the Host headers the
+    server accepts (patterns such as ``mlflow:*``), replacing MLflow's default list (loopback and private
+    addresses only); a server reached by a name (a compose service, ``http://mlflow:5000``) must be given
+    it, else every call but ``/health`` gets a 403.
+    """
+    cmd = [str(mlflow_exe), "server", "--backend-store-uri", str(backend_store_uri), "--serve-artifacts",
+           "--artifacts-destination", str(artifacts_destination), "--host", str(host), "--port", str(int(port))]
+    if workers is not None:
+        cmd += ["--workers", str(int(workers))]
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", ",".join(allowed_hosts)]
+    return cmd
 
 
 def experiment_id(key: str, work_dir: Path) -> str:

@@ -630,12 +630,14 @@ def test_a_real_tracking_server_that_stops_is_a_clear_error_within_seconds(tiny_
     server is stopped, the next command fails in seconds with one line naming it."""
     import urllib.request
 
+    from tans_registry.tracking import server_command
+
     port = _free_port()
     exe = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], cwd=tmp_path, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = server_command(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", port=port, mlflow_exe=exe,
+                         workers=1)
+    server = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):

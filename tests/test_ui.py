@@ -109,9 +109,8 @@ def mlflow_server(work: Path, logs: Path):
     logs.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):  # a free port can be taken between picking and binding it: pick again
         port = _free_port()
-        cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-               "--artifacts-destination", str(work / "mlruns"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        cmd = tracking.server_command(f"sqlite:///{work / 'mlflow.db'}", work / "mlruns", port=port,
+                                      mlflow_exe=exe, workers=1)
         out, err = logs / f"server-{attempt}.out", logs / f"server-{attempt}.err"
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=fout, stderr=ferr,

@@ -124,13 +124,15 @@ def _register_group(name: str, run) -> tuple[int, int, int]:
     created = 0
     if todo:
         f_emb = load_functional_embeddings(run.info.run_id)
+        mine = set()
         for row in todo:
-            C.client().create_model_version(
+            mine.add(int(C.client().create_model_version(
                 name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
                 run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
-                description=model_card(header, row, name))
-        removed = _dedupe(name, run.info.run_id)
-        created, existing = len(todo) - removed, existing + removed
+                description=model_card(header, row, name)).version))
+        kept = _dedupe(name, run.info.run_id)
+        created = len(mine & kept)  # racing writers: only the versions of this one that survived count
+        existing = len(rows) - created
     superseded = _supersede(name, have, run.info.run_id)
     _mark_done(name, run.info.run_id, len(rows))
     return created, existing, superseded
@@ -148,7 +150,7 @@ def _retrying(fn, what: str):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - only connection errors are retried, the rest re-raised
-            if attempt == RETRIES or not _connection_lost(exc):
+            if attempt == RETRIES or not (_connection_lost(exc) or _racing_insert(exc)):
                 raise
             log.warning("the store's connection was lost while %s (%s); trying again (%d/%d)", what,
                         tracking.scrub(str(exc).splitlines()[0])[:120], attempt + 1, RETRIES)
@@ -167,10 +169,23 @@ def _connection_lost(exc: BaseException) -> bool:
     return False
 
 
-def _dedupe(name: str, run_id: str) -> int:
+def _racing_insert(exc: BaseException) -> bool:
+    """Whether ``exc`` is another writer's row winning an insert (MLflow's tag writes read, then insert:
+    two writers setting the same registered-model tag at once collide on its key). The step is idempotent,
+    so it is tried again."""
+    while exc is not None:
+        text = str(exc)
+        if "UniqueViolation" in text or "duplicate key value violates unique constraint" in text or \
+                "UNIQUE constraint failed" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _dedupe(name: str, run_id: str) -> set[int]:
     """Writers registering the same group at once each create the versions they did not see: keep the
     lowest version of every network of ``run_id`` and delete the others (every writer converges on the same
-    survivors), so each network ends registered exactly once. Returns how many this call deleted."""
+    survivors), so each network ends registered exactly once. Returns the surviving version numbers."""
     from mlflow.exceptions import MlflowException
 
     seen: dict[str, list[int]] = {}
@@ -178,16 +193,14 @@ def _dedupe(name: str, run_id: str) -> int:
         nid = v.tags.get("tans.network_id", "")
         if nid.startswith(f"{run_id}:"):
             seen.setdefault(nid, []).append(int(v.version))
-    n = 0
     for numbers in seen.values():
         for extra in sorted(numbers)[1:]:
             try:
                 C.client().delete_model_version(name, str(extra))
-                n += 1
             except MlflowException as exc:  # another writer deleted it first
                 if C.error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
                     raise
-    return n
+    return {min(numbers) for numbers in seen.values()}
 
 
 def _supersede(name: str, versions: list, run_id: str) -> int:

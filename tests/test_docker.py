@@ -1,0 +1,322 @@
+"""docker/: what can be checked without a Docker engine (the project's machines have none).
+
+The compose file parses and names its services; its mlflow service runs exactly the command
+:func:`tans_registry.tracking.server_command` makes for the compose's values (the PostgreSQL service's
+database, the artifacts volume, the published port), and that command, started for real on loopback,
+accepts the Host header the other services send (``mlflow:5000``); the worker and the server reach it
+there. The Dockerfiles install the package as the README Quickstart does, with pyproject's pins;
+the GPU image installs onnxruntime-gpu and never the CPU-only onnxruntime; every file they COPY exists
+and is left in the build context by their .dockerignore. (``docker compose config`` would validate the
+file offline, but the machines' Docker client has no compose plugin, so it is not used.)
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tans_registry.tracking import server_command
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "gpu": DOCKER / "Dockerfile.gpu"}
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _pins() -> dict[str, str]:
+    """``name -> version`` of every ``name==version`` dependency of pyproject.toml (extras included)."""
+    p = _pyproject()["project"]
+    deps = list(p["dependencies"]) + [d for ds in p["optional-dependencies"].values() for d in ds]
+    out = {}
+    for d in deps:
+        name, _, version = d.partition("==")
+        out[re.sub(r"\[.*\]", "", name).strip().lower()] = version.strip()
+    return out
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` of a Dockerfile, continuation lines joined, comments dropped."""
+    lines, buf = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        lines.append(buf + line)
+        buf = ""
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+
+
+def _args(path: Path) -> dict[str, str]:
+    return dict(a.split("=", 1) for i, a in _instructions(path) if i == "ARG" and "=" in a)
+
+
+def _pip_installs(path: Path) -> list[list[str]]:
+    """The argument lists of every ``pip install`` in the Dockerfile's RUNs, build args expanded."""
+    args = _args(path)
+    out = []
+    for instr, text in _instructions(path):
+        if instr != "RUN":
+            continue
+        lexer = shlex.shlex(re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), text), posix=True,
+                            punctuation_chars=True)
+        lexer.whitespace_split = True
+        words: list[str] = []
+        for tok in list(lexer) + [";"]:
+            if tok in ("&&", ";", "||", "|"):
+                if words[:2] == ["pip", "install"]:
+                    out.append(words[2:])
+                words = []
+            else:
+                words.append(tok)
+    return out
+
+
+def _packages(path: Path) -> dict[str, str]:
+    """Requirement names installed by the Dockerfile's pip installs -> pinned version ('' when unpinned)."""
+    out = {}
+    for words in _pip_installs(path):
+        skip = False
+        for w in words:
+            if skip:
+                skip = False
+                continue
+            if w in ("--index-url", "--extra-index-url", "-e", "-r", "-c"):
+                skip = w != "-e"
+                continue
+            if w.startswith("-") or w.startswith("."):
+                continue
+            name, _, version = w.partition("==")
+            out[name.lower()] = version
+    return out
+
+
+# ------------------------------------------------------------------------------------------- compose
+
+def test_compose_parses_and_names_its_services():
+    c = _compose()
+    assert {"postgres", "mlflow", "worker", "serve", "ray-head"} <= set(c["services"])
+    s = c["services"]
+    assert s["postgres"]["image"] == "postgres:15"
+    assert s["ray-head"]["profiles"] == ["ray"] and "--head" in s["ray-head"]["command"]
+    for name in ("postgres", "mlflow", "worker", "serve"):
+        assert "profiles" not in s[name], f"{name} must start without a profile"
+    extras = set(_pyproject()["project"]["optional-dependencies"])
+    for name, svc in s.items():
+        if "build" in svc:
+            assert (DOCKER / svc["build"]["context"]).resolve() == ROOT, name
+            assert (ROOT / svc["build"]["dockerfile"]).is_file(), name
+            wanted = svc["build"].get("args", {}).get("EXTRAS")
+            assert wanted is None or set(wanted.split(",")) <= extras, (name, wanted)
+    for volume in {v.split(":", 1)[0] for svc in s.values() for v in svc.get("volumes", [])}:
+        assert volume in c["volumes"], f"named volume {volume} is not declared"
+
+
+def _mlflow_values(c: dict) -> dict:
+    """The values the compose file gives the tracking server, read from the other services."""
+    pg = c["services"]["postgres"]["environment"]
+    mlflow = c["services"]["mlflow"]
+    mount = next(v.split(":", 1)[1] for v in mlflow["volumes"] if v.split(":", 1)[0] == "mlartifacts")
+    port = int(mlflow["ports"][0].split(":")[-1])
+    cmd = mlflow["command"]
+    allowed = cmd[cmd.index("--allowed-hosts") + 1].split(",") if "--allowed-hosts" in cmd else None
+    return {"backend_store_uri": f"postgresql+psycopg://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/"
+                                 f"{pg['POSTGRES_DB']}",
+            "artifacts_destination": mount, "host": "0.0.0.0", "port": port, "allowed_hosts": allowed}
+
+
+def test_the_mlflow_service_runs_exactly_server_command_for_the_compose_values():
+    c = _compose()
+    values = _mlflow_values(c)
+    assert c["services"]["mlflow"]["command"] == server_command(**values, mlflow_exe="mlflow")
+    assert c["services"]["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_other_services_reach_the_tracking_server_by_its_service_name_and_it_accepts_them():
+    from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+
+    c = _compose()
+    values = _mlflow_values(c)
+    uri = f"http://mlflow:{values['port']}"
+    for name in ("worker", "serve", "ray-head"):
+        assert c["services"][name]["environment"]["MLFLOW_TRACKING_URI"] == uri, name
+    allowed = values["allowed_hosts"]
+    host = f"mlflow:{values['port']}"
+    assert not is_allowed_host_header(get_default_allowed_hosts(), host)  # why --allowed-hosts is needed
+    assert is_allowed_host_header(allowed, host) and is_allowed_host_header(allowed, f"localhost:{values['port']}")
+    assert not is_allowed_host_header(allowed, "attacker.example:5000")
+    assert c["services"]["worker"]["environment"]["TANS_WORK_DIR"] == "/work"
+
+
+def test_the_serve_service_serves_a_model_uri_on_its_published_port():
+    for name in ("serve", "serve-gpu"):
+        svc = _compose()["services"][name]
+        cmd = svc["command"]
+        assert cmd[:2] == ["tans", "serve"] and cmd[2].startswith("models:/"), cmd
+        assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+        port = cmd[cmd.index("--port") + 1]
+        assert any(p.split(":")[-1] == port for p in svc["ports"]), (svc["ports"], port)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(url: str, host: str) -> int:
+    req = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with _HTTP.open(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_compose_server_command_started_for_real_accepts_the_services_host_header(tmp_path):
+    """The compose's mlflow command with only its store, artifacts folder, address and port made local
+    (SQLite, a tmp folder, loopback, a free port): a call with ``Host: mlflow:5000`` is served; an unlisted
+    host gets MLflow's 403."""
+    cmd = list(_compose()["services"]["mlflow"]["command"])
+    port = _free_port()
+    local = {"--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination":
+             str(tmp_path / "artifacts"), "--host": "127.0.0.1", "--port": str(port), "--workers": "1"}
+    for flag, value in local.items():
+        if flag in cmd:
+            cmd[cmd.index(flag) + 1] = value
+        else:
+            cmd += [flag, value]
+    cmd[0] = str(Path(sys.executable).with_name("mlflow"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_"))}
+    env |= {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "NO_PROXY": "127.0.0.1"}
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while _status_or_none(f"{base}/health") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the compose's mlflow command did not come up ({' '.join(cmd)}):\n"
+                            f"{log.read_text(errors='replace')[-3000:]}", pytrace=False)
+            time.sleep(0.5)
+        api = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status(api, "mlflow:5000") == 200
+        assert _status(api, f"localhost:{port}") == 200
+        assert _status(api, "attacker.example:5000") == 403
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+def _status_or_none(url: str) -> int | None:
+    try:
+        with _HTTP.open(url, timeout=5) as resp:
+            return resp.status
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------- Dockerfiles
+
+def _quickstart_install() -> str:
+    """The package install of the README Quickstart, e.g. ``pip install -e ".[dev]"``."""
+    m = re.search(r'pip install (?:-e )?"\.\[[^\]]*\]"|pip install (?:-e )?\.(?=\s)', (ROOT / "README.md").read_text())
+    assert m, "README Quickstart has no `pip install` of the package"
+    return m.group(0)
+
+
+def test_the_dockerfiles_bases():
+    froms = {k: [a for i, a in _instructions(p) if i == "FROM"] for k, p in DOCKERFILES.items()}
+    assert froms["cpu"] == ["python:3.11-slim"]
+    assert len(froms["gpu"]) == 1 and re.fullmatch(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu\d+\.\d+", froms["gpu"][0])
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_each_dockerfile_installs_the_package_as_the_quickstart_does_with_pyproject_pins(kind):
+    path = DOCKERFILES[kind]
+    quick = shlex.split(_quickstart_install())[2:]  # e.g. ['-e', '.[dev]']
+    installs = _pip_installs(path)
+    assert quick in installs, f"{path.name} does not run `pip install {' '.join(quick)}`: {installs}"
+    pins, got = _pins(), _packages(path)
+    assert got.get("torch") == pins["torch"] == "2.14.1" and got.get("torchvision") == pins["torchvision"] == "0.29.1"
+    for name, version in got.items():
+        assert name in pins, f"{path.name} installs {name}, which is no dependency of pyproject.toml"
+        assert version == pins[name], f"{path.name} pins {name}=={version}, pyproject.toml {pins[name]}"
+    # the CPU-only onnxruntime would shadow onnxruntime-gpu (one module, two wheels): never installed
+    assert "onnxruntime" not in got and "onnxruntime" not in pins
+
+
+def test_the_gpu_image_installs_onnxruntime_gpu_and_not_onnxruntime():
+    got = _packages(DOCKERFILES["gpu"])
+    assert got.get("onnxruntime-gpu") == _pins()["onnxruntime-gpu"]
+    assert "onnxruntime" not in got
+    text = DOCKERFILES["gpu"].read_text()
+    assert not re.search(r"pip install[^\n&;]*\bonnxruntime(?!-gpu)(?:[=<>\s]|$)", text)
+    assert "CUDAExecutionProvider" in text  # the build checks that the CUDA provider is there
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore ``patterns`` leave ``path`` out of the context: Docker's rules (``**`` any
+    number of folders, ``*`` and ``?`` within one name, a matched folder takes what is under it, the last
+    matching pattern wins, ``!`` re-includes)."""
+    out = False
+    for p in patterns:
+        neg = p.startswith("!")
+        pat = p[1:].strip("/") if neg else p.strip("/")
+        rx = re.escape(pat).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        rx = rx.replace(r"\?", "[^/]")
+        if re.fullmatch(rf"{rx}(?:/.*)?", path):
+            out = not neg
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_every_file_a_dockerfile_copies_exists_and_is_in_the_build_context(kind):
+    path = DOCKERFILES[kind]
+    ignore = path.with_name(path.name + ".dockerignore")
+    patterns = [ln.strip() for ln in ignore.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    copies = [a for i, a in _instructions(path) if i in ("COPY", "ADD")]
+    assert copies
+    for args in copies:
+        words = [w for w in shlex.split(args) if not w.startswith("--")]
+        assert "--from" not in args
+        for src in words[:-1]:
+            assert (ROOT / src).exists(), f"{path.name} copies {src}, which is not in the repository"
+            files = [ROOT / src] if (ROOT / src).is_file() else [p for p in (ROOT / src).rglob("*") if p.is_file()]
+            for f in files:
+                rel = f.relative_to(ROOT).as_posix()
+                if "__pycache__" in rel or rel.endswith(".pyc"):
+                    continue
+                assert not _ignored(rel, patterns), f"{ignore.name} leaves {rel} out of the build context"
