@@ -6,27 +6,44 @@ import json
 import click
 
 from ..export.config import ExportConfig
-from .options import INT, as_json_option, common_options, default, from_command_line, store_options
+from .options import INT, as_json_option, common_options, default, from_command_line, given, store_options
 
 
 @click.command("export")
 @common_options
 @click.argument("model_uri")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the .onnx file here.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the .onnx file here (with --int8, the int8 graph beside it: <stem>.int8.onnx).")
 @click.option("--data", default=None,
-              help="Dataset whose training images the parity check uses [default: the model's own dataset].")
+              help="Dataset of the parity check (and, with --int8, of the calibration and the accuracy gate) "
+                   "[default: the model's own dataset].")
 @click.option("--register/--no-register", default=default(ExportConfig, "register"), show_default=True,
               help="Register the export as tans-onnx.<dataset>.")
 @click.option("--promote/--no-promote", default=default(ExportConfig, "promote"), show_default=True,
               help="Move tans-onnx.<dataset>@champion to the registered export.")
+@click.option("--int8", "int8", is_flag=True, default=default(ExportConfig, "int8"),
+              help="Also a static int8 graph (QDQ, per-channel), registered with alias int8; the whole export is "
+                   "refused when its test accuracy is more than 1 point below the fp32 graph's.")
+@click.option("--calib-images", type=INT, default=None,
+              help=f"With --int8: training images that calibrate it [default: {default(ExportConfig, 'calib_images')}].")
+@click.option("--triton", type=click.Path(file_okay=False), default=None,
+              help="Also write a Triton model repository here: <name>/config.pbtxt, <name>/1/model.onnx "
+                   "(and <name>_int8 with --int8).")
+@click.option("--triton-name", default=None, help="With --triton: the model's name [default: tans_<dataset>].")
+@click.option("--triton-max-batch", type=INT, default=None,
+              help=f"With --triton: max_batch_size [default: {default(ExportConfig, 'triton_max_batch')}].")
 @as_json_option
-def export(work_dir, data_dir, model_uri, out, data, register, promote, as_json):
+def export(work_dir, data_dir, model_uri, out, data, register, promote, int8, calib_images, triton, triton_name,
+           triton_max_batch, as_json):
     """Export MODEL_URI (a fine-tuned winner or a zoo version) to ONNX, verified against PyTorch.
 
     The graph takes uint8 images [N, H, W, 3] (preprocessing inside) and returns logits; metadata_props
     hold the classes, input size, mean, std and MODEL_URI. Refused, and nothing registered, unless
     onnx.checker passes and onnxruntime matches PyTorch on at least 64 of the dataset's images (max abs
     logit difference <= 1e-4, top-1 agreement 100%).
+
+    --int8 adds a static int8 graph calibrated on the dataset's training images, registered as a further
+    version with alias int8 only if its test accuracy is at most 1 point below the fp32 graph's (else the
+    whole export is refused and nothing registered). --triton DIR writes a Triton model repository.
     """
     from ..export.stage import export_model
 
@@ -34,8 +51,15 @@ def export(work_dir, data_dir, model_uri, out, data, register, promote, as_json)
         if from_command_line("promote"):
             raise click.UsageError("--promote needs --register (only a registered export can be champion)")
         promote = False
+    if calib_images is not None and not int8:
+        raise click.UsageError("--calib-images needs --int8 (it calibrates the int8 graph)")
+    if not triton and (triton_name is not None or triton_max_batch is not None):
+        raise click.UsageError(f"{'--triton-name' if triton_name is not None else '--triton-max-batch'} needs "
+                               "--triton DIR (the Triton model repository to write)")
     rec = export_model(ExportConfig(model_uri=model_uri, out=out, data=data, register=register, promote=promote,
-                                    work_dir=work_dir, data_dir=data_dir))
+                                    work_dir=work_dir, data_dir=data_dir, int8=int8, triton=triton,
+                                    triton_name=triton_name, **given(calib_images=calib_images,
+                                                                     triton_max_batch=triton_max_batch)))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return
@@ -44,6 +68,13 @@ def export(work_dir, data_dir, model_uri, out, data, register, promote, as_json)
                f"agreement {rec.top1_agreement:.0%}")
     if rec.model_uri:
         click.echo(f"registered {rec.model_uri}" + (" as champion" if rec.champion else ""))
+    if rec.int8_path:
+        click.echo(f"int8 (calibrated on {rec.calib_images} training images) -> {rec.int8_path}: test accuracy "
+                   f"{rec.int8_test_accuracy:.2%}, fp32 {rec.fp32_test_accuracy:.2%} ({rec.test_images} test images)")
+    if rec.int8_model_uri:
+        click.echo(f"registered {rec.int8_model_uri} as int8")
+    if rec.triton_models:
+        click.echo(f"Triton model repository {rec.triton_repository}: {', '.join(rec.triton_models)}")
 
 
 @click.command("serve")

@@ -173,12 +173,15 @@ def _settle_champion(name: str, fingerprint: str | None, rounds: int = 5) -> int
 
 @C.boundary("register the ONNX export", "check the store and run the export again")
 def register_onnx(dataset: str, run_id: str, artifact_path: str, tags: dict, description: str,
-                  promote: bool, follow_champion: bool = False) -> dict:
+                  promote: bool, follow_champion: bool = False, alias: str | None = None) -> dict:
     """A version of ``tans-onnx.<dataset>`` from the MLflow (onnx flavour) model folder ``artifact_path``
     of run ``run_id``; ``champion`` moves to it when ``promote`` (with ``follow_champion``, a query's export:
-    only if no export of the current fine-tuned champion is registered, which then keeps or takes it)."""
+    only if no export of the current fine-tuned champion is registered, which then keeps or takes it);
+    ``alias`` (e.g. ``int8``, an int8 export's) moves to it in any case."""
     name = onnx_model_name(dataset)
     v = _register(name, run_id, artifact_path, tags, description, "onnx")
+    if alias:
+        C.client().set_registered_model_alias(name, alias, v.version)
     champion = int(v.version)
     if promote:
         C.client().set_registered_model_alias(name, CHAMPION, v.version)
@@ -195,7 +198,9 @@ def _follow_finetuned_champion(name: str, dataset: str, mine: int) -> int:
     if ft is None:
         return mine
     parent = f"models:/{finetuned_model_name(dataset)}/{ft.version}"
-    theirs = [int(v.version) for v in C.versions(name) if v.tags.get("tans.parent_model") == parent]
+    # int8 versions (tagged tans.quantization) share the parent but are never champion
+    theirs = [int(v.version) for v in C.versions(name) if v.tags.get("tans.parent_model") == parent
+              and "tans.quantization" not in v.tags]
     if not theirs or mine in theirs:
         return mine
     C.client().set_registered_model_alias(name, CHAMPION, str(max(theirs)))
