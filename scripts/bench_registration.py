@@ -307,10 +307,10 @@ def table(rows: list[dict], meta: dict) -> str:
                    f"{r['rerun_s']:.2f} | {net} | {', '.join(map(str, r['created_by_writer']))} | {r['failed_writers']} | "
                    f"{r['load_1min']} |")
     out += ["", "Wall: from starting the writer processes to the last one's exit (start-up and imports included). "
-            "W > 1 writers race on the same zoo and converge: each network ends registered once (checked on the "
+            "W > 1 writers register the same zoo at once (each starting at a random group) and converge: each network ends registered once (checked on the "
             "server). Idempotent rerun: one more `tans zoo register` with nothing to create, the fixed cost of a "
-            "run; net: versions / (wall - rerun). Created: the `created` of each writer's --json record (under a "
-            "race a writer subtracts the duplicates it deleted, which other writers may have made)."]
+            "run; net: versions / (wall - rerun). Created: the `created` of each writer's --json record (its own "
+            "versions that survived the race)."]
     errors = [f"- {r['writers']} writers: {e}" for r in rows for e in r["errors"]]
     if errors:
         out += ["", "Failed writers (their registration completed by the rerun, which then had work left):", *errors]

@@ -12,6 +12,7 @@ into the zoo versions' tags (:func:`write_embeddings`, part of ``tans index buil
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 from pathlib import Path
 
@@ -94,13 +95,19 @@ def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
         raise TansError("the zoo is empty: build it first with `tans zoo build --profile quick`", code="ZOO_EMPTY")
     models: dict[str, int] = {}
     created = existing = superseded = 0
+    # each writer starts at a random group and goes round: writers started at once then mostly work on
+    # different groups (a group another has finished is skipped cheaply) instead of racing through the
+    # same ones in the same order; any order registers the same versions
+    items = sorted(groups.items())
+    start = random.SystemRandom().randrange(len(items))
     with C.wrapped("register the zoo", "check the store and run `tans zoo register` again (it is idempotent)"):
-        for group, run in tqdm(sorted(groups.items()), desc="register", unit="group", disable=not cfg.progress):
+        for group, run in tqdm(items[start:] + items[:start], desc="register", unit="group", disable=not cfg.progress):
             name = zoo_model_name(group)
             made, had, old = _retrying(lambda: _register_group(name, run), f"registering {name}")
             if made:
                 models[name] = made
             created, existing, superseded = created + made, existing + had, superseded + old
+    models = dict(sorted(models.items()))
     return RegisterRecord(tracking_uri=tracking.redact(uri), models=models, created=created, existing=existing,
                           superseded=superseded)
 

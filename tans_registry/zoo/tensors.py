@@ -12,7 +12,10 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 
 def to_tensor(x: np.ndarray, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> torch.Tensor:
     """uint8 ``[N, H, W, 3]`` -> float ``[N, 3, H, W]``, scaled to [0, 1] then normalised."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = np.ascontiguousarray(x)
+    if not x.flags.writeable:  # e.g. a Ray task's arrays (the object store's are read-only): torch warns
+        x = x.copy()
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=t.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=t.dtype).view(1, -1, 1, 1)
     return (t - m) / s
