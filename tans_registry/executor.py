@@ -86,18 +86,38 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
                           ) from None
 
 
-def _remote(fn: Callable, threads: int):
+def task_device(name: str | None) -> tuple[str, float]:
+    """Under Ray: the device the tasks use and the GPUs each asks for. Ray hides the GPUs from a task that
+    asks for none, so a task on CUDA asks for one; ``auto`` takes CUDA when the cluster has a GPU."""
     import ray
 
-    return ray.remote(num_cpus=max(1, threads), max_retries=0)(fn)
+    name = (name or "auto").lower()
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if name == "cuda" and gpus < 1:
+        raise ConfigError("--device cuda: the Ray cluster has no GPU (`ray status`); use --device cpu or auto")
+    if name == "cuda" or (name == "auto" and gpus >= 1):
+        return "cuda", 1.0
+    return "cpu", 0.0
 
 
-def as_completed(fn: Callable, jobs: list, threads: int, workers: int | None = None) -> Iterator[tuple[int, object]]:
-    """Ray: ``(position, result)`` of each job as it finishes; at most ``workers`` in flight when given.
-    A failing task raises its exception here (the others are cancelled)."""
+def _run_task(fn: Callable, job):
+    """A Ray task: ``fn(job)`` with what the driver's `tracking.setup` sets (a joined cluster's workers do
+    not inherit the driver's environment): MLflow's run URLs would reach the driver's stdout."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return fn(job)
+
+
+def as_completed(fn: Callable, jobs: list, threads: int, workers: int | None = None,
+                 gpus: float = 0.0) -> Iterator[tuple[int, object]]:
+    """Ray: ``(position, result)`` of each job as it finishes; at most ``workers`` in flight when given;
+    each task asks for ``threads`` CPUs and ``gpus`` GPUs. A failing task raises its exception here (ours
+    as itself, with its code; the others are cancelled)."""
     import ray
 
-    task = _remote(fn, threads)
+    from .errors import TansError
+
+    remote = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_retries=0)(_run_task)
     pending: dict = {}
     queue = list(enumerate(jobs))
     limit = workers or len(jobs)
@@ -105,13 +125,15 @@ def as_completed(fn: Callable, jobs: list, threads: int, workers: int | None = N
         while queue or pending:
             while queue and len(pending) < limit:
                 pos, job = queue.pop(0)
-                pending[task.remote(job)] = pos
+                pending[remote.remote(fn, job)] = pos
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 pos = pending.pop(ref)
                 try:
                     yield pos, ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, TansError):
+                        raise exc.cause from None
                     raise exc.as_instanceof_cause() from None
     finally:
         for ref in pending:
@@ -119,14 +141,14 @@ def as_completed(fn: Callable, jobs: list, threads: int, workers: int | None = N
 
 
 def parallel_map(fn: Callable, jobs: list, workers: int, executor: Executor | None = None,
-                 threads: int = 1) -> Iterator:
+                 threads: int = 1, gpus: float = 0.0) -> Iterator:
     """``fn`` over ``jobs``, results in the jobs' order: in this process (local, one worker or one job),
     in ``workers`` spawned processes (local), or as Ray tasks of ``threads`` CPUs each."""
     executor = executor or Executor()
     if executor.is_ray:
         results: dict[int, object] = {}
         nxt = 0
-        for pos, res in as_completed(fn, jobs, threads, workers):
+        for pos, res in as_completed(fn, jobs, threads, workers, gpus):
             results[pos] = res
             while nxt in results:
                 yield results.pop(nxt)

@@ -129,3 +129,34 @@ def test_cuda_is_refused_where_no_device_answers(tiny_data_dir, tmp_path):
         r = CliRunner().invoke(main, cmd + ["--device", "cuda", "--work-dir", str(tmp_path / "w")])
         assert r.exit_code != 0 and "--device cuda: no CUDA device answers here" in r.output, (cmd, r.output)
     assert not (tmp_path / "w" / "mlflow.db").exists()
+
+
+def test_a_failing_task_raises_our_error_and_tasks_see_the_clusters_device(monkeypatch):
+    """A task's TansError reaches the command as itself (its code and one-line message, not Ray's traceback);
+    results come back in the jobs' order; the tasks' device is the cluster's (Ray hides GPUs from a task that
+    asks for none)."""
+    from tans_registry.errors import ConfigError, TansError
+    from tans_registry.executor import Executor, parallel_map, ray_session, task_device
+
+    monkeypatch.setenv("RAY_ADDRESS", "")
+
+    def _fails(job):  # nested: pickled by value for the Ray workers (this test module is not importable there)
+        from tans_registry.errors import TansError
+
+        if job == "bad":
+            raise TansError("group g cannot be built: its artifacts are gone", code="ZOO_ARTIFACTS")
+        return job * 2
+
+    with ray_session(None) as resources:
+        assert resources.get("CPU", 0) >= 1
+        assert list(parallel_map(_fails, [3, 1, 2], 2, Executor("ray"))) == [6, 2, 4]
+        with pytest.raises(TansError) as err:
+            list(parallel_map(_fails, [1, "bad", 2], 2, Executor("ray")))
+        assert err.value.code == "ZOO_ARTIFACTS" and str(err.value) == "group g cannot be built: its artifacts are gone"
+        assert task_device("cpu") == ("cpu", 0.0)
+        if resources.get("GPU", 0) < 1:
+            assert task_device("auto") == ("cpu", 0.0)
+            with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
+                task_device("cuda")
+        else:
+            assert task_device("auto") == ("cuda", 1.0)

@@ -29,7 +29,7 @@ from ..data import load_dataset, resolve_data_dir
 from ..data.stats import image_hashes
 from ..errors import ConfigError, TansError
 from ..device import resolve as resolve_device
-from ..executor import Executor, parallel_map, ray_session
+from ..executor import Executor, parallel_map, ray_session, task_device
 from ..finetune.config import FinetuneSettings
 from ..registry.index import load_index
 from ..registry.names import model_uri
@@ -117,7 +117,7 @@ def _zoo_facts(wd: Path, indexed_groups: set[str]) -> dict:
     base_start = None
     if base is not None:  # its weights, fetched once for every query dataset's best-average start
         folder = store.group_dir(base.info.run_id)
-        base_start = {"weights": str(folder / "supernet.safetensors"),
+        base_start = {"weights": str(folder / "supernet.safetensors"), "base_run": base.info.run_id,
                       "supernet": json.loads((folder / "zoo.json").read_text())["header"]["supernet"]}
     return {"datasets": sorted({r.data.tags.get("tans.dataset", g) for g, r in groups.items()}),
             "fingerprints": {r.data.tags.get("tans.fingerprint") for r in groups.values()} - {None},
@@ -251,8 +251,14 @@ def _workers(cfg: BenchConfig) -> tuple[int, int]:
 def _map(fn, jobs: list[dict], workers: int, cfg: BenchConfig):
     """``fn`` over ``jobs`` in order: in ``workers`` spawned processes (in this one for 1), or as Ray tasks."""
     executor = Executor(cfg.executor, cfg.ray_address)
-    yield from parallel_map(fn, jobs, workers if not executor.is_ray else (cfg.workers or len(jobs)), executor,
-                            threads=jobs[0]["threads"] if jobs else 1)
+    if not executor.is_ray:
+        yield from parallel_map(fn, jobs, workers, executor, threads=jobs[0]["threads"] if jobs else 1)
+        return
+    device, gpus = task_device(cfg.device)  # Ray hides GPUs from tasks that ask for none
+    jobs = [j | {"device": device} | ({"settings": j["settings"] | {"device": device}} if "settings" in j else {})
+            for j in jobs]
+    yield from parallel_map(fn, jobs, cfg.workers or len(jobs), executor, threads=jobs[0]["threads"] if jobs else 1,
+                            gpus=gpus)
 
 
 def _spec_of(idx, row: int, n_classes: int) -> dict:

@@ -11,6 +11,7 @@ from the same weights with its own schedule; the fine-tuning is the product's
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +40,12 @@ def _module(start: dict, n_classes: int, x_calib: np.ndarray, seed: int, device:
     if kind == "base":
         from safetensors.torch import load_file
 
-        supernet.load_state_dict(load_file(start["weights"]))
+        path = Path(start["weights"])
+        if not path.is_file() and start.get("base_run"):  # a Ray task on another machine: fetch it there
+            from ..zoo.store import group_dir
+
+            path = group_dir(start["base_run"]) / "supernet.safetensors"
+        supernet.load_state_dict(load_file(str(path)))
     elif kind != "scratch":
         raise ValueError(f"unknown start kind {kind!r}")
     module = extract_subnet(supernet, validate_arch(start["arch"], spec)).to(device)

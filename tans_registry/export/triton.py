@@ -99,6 +99,9 @@ def stage(repo: Path, models: dict[str, Path], max_batch_size: int, classes, sou
     to ``repo`` (same file system: :func:`publish` renames); returns the staging folder."""
     repo.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.staging-", dir=repo.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would keep a Triton server of another user out
     try:
         for name, onnx_path in models.items():
             folder = staging / name

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from .. import tracking
 from ..errors import TansError
-from ..executor import Executor, parallel_map, ray_session
+from ..executor import Executor, parallel_map, ray_session, task_device
 from ..registry import models as registry_models
 from .candidate import finetune_candidate
 from .config import CandidateResult, FinetuneSettings
@@ -58,7 +58,9 @@ def _run_jobs(jobs: list[dict], workers: int, executor: Executor) -> list[dict]:
     if not executor.is_ray:
         return list(parallel_map(_candidate_or_error, jobs, workers))
     with ray_session(executor.ray_address):
-        outs = list(parallel_map(_candidate_anywhere, jobs, workers, executor, threads=jobs[0]["threads"]))
+        device, gpus = task_device(jobs[0]["settings"].get("device"))
+        jobs = [j | {"settings": j["settings"] | {"device": device}} for j in jobs]
+        outs = list(parallel_map(_candidate_anywhere, jobs, workers, executor, threads=jobs[0]["threads"], gpus=gpus))
     for job, out in zip(jobs, outs):
         if "weights" in out:
             Path(job["out"]).write_bytes(out.pop("weights"))

@@ -103,7 +103,8 @@ def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
     with C.wrapped("register the zoo", "check the store and run `tans zoo register` again (it is idempotent)"):
         for group, run in tqdm(items[start:] + items[:start], desc="register", unit="group", disable=not cfg.progress):
             name = zoo_model_name(group)
-            made, had, old = _retrying(lambda: _register_group(name, run), f"registering {name}")
+            mine: set[int] = set()  # this writer's versions, kept across retries of the group
+            made, had, old = _retrying(lambda: _register_group(name, run, mine), f"registering {name}")
             if made:
                 models[name] = made
             created, existing, superseded = created + made, existing + had, superseded + old
@@ -112,9 +113,11 @@ def register_zoo(cfg: RegisterConfig = RegisterConfig()) -> RegisterRecord:
                           superseded=superseded)
 
 
-def _register_group(name: str, run) -> tuple[int, int, int]:
+def _register_group(name: str, run, mine: set[int] | None = None) -> tuple[int, int, int]:
     """Register one group run's networks as versions of ``name`` (idempotent: what exists is kept, racing
-    writers converge); returns (created, already there, superseded)."""
+    writers converge); returns (created, already there, superseded). ``mine`` collects the versions this
+    writer created (across retries: a retry after creating them still counts them)."""
+    mine = set() if mine is None else mine
     model = C.get_model(name)
     if (model is not None and model.tags.get(DONE_TAG) == run.info.run_id
             and model.tags.get(CHECKED_TAG) == run.info.run_id):
@@ -131,12 +134,12 @@ def _register_group(name: str, run) -> tuple[int, int, int]:
     created = 0
     if todo:
         f_emb = load_functional_embeddings(run.info.run_id)
-        mine = set()
         for row in todo:
             mine.add(int(C.client().create_model_version(
                 name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
                 run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
                 description=model_card(header, row, name)).version))
+    if mine:
         kept = _dedupe(name, run.info.run_id)
         created = len(mine & kept)  # racing writers: only the versions of this one that survived count
         existing = len(rows) - created
@@ -159,7 +162,9 @@ def _retrying(fn, what: str):
         except Exception as exc:  # noqa: BLE001 - only connection errors are retried, the rest re-raised
             if attempt == RETRIES or not (_connection_lost(exc) or _racing_insert(exc)):
                 raise
-            log.warning("the store's connection was lost while %s (%s); trying again (%d/%d)", what,
+            why = "another writer's write collided with this one" if _racing_insert(exc) else \
+                "the store's connection was lost"
+            log.warning("%s while %s (%s); trying again (%d/%d)", why, what,
                         tracking.scrub(str(exc).splitlines()[0])[:120], attempt + 1, RETRIES)
             time.sleep(RETRY_WAIT_S * attempt)
 

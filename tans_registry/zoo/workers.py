@@ -60,15 +60,16 @@ def build_in_ray(build_group, todo, profile, cfg, exp_id, uri, base_run, results
     The same seed builds the same networks as the local executor: a group's build depends on its data,
     the profile and the seed only. A failing group stops the build (the tasks in flight are cancelled);
     as locally, a group's run is marked complete last, so `--resume` rebuilds what was in progress."""
-    from ..executor import as_completed, ray_session
+    from ..executor import as_completed, ray_session, task_device
 
-    worker_cfg = replace(cfg, progress=False)
-    jobs = [{"build_group": build_group, "group": group, "profile": profile, "cfg": worker_cfg, "exp_id": exp_id,
-             "chash": chash, "uri": uri, "project_run": tracking.PROJECT_RUN_ID, "base_run": base_run}
-            for group, chash in todo]
     with ray_session(cfg.ray_address) as resources:
-        bar.set_postfix_str(f"ray: {int(resources.get('CPU', 0))} CPUs")
-        for _, res in as_completed(_ray_build, jobs, threads=1, workers=cfg.workers):
+        device, gpus = task_device(cfg.device)
+        worker_cfg = replace(cfg, progress=False, device=device)
+        jobs = [{"build_group": build_group, "group": group, "profile": profile, "cfg": worker_cfg, "exp_id": exp_id,
+                 "chash": chash, "uri": uri, "project_run": tracking.PROJECT_RUN_ID, "base_run": base_run}
+                for group, chash in todo]
+        bar.set_postfix_str(f"ray: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs")
+        for _, res in as_completed(_ray_build, jobs, threads=1, workers=cfg.workers, gpus=gpus):
             results[res.group] = res
             bar.set_postfix_str(f"{res.group} {res.best_accuracy:.3f}")
             bar.update(1)
