@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -113,17 +112,7 @@ def tracking_server(backend_uri: str, folder: Path, workers: int):
         log.info("mlflow server up on %s in %.1f s (%s)", uri, time.monotonic() - t0, tracking.redact(backend_uri))
         yield uri
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        tracking.stop_process_group(proc)
 
 
 def _point_at(uri: str) -> None:

@@ -153,6 +153,26 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
                             "SQLite store in the work directory.") from None
 
 
+def stop_process_group(proc, grace_s: float = 20.0) -> None:
+    """Stop a server started in its own process group (``start_new_session=True``, as the tests and
+    scripts start `mlflow server`): SIGTERM, ``grace_s`` to exit, then SIGKILL to whatever of the group is
+    left (its workers outlive the CLI process)."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
 def server_command(backend_store_uri: str, artifacts_destination: str | Path, host: str = "127.0.0.1",
                    port: int = 5000, mlflow_exe: str | Path = "mlflow", workers: int | None = None,
                    allowed_hosts: list[str] | tuple[str, ...] | None = None) -> list[str]:

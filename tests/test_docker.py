@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tans_registry.tracking import server_command
+from tans_registry.tracking import server_command, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -228,16 +227,7 @@ def test_the_compose_server_command_started_for_real_accepts_the_services_host_h
         assert _status(api, f"localhost:{port}") == 200
         assert _status(api, "attacker.example:5000") == 403
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        stop_process_group(proc)
 
 
 def _status_or_none(url: str) -> int | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tans_registry.tracking import server_command
+from tans_registry.tracking import server_command, stop_process_group
 
 pytestmark = pytest.mark.postgres
 
@@ -94,17 +93,7 @@ def tracking_server(backend_uri: str, artifacts: Path, cwd: Path):
             yield uri
             return
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived the CLI process
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
+            stop_process_group(proc)
 
 
 def test_the_whole_pipeline_runs_against_a_tracking_server_on_postgresql_with_served_artifacts(
