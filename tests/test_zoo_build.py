@@ -1,7 +1,9 @@
 """Zoo building end to end on tiny real data: MLflow records, listing, loading, resume, PostgreSQL."""
 from __future__ import annotations
 
+import collections
 import json
+import time
 
 import mlflow
 import numpy as np
@@ -182,6 +184,40 @@ def test_workers_build_groups_in_parallel_processes_from_the_base(tiny_data_dir,
     assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}
     again = build_zoo(tiny(tiny_data_dir, work, base_epochs=0.5, workers=2, resume=True))
     assert [g.status for g in again.groups] == ["skipped", "skipped"]
+
+
+_Built = collections.namedtuple("_Built", "group best_accuracy")
+_Group = collections.namedtuple("_Group", "name seconds")
+
+
+def _sleepy_build(group, profile, cfg, exp_id, chash, base):
+    """A worker's group build that takes ``group.seconds`` (module level: the spawned workers import it)."""
+    time.sleep(group.seconds)
+    return _Built(group.name, 0.5)
+
+
+class _Bar:
+    def __init__(self):
+        self.updates: list[float] = []
+
+    def update(self, n):
+        self.updates.append(time.monotonic())
+
+    def set_postfix_str(self, s):
+        pass
+
+
+def test_workers_report_each_group_as_it_finishes(tmp_path):
+    """The progress bar moves when a group is done, not once every group is (session 9: it sat at 0/45 for
+    a 55-minute build, then jumped to 45)."""
+    from tans_registry.zoo.workers import build_in_workers
+
+    cfg = ZooConfig(work_dir=str(tmp_path), workers=2, progress=False)
+    bar, results = _Bar(), {}
+    todo = [(_Group("fast", 0.0), "h1"), (_Group("slow", 6.0), "h2")]
+    build_in_workers(_sleepy_build, todo, None, cfg, "0", f"sqlite:///{tmp_path}/m.db", None, results, bar)
+    assert set(results) == {"fast", "slow"} and len(bar.updates) == 2
+    assert bar.updates[1] - bar.updates[0] > 3.0  # the fast group was counted while the slow one slept
 
 
 def test_workers_must_be_positive(tiny_data_dir, tmp_path):

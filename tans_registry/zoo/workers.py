@@ -20,7 +20,7 @@ def build_in_workers(build_group, todo, profile, cfg, exp_id, uri, base_run, res
     failing group or an interrupt stops every worker at once; nothing is half-written (a group's run
     is marked complete last, so `--resume` rebuilds the groups that were in progress)."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     workers = min(cfg.workers or 1, len(todo))
     threads = max(1, torch.get_num_threads() // workers)
@@ -31,7 +31,9 @@ def build_in_workers(build_group, todo, profile, cfg, exp_id, uri, base_run, res
         pending = {pool.submit(_worker_build, build_group, group, profile, worker_cfg, exp_id, chash) for group, chash in todo}
         bar.set_postfix_str(f"{workers} workers x {threads} threads")
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # FIRST_COMPLETED, not FIRST_EXCEPTION: the latter returns only when every group is done (or one
+            # failed), so the bar sat at 0 for the whole build
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 exc = fut.exception()
                 if exc is not None:
