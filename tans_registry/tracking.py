@@ -215,7 +215,15 @@ def experiment_id(key: str, work_dir: Path) -> str:
         location = None
         if is_database_uri(mlflow.get_tracking_uri()):
             location = (work_dir / ARTIFACT_DIR / name.replace("/", "-")).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            # two commands started at once on a new store both found no experiment; the one that created
+            # it second uses the first one's (SQLite says UNIQUE constraint, the server RESOURCE_ALREADY_EXISTS)
+            exp = client.get_experiment_by_name(name)
+            if exp is None or exp.lifecycle_stage == "deleted":
+                raise
+            return exp.experiment_id
     except MlflowException as exc:
         raise TrackingError(_explain(mlflow.get_tracking_uri(), exc)) from exc
     except Exception as exc:  # connection errors surface as SQLAlchemy/psycopg exceptions

@@ -530,6 +530,31 @@ def test_queries_answer_while_new_networks_await_embedding_and_a_garbled_version
     assert ("zoo.cells", 1) not in picked and ("zoo.blood", 1) in picked and len(picked) == 19
 
 
+def test_two_commands_creating_an_experiment_at_once_both_use_the_one_created(tmp_path, monkeypatch):
+    """Two commands started at once on a store without ``tans/queries``: both read "no such experiment",
+    the second one's create fails on the name (CI saw the second of two parallel queries exit with a
+    TRACKING error); it must use the experiment the first one created. The other command's create is
+    put between this one's read and create, on the real SQLite store."""
+    from mlflow import MlflowClient
+
+    from tans_registry import tracking
+
+    wd, _ = tracking.setup(tmp_path / "w")
+    read = MlflowClient.get_experiment_by_name
+    created = []
+
+    def read_then_the_other_creates(self, name):
+        exp = read(self, name)
+        if not created:
+            created.append(MlflowClient().create_experiment(name))
+        return exp
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", read_then_the_other_creates)
+    assert tracking.experiment_id("queries", wd) == created[0]
+    monkeypatch.undo()
+    assert [e.name for e in MlflowClient().search_experiments() if e.name.startswith("tans/")] == ["tans/queries"]
+
+
 def test_two_fine_tuning_queries_at_once_both_land_and_the_champion_is_the_better(indexed_work, tiny_data_dir,
                                                                                   tmp_path):
     import mlflow
