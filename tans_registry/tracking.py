@@ -206,24 +206,34 @@ def experiment_id(key: str, work_dir: Path) -> str:
 
     name = EXPERIMENTS[key]
     client = mlflow.MlflowClient()
+
+    def settled():
+        """The experiment after another command's create or restore won the race, or None."""
+        exp = client.get_experiment_by_name(name)
+        return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
+
     try:
         exp = client.get_experiment_by_name(name)
+        # two commands started at once may both find the experiment missing (or deleted): the one whose
+        # create (restore) comes second fails on it (SQLite: UNIQUE constraint; a server:
+        # RESOURCE_ALREADY_EXISTS) and uses the experiment the other one made
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(exp.experiment_id)
+                try:
+                    client.restore_experiment(exp.experiment_id)
+                except MlflowException:
+                    if settled() is None:
+                        raise
             return exp.experiment_id
         location = None
         if is_database_uri(mlflow.get_tracking_uri()):
             location = (work_dir / ARTIFACT_DIR / name.replace("/", "-")).as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
-        except MlflowException as exc:
-            # two commands started at once on a new store both found no experiment; the one that created
-            # it second uses the first one's (SQLite says UNIQUE constraint, the server RESOURCE_ALREADY_EXISTS)
-            exp = client.get_experiment_by_name(name)
-            if exp is None or exp.lifecycle_stage == "deleted":
+        except MlflowException:
+            if (other := settled()) is None:
                 raise
-            return exp.experiment_id
+            return other
     except MlflowException as exc:
         raise TrackingError(_explain(mlflow.get_tracking_uri(), exc)) from exc
     except Exception as exc:  # connection errors surface as SQLAlchemy/psycopg exceptions

@@ -533,8 +533,9 @@ def test_queries_answer_while_new_networks_await_embedding_and_a_garbled_version
 def test_two_commands_creating_an_experiment_at_once_both_use_the_one_created(tmp_path, monkeypatch):
     """Two commands started at once on a store without ``tans/queries``: both read "no such experiment",
     the second one's create fails on the name (CI saw the second of two parallel queries exit with a
-    TRACKING error); it must use the experiment the first one created. The other command's create is
-    put between this one's read and create, on the real SQLite store."""
+    TRACKING error); it must use the experiment the first one created. Likewise for a deleted experiment
+    both restore. The other command's create (restore) is put between this one's read and its own, on the
+    real SQLite store."""
     from mlflow import MlflowClient
 
     from tans_registry import tracking
@@ -553,6 +554,21 @@ def test_two_commands_creating_an_experiment_at_once_both_use_the_one_created(tm
     assert tracking.experiment_id("queries", wd) == created[0]
     monkeypatch.undo()
     assert [e.name for e in MlflowClient().search_experiments() if e.name.startswith("tans/")] == ["tans/queries"]
+
+    # the same with a deleted experiment: the other command restores it first
+    MlflowClient().delete_experiment(created[0])
+
+    def read_then_the_other_restores(self, name):
+        exp = read(self, name)
+        if len(created) == 1:
+            MlflowClient().restore_experiment(created[0])
+            created.append("restored")
+        return exp
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", read_then_the_other_restores)
+    assert tracking.experiment_id("queries", wd) == created[0]
+    monkeypatch.undo()
+    assert MlflowClient().get_experiment(created[0]).lifecycle_stage == "active"
 
 
 def test_two_fine_tuning_queries_at_once_both_land_and_the_champion_is_the_better(indexed_work, tiny_data_dir,
