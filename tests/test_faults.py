@@ -405,12 +405,24 @@ def test_kill_9_during_index_build_fine_tuning_and_export_then_rerun_equals_unin
     _ok(TANS + query + ["--work-dir", str(killed)])
     assert masked(registry_dump(killed)) == masked(registry_dump(straight))
 
-    # an export: killed half-way (after it has started working), then run again
+    # an export: killed half-way (after 8 s of work, before it has registered), then run again. An export takes
+    # less than 8 s on a fast machine: killed after it had registered, it would have finished, and the rerun
+    # would rightly add a second version (CI saw it). So another writer holds the store's write lock meanwhile
+    # (readers go on): the export converts and checks its graph, then waits for the lock at its first write
+    # (MLflow's busy timeout is 20 s) or is still converting when it is killed; either way it wrote nothing.
     export = ["export", "models:/tans-finetuned.cells/1", "--no-promote", *data]
     _ok(TANS + export + ["--work-dir", str(straight)])
-    t0 = time.time()
-    rc = _killpg_when(TANS + export + ["--work-dir", str(killed)], lambda: time.time() - t0 > 8)
+    before = registry_dump(killed)
+    writer = sqlite3.connect(db, timeout=30)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        t0 = time.time()
+        rc = _killpg_when(TANS + export + ["--work-dir", str(killed)], lambda: time.time() - t0 > 8)
+    finally:
+        writer.rollback()
+        writer.close()
     assert rc == -signal.SIGKILL
+    assert registry_dump(killed) == before and _count_rows(db, "select count(*) from runs where name like 'export-%'") == 0
     _ok(TANS + export + ["--work-dir", str(killed)])
     assert masked(registry_dump(killed)) == masked(registry_dump(straight))
 
