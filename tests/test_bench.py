@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from conftest import _save
 from tans_registry.bench import metrics as M
+from tans_registry.bench.runs import SEED_KEY_TAG as SEED_KEY
 
 
 # ----------------------------------------------------------------------------- figures by hand
@@ -120,8 +121,10 @@ def test_the_goals_and_the_table_by_hand(tmp_path):
     ds["b"]["methods"]["tans"]["epochs_to_scratch"] = 1
     assert {x["goal"]: x for x in goals(ds)}["epochs_vs_scratch"]["met"] is True
     table = markdown(ds)
-    assert "| tans | 0.800 / 0.900 | 0.600 / 0.740 | 0.700 / 0.800 |" in table
-    assert "| random | 0.700 / 0.800 ±0.010 |" in table
+    assert "| dataset | tans | logme_all | random | best_average | best test (upper bound) | logreg pixels |" in table
+    assert "| a | 0.900 | 0.500 | 0.800 ±0.010 | 0.850 | - | - |" in table        # full budget
+    assert "| b | 0.600 | 0.400 | 0.650 | 0.500 | - | - |" in table               # one epoch
+    assert "| tans | 2.7 / 1.7 | - | 1/2 |" in table   # regrets (2 + 5 + 1) / 3 at one epoch, (1 + 4 + 0) / 3 full
     # the script merges a --json output and a one-dataset artifact into the same table
     (tmp_path / "ab.json").write_text(json.dumps({"datasets": {"a": ds["a"], "b": ds["b"]}}))
     (tmp_path / "bench-c.json").write_text(json.dumps(ds["c"] | {"dataset": ds["c"]["dataset"] | {"name": "c"}}))
@@ -208,34 +211,48 @@ def test_a_reported_dataset_never_reaches_the_zoo_the_base_the_backbone_or_the_e
 
 
 def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_pipeline, tmp_path):
-    """`tans bench` over the build's holdout and an archive from outside: every method, both budgets, the
-    regrets, the scorers' weighted tau, costs, plots; one run per dataset in tans/bench."""
+    """`tans bench` over the build's holdout and an archive from outside at two seeds: every method, both
+    budgets, the validation-picked oracle and the upper bound, the floors, the regrets, the scorers'
+    weighted tau, costs, the pooled intervals, plots; one run per dataset and per seed in tans/bench, one per
+    start and budget with its curve; then `--resume` reuses every finished (dataset, seed)."""
     import mlflow
 
     from tans_registry.cli import main
 
     p = bench_pipeline
     plots = tmp_path / "plots"
-    res = CliRunner().invoke(main, ["bench", "--work-dir", str(p["work"]), "--data-dir", str(p["data"]),
-                                    "--holdout", "faces", "--query-data", str(p["outside"] / "glyphs.npz"),
-                                    "--epochs", "2", "--ground-truth", "4", "--random-draws", "2",
-                                    "--max-train", "50", "--max-test", "20", "--workers", "1", "--seed", "1",
-                                    "--plots", str(plots), "--json"])
+    args = ["bench", "--work-dir", str(p["work"]), "--data-dir", str(p["data"]),
+            "--holdout", "faces", "--query-data", str(p["outside"] / "glyphs.npz"),
+            "--epochs", "2", "--ground-truth", "4", "--random-draws", "2",
+            "--max-train", "50", "--max-test", "20", "--workers", "1", "--seed", "1", "--seeds", "2",
+            "--plots", str(plots), "--json"]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)
     assert set(rec["datasets"]) == {"faces", "glyphs"}
     for name, d in rec["datasets"].items():
         methods = d["methods"]
+        assert d["seeds"] == [1, 2] and len(d["per_seed"]) == 2
         assert {"tans", "tans_predictor", "tans_logme", "logme_all", "random", "best_average", "top_source",
                 "largest", "scratch", "oracle"} <= set(methods)
         oracle = d["oracle"]["full"]
+        assert d["upper_bound"]["full"] >= oracle - 1e-12          # the best test bounds the validation pick
+        assert 0.0 <= d["floors"]["logreg_pixels"] <= 1.0 and len(d["floors"]["logreg_pixels_seeds"]) == 2
         for m in methods.values():
             assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 <= m["test_acc_one_epoch"] <= 1.0
+            assert 0.0 <= m["probe_test_acc"] <= 1.0                   # the start's linear probe beside it
             assert len(m["val_history"]) == 2                               # every epoch of the full budget
+            assert len(m["seeds"]["test_acc"]) == 2
+            assert m["test_acc"] == pytest.approx(np.mean(m["seeds"]["test_acc"]))
+            assert m["spread"]["test_acc"] == pytest.approx(np.std(m["seeds"]["test_acc"], ddof=1))
         for m in ("tans", "tans_predictor", "tans_logme", "logme_all", "top_source", "largest"):
             assert methods[m]["regret_top1"] == pytest.approx(100 * (oracle - methods[m]["test_acc"]))
-            assert methods[m]["regret_top1"] >= -1e-9 and methods[m]["regret_top3"] <= methods[m]["regret_top1"] + 1e-9
         assert methods["oracle"]["regret_top1"] == pytest.approx(0.0)
+        # the oracle of each seed is its best-validation network, scored by test
+        for s, gt in zip(d["per_seed"], d["ground_truth"]["by_seed"]):
+            best = max(gt["val_acc"], key=lambda u: gt["val_acc"][u])
+            assert s["oracle"]["full"] == pytest.approx(gt["test_acc"][best])
+            assert s["upper_bound"]["full"] == pytest.approx(max(gt["test_acc"].values()))
         assert methods["random"]["draws"] == 2 and "test_acc_std" in methods["random"]
         assert methods["tans"]["forward_passes"] == 1                      # the query embedding only
         n = rec["zoo"]["networks"]
@@ -245,15 +262,41 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
         assert set(d["weighted_tau"]) == {"tans", "predictor", "logme"}
         assert methods["best_average"]["picks"][0]["weights"] == "base supernet"
         assert methods["scratch"]["picks"][0]["arch_hash"] == methods["tans"]["picks"][0]["arch_hash"]
+        assert len({json.dumps(x, sort_keys=True) for x in d["preparation"]}) == 2   # one per seed
+    iv = rec["intervals"]
+    for k in ("tans_minus_best_average", "tans_minus_random", "regret_tans", "regret_tans_one_epoch"):
+        assert iv[k]["n"] == 4 and iv[k]["low"] <= iv[k]["mean"] <= iv[k]["high"]   # 2 datasets x 2 seeds
+    pairs = [100 * (s["methods"]["tans"]["test_acc"] - s["methods"]["best_average"]["test_acc"])
+             for d in rec["datasets"].values() for s in d["per_seed"]]
+    assert iv["tans_minus_best_average"]["mean"] == pytest.approx(np.mean(pairs))
     assert rec["zoo"]["holdout"] == ["faces"]
     assert sorted(x.split("/")[-1] for x in rec["plots"]) == ["bench-epochs-faces.png", "bench-epochs-glyphs.png",
-                                                             "bench-regret.png"]
-    assert all((plots / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in ("bench-regret.png",))
+                                                             "bench-forest.png", "bench-regret.png"]
+    assert all((plots / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in ("bench-regret.png", "bench-forest.png"))
     runs = mlflow.search_runs(experiment_names=["tans/bench"], output_format="list")
     assert {r.data.tags.get("tans.dataset") for r in runs} >= {"faces", "glyphs"}
+    seed_runs = [r for r in runs if r.data.tags.get(SEED_KEY) and r.data.tags.get("tans.start") is None]
+    assert len(seed_runs) == 4
+    # one run per start and budget, its validation curve by epoch, all prepared alike within a seed
+    client = mlflow.MlflowClient()
+    for sr in seed_runs:
+        curves = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sr.info.run_id]
+        budgets = {r.data.tags["tans.budget"] for r in curves}
+        assert budgets == {"1", "2"} and len(curves) == 2 * len({r.data.tags["tans.start"] for r in curves})
+        assert len({r.data.tags["tans.preparation"] for r in curves}) == 1
+        for r in curves:
+            hist = client.get_metric_history(r.info.run_id, "val_accuracy")
+            assert [m.step for m in hist] == list(range(1, int(r.data.tags["tans.budget"]) + 1))
     parent = mlflow.get_run(rec["run_id"])
     assert parent.data.params["seed"] == "1" and parent.data.params["max_train"] == "50"
-    assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)} >= {"bench.json", "plots"}
+    assert parent.data.params["seeds"] == "2" and parent.data.params["bn_policy"] == "query"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"bench.json", "plots"}
+    # --resume: every (dataset, seed) was finished with these settings: reused, the same figures
+    again = CliRunner().invoke(main, [a for a in args if a not in ("--plots", str(plots))] + ["--resume"])
+    assert again.exit_code == 0, again.output
+    rec2 = json.loads(again.stdout)
+    assert mlflow.get_run(rec2["run_id"]).data.tags["tans.resumed"].count("seed") == 4
+    assert rec2["datasets"]["faces"]["methods"]["tans"]["seeds"] == rec["datasets"]["faces"]["methods"]["tans"]["seeds"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -287,3 +330,77 @@ def test_zoo_build_holdout_is_checked_before_anything_is_built(tiny_data_dir, tm
 
     tracking.setup(str(tmp_path))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_every_start_is_prepared_alike_and_logme_sees_it_as_fine_tuning_starts(bench_pipeline):
+    """One start of each kind (a zoo version, a subnet of the base supernet, random weights), prepared by
+    the one function: the same preparation record; batch norm re-estimated on the same query training
+    images (the first layer's statistics computed here by hand from them); the same seeded head; and LogME
+    scores the network exactly as prepared."""
+    import mlflow
+    import torch
+    from torch import nn
+
+    from tans_registry import tracking
+    from tans_registry.bench.stage import _zoo_facts
+    from tans_registry.data import load_dataset
+    from tans_registry.registry.index import load_index
+    from tans_registry.registry.names import model_uri
+    from tans_registry.registry.pyfunc import load_module, load_network_info
+    from tans_registry.retrieval.logme import logme
+    from tans_registry.retrieval.search import LOGME_IMAGES, logme_scores
+    from tans_registry.data.stats import image_hashes
+    from tans_registry.retrieval.starts import calibration_set, load_start, prepare, prepared_start, split_train_val
+    from tans_registry.encoders.backbone import sample_per_class
+    from tans_registry.zoo.measure import penultimate
+    from tans_registry.zoo.tensors import to_tensor
+
+    p = bench_pipeline
+    wd, uri = tracking.setup(str(p["work"]))
+    mlflow.set_registry_uri(uri)
+    idx = load_index(wd, latency=False)[0]
+    zoo = _zoo_facts(wd, set(idx.groups.tolist()))
+    assert zoo["base_start"] is not None
+    uri0 = model_uri(str(idx.names[0]), int(idx.versions[0]))
+    info = load_network_info(uri0)
+    arch = info["arch"]
+    starts = {"zoo": {"kind": "zoo", "uri": uri0},
+              "base": {"kind": "base", **zoo["base_start"], "arch": arch},
+              "scratch": {"kind": "scratch", "supernet": info["supernet"], "arch": arch, "seed": 3}}
+    ds = load_dataset("faces", data_dir=p["data"], max_train=60, max_test=20)
+    calib = calibration_set(ds.x_train, ds.y_train, 0.2, seed=5)
+    tr, va = split_train_val(ds.y_train, 0.2, 5)
+    assert len(calib) == min(len(tr), 256) and len(va) > 0       # the training part only, never validation
+    assert not np.isin(image_hashes(calib), image_hashes(ds.x_train[va])).any()
+    preps, heads = {}, {}
+    for kind, start in starts.items():
+        module, mean, std, prep = prepared_start(start, ds.n_classes, calib, seed=5)
+        preps[kind] = prep
+        # the first batch norm's statistics are the calibration images' own, computed here by hand
+        first = module.first_conv
+        with torch.no_grad():
+            h = first.conv(to_tensor(calib, mean, std))
+        bn = first.bn
+        assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-4), kind
+        assert torch.allclose(bn.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5), kind
+        lin = module.classifier.linear
+        torch.manual_seed(5)
+        ref = nn.Linear(lin.in_features, ds.n_classes)
+        assert torch.equal(lin.weight, ref.weight) and torch.equal(lin.bias, ref.bias), kind
+        heads[kind] = lin.out_features
+        assert not module.training
+    assert preps["zoo"] == preps["base"] == preps["scratch"]     # one preparation for every kind
+    assert preps["zoo"].bn == "query" and preps["zoo"].calib_images == len(calib)
+    assert set(heads.values()) == {ds.n_classes}
+    # the zoo version's source statistics were replaced (the check sees what it looks for)
+    source = load_module(uri0)
+    prepared = prepared_start(starts["zoo"], ds.n_classes, calib, seed=5)[0]
+    assert not torch.allclose(source.first_conv.bn.running_mean, prepared.first_conv.bn.running_mean)
+    # LogME scores the network as fine-tuning starts from it
+    module, mean, std = load_start(starts["zoo"], ds.n_classes, 5)
+    module, _ = prepare(module, mean, std, ds.n_classes, calib, 5, head=False)
+    pick = sample_per_class(ds, max(1, LOGME_IMAGES // ds.n_classes), 5)
+    with torch.no_grad():
+        feats = penultimate(module, to_tensor(ds.x_train[pick], mean, std)).numpy()
+    assert logme_scores([uri0], ds, 5, "cpu", x_calib=calib)[0] == pytest.approx(logme(feats, ds.y_train[pick]), rel=1e-6)
+    assert logme_scores([uri0], ds, 5, "cpu")[0] == pytest.approx(logme(feats, ds.y_train[pick]), rel=1e-6)  # default set

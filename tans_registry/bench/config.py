@@ -31,12 +31,14 @@ class BenchConfig:
     ground_truth: int = 20                     # zoo networks fine-tuned at least (spread over retrieval order and size)
     random_draws: int = 5
     max_params: int | None = None              # the constraint every method works under (None: none)
-    seed: int = 0
+    seed: int = 0                              # the first seed; seed, seed + 1, ... for --seeds
+    seeds: int = 2                             # seeds per dataset: each its own training sample, head init, draws
     workers: int | None = None                 # jobs at once (processes); None: the machine's cores (Ray: the cluster's)
     executor: str = "local"                    # local processes, or one Ray task per start / LogME group
     device: str = "auto"                       # auto: CUDA when a device answers, else CPU
     ray_address: str | None = None             # the Ray cluster (None: RAY_ADDRESS, else a local one)
     plots: str | None = None                   # also write the PNG plots into this folder (e.g. docs/)
+    resume: bool = False                       # reuse (dataset, seed) results finished with the same settings
     work_dir: str | None = None
     data_dir: str | None = None
     progress: bool = True
@@ -52,11 +54,13 @@ class BenchConfig:
                 random_draws=P.as_int(STAGE, "random_draws", self.random_draws, 1),
                 max_params=P.as_int(STAGE, "max_params", self.max_params, 1, optional=True),
                 seed=P.as_int(STAGE, "seed", self.seed, 0),
+                seeds=P.as_int(STAGE, "seeds", self.seeds, 1),
                 workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True),
                 executor=P.as_choice(STAGE, "executor", self.executor, ("local", "ray")),
                 device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")),
                 ray_address=P.as_path(STAGE, "ray_address", self.ray_address),
                 plots=P.as_path(STAGE, "plots", self.plots),
+                resume=P.as_bool(STAGE, "resume", self.resume),
                 work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
                 data_dir=P.as_path(STAGE, "data_dir", self.data_dir),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False))
@@ -72,6 +76,54 @@ class BenchRecord:
     zoo: dict = field(default_factory=dict)       # networks, groups, the build's holdout, encoder version
     seconds: float = 0.0
     plots: tuple[str, ...] = ()
+    intervals: dict = field(default_factory=dict)  # pooled paired 95% bootstrap intervals over (dataset, seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """`tans bench-chain`: zoo build (``profile``), register, encoders, index, then the benchmark over the
+    reported datasets at ``seeds`` seeds; every stage resumable (``resume``)."""
+
+    profile: str = "bench"
+    seeds: int = 2
+    epochs: float = 5.0
+    resume: bool = False
+    workers: int | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    device: str = "auto"
+    plots: str | None = None
+    work_dir: str | None = None
+    data_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        st = "bench-chain"
+        P.store(self, profile=P.as_choice(st, "profile", self.profile, ("quick", "bench")),
+                seeds=P.as_int(st, "seeds", self.seeds, 1),
+                epochs=P.as_float(st, "epochs", self.epochs, minimum=1),
+                resume=P.as_bool(st, "resume", self.resume),
+                workers=P.as_int(st, "workers", self.workers, 1, optional=True),
+                executor=P.as_choice(st, "executor", self.executor, ("local", "ray")),
+                ray_address=P.as_path(st, "ray_address", self.ray_address),
+                device=P.as_choice(st, "device", self.device, ("auto", "cpu", "cuda")),
+                plots=P.as_path(st, "plots", self.plots),
+                work_dir=P.as_path(st, "work_dir", self.work_dir),
+                data_dir=P.as_path(st, "data_dir", self.data_dir),
+                progress=P.as_bool(st, "progress", self.progress, flag=False))
+        if self.ray_address is not None and self.executor != "ray":
+            P.fail(st, "ray_address", "used with --executor ray only", self.ray_address)
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    stage_seconds: dict = field(default_factory=dict)  # zoo_build, zoo_register, encoders_train, index_build, bench
+    total_seconds: float = 0.0
+    bench: BenchRecord | None = None
+    facts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -61,3 +61,74 @@ def spread_sample(order: list[int], sizes: dict[int, int], n: int, must: list[in
         if r not in chosen:
             chosen.append(r)
     return chosen
+
+
+# ----------------------------------------------------------------------------- oracle, bootstrap, spread
+
+def oracle_pick(val_acc: dict, test_acc: dict, k: int = 1) -> list:
+    """The benchmark's oracle: the ``k`` ground-truth candidates with the best VALIDATION accuracy, best
+    first (the oracle itself is the first; it is scored by its TEST accuracy, and the top-k oracle by the
+    best test accuracy among these k, see :func:`oracle_topk_test`).
+
+    Only candidates present in both dicts with a finite validation accuracy are ranked (one without a test
+    accuracy cannot be scored). Ties in validation accuracy keep the order the keys have in ``val_acc``
+    (dict order: a stable sort), so the earlier key wins."""
+    ranked = [c for c, v in val_acc.items() if c in test_acc and v is not None and math.isfinite(v)]
+    ranked.sort(key=lambda c: -float(val_acc[c]))          # stable: ties stay in dict order
+    return ranked[:max(int(k), 0)]
+
+
+def oracle_topk_test(val_acc: dict, test_acc: dict, k: int = 1) -> float | None:
+    """Test accuracy scored by the oracle: the max test accuracy among the top-``k`` by validation
+    (``k=1``: the best-validation candidate's test accuracy). None: no candidate to rank."""
+    picks = oracle_pick(val_acc, test_acc, k)
+    return max(float(test_acc[c]) for c in picks) if picks else None
+
+
+def upper_bound(test_acc: dict) -> float | None:
+    """The "best test (upper bound)" column: the max test accuracy over all candidates, which no method
+    choosing by validation can be guaranteed to reach (it is picked with test data). None: no candidate."""
+    vals = [float(v) for v in test_acc.values() if v is not None and math.isfinite(v)]
+    return max(vals) if vals else None
+
+
+def regret_vs(oracle_test: float, acc: float) -> float:
+    """Points below the oracle's test accuracy: ``100 * (oracle_test - acc)``. The oracle is picked by
+    VALIDATION accuracy, so its test accuracy can be below a method's and the regret can be negative; it is
+    not clipped at zero."""
+    return 100.0 * (float(oracle_test) - float(acc))
+
+
+def paired_bootstrap(diffs, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap interval of the mean of paired differences (one per dataset x seed pair, in the
+    units given: points or accuracy). The PAIRS are resampled with replacement, ``n_boot`` times:
+    ``np.random.default_rng(seed).integers(0, n, size=(n_boot, n))`` indexes the diffs, each resample's
+    mean is taken, and ``low``/``high`` are ``np.quantile`` (method 'linear') of those means at
+    ``(1 - level) / 2`` and ``1 - (1 - level) / 2``. Deterministic for a given seed.
+
+    Returns {"mean", "low", "high", "n", "level", "n_boot"}; n == 0: mean/low/high None; n == 1:
+    low == high == mean (one pair has no spread to resample)."""
+    d = np.asarray(diffs, dtype=np.float64).reshape(-1)
+    n = int(d.size)
+    out = {"mean": None, "low": None, "high": None, "n": n, "level": float(level), "n_boot": int(n_boot)}
+    if n == 0:
+        return out
+    mean = float(d.mean())
+    if n == 1:
+        return {**out, "mean": mean, "low": mean, "high": mean}
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    means = d[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return {**out, "mean": mean, "low": float(low), "high": float(high)}
+
+
+def mean_spread(values) -> dict:
+    """A per-dataset mean over seeds with its spread: {"mean", "std", "n", "values"}. ``std`` is the SAMPLE
+    standard deviation (ddof=1) when n > 1, else 0.0; n == 0: mean and std None."""
+    v = [float(x) for x in values]
+    n = len(v)
+    if n == 0:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    a = np.asarray(v, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if n > 1 else 0.0, "n": n, "values": v}

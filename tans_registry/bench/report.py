@@ -62,6 +62,35 @@ def plot_regrets(datasets: dict, path: Path) -> Path:
     return path
 
 
+def plot_forest(intervals: dict, path: Path) -> Path:
+    """The pooled paired differences (points) with their 95% bootstrap intervals, one row each."""
+    plt = _plt()
+    rows = [(k, v) for k, v in intervals.items() if v.get("mean") is not None]
+    fig, ax = plt.subplots(figsize=(7.0, 0.32 * max(len(rows), 3) + 1.2), dpi=110)
+    for i, (k, v) in enumerate(rows):
+        ax.plot([v["low"], v["high"]], [i, i], color="tab:blue")
+        ax.plot([v["mean"]], [i], "o", color="tab:blue", markersize=4)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [k for k, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    n = rows[0][1]["n"] if rows else 0
+    ax.set_xlabel("points (mean and 95% paired bootstrap interval)")
+    ax.set_title(f"pooled over {n} (dataset, seed) pairs")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _acc_cell(m: dict, key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "-"
+    spread = (m.get("spread") or {}).get(key)
+    return f"{v:.3f}" + (f"±{spread:.3f}" if spread is not None and len(m.get("seeds", {}).get(key, [])) > 1 else "")
+
+
 def table(rec) -> str:
     """The text table `tans bench` prints: one block per dataset, one row per method, then the means."""
     def f(v, fmt=".3f"):
@@ -71,21 +100,31 @@ def table(rec) -> str:
     for label, d in rec.datasets.items():
         lines.append(f"{label} ({d['dataset']['classes']} classes, {d['dataset']['n_train']} training + "
                      f"{d['dataset']['n_val']} validation images, {d['dataset']['test_images']} test; "
-                     f"ground truth {d['ground_truth']['networks']} networks)")
-        lines.append(f"  {'method':<16}{'acc 1ep':>8}{'acc':>13}{'regret1':>9}{'regret3':>9}{'ep>=scr':>8}"
-                     f"{'seconds':>9}{'passes':>8}")
+                     f"ground truth {d['ground_truth']['networks']} networks; seeds {', '.join(map(str, d['seeds']))}; "
+                     f"mean±sd over seeds)")
+        lines.append(f"  {'method':<16}{'acc 1ep':>14}{'acc':>14}{'probe':>8}{'regret1':>9}{'regret3':>9}"
+                     f"{'ep>=scr':>8}{'seconds':>9}{'passes':>8}")
         for name in TABLE_METHODS:
             m = d["methods"].get(name)
             if m is None:
                 continue
-            acc = f(m["test_acc"]) + (f"±{m['test_acc_std']:.3f}" if "test_acc_std" in m else "")
-            lines.append(f"  {name:<16}{f(m['test_acc_one_epoch']):>8}{acc:>13}{f(m['regret_top1'], '.1f'):>9}"
+            passes = m["forward_passes"]
+            lines.append(f"  {name:<16}{_acc_cell(m, 'test_acc_one_epoch'):>14}{_acc_cell(m, 'test_acc'):>14}"
+                         f"{f(m.get('probe_test_acc')):>8}{f(m['regret_top1'], '.1f'):>9}"
                          f"{f(m['regret_top3'], '.1f'):>9}{f(m['epochs_to_scratch'], 'g'):>8}"
-                         f"{f(m['query_seconds'], '.2f'):>9}{f(m['forward_passes'], 'd'):>8}")
+                         f"{f(m['query_seconds'], '.2f'):>9}{f(passes, 'g'):>8}")
         tau = d["weighted_tau"]
+        lines.append(f"  oracle (best validation) {f(d['oracle']['full'])}; best test (upper bound) "
+                     f"{f(d['upper_bound']['full'])}; logistic regression on pixels {f(d['floors']['logreg_pixels'])}")
         lines.append(f"  weighted tau vs fine-tuned accuracy: retrieval {f(tau['tans'])}, predictor "
                      f"{f(tau['predictor'])}, LogME {f(tau['logme'])}; scratch reaches {d['scratch_target']['val_accuracy']:.3f}"
                      f" (validation) at epoch {f(d['scratch_target']['scratch_epochs'], 'g')}")
+    iv = getattr(rec, "intervals", None) or {}
+    for k in ("tans_minus_best_average", "tans_minus_random", "regret_tans"):
+        v = iv.get(k)
+        if v and v.get("mean") is not None:
+            lines.append(f"{k}: {v['mean']:+.1f} points, 95% interval [{v['low']:+.1f}, {v['high']:+.1f}] over "
+                         f"{v['n']} (dataset, seed) pairs")
     lines.append(f"{len(rec.datasets)} datasets in {rec.seconds / 60:.1f} min; run {rec.run_id} in tans/bench"
                  + (f"; plots: {', '.join(rec.plots)}" if rec.plots else ""))
     return "\n".join(lines)
@@ -93,7 +132,7 @@ def table(rec) -> str:
 
 GOALS = (
     ("beats_random_and_best_average", "tans's fine-tuned accuracy >= random's (mean draw) and best_average's, "
-                                      "on at least 3 of 4 datasets"),
+                                      "on at least three quarters of the datasets"),
     ("mean_regret", "tans's mean top-1 regret (full budget) under 2 points"),
     ("tau_vs_logme", "retrieval's weighted tau >= LogME-all's (mean over datasets)"),
     ("forward_passes", "at least 100x fewer forward passes than LogME-all"),
@@ -144,32 +183,46 @@ def goals(datasets: dict) -> list[dict]:
     return [{"goal": g, "text": t} | o for (g, t), o in zip(GOALS, out)]
 
 
-def markdown(datasets: dict) -> str:
-    """BENCHMARKS.md's table: one row per method, one column pair (one epoch / full budget) per dataset, then
-    the regrets, the scorers' weighted tau and the goals."""
+def markdown(datasets: dict, intervals: dict | None = None) -> str:
+    """BENCHMARKS.md's tables: one row per dataset, one column per method (mean ±sd over seeds) at the full
+    budget and at one epoch, with the validation-picked oracle, the best test accuracy (upper bound) and
+    logistic regression on pixels beside them; the mean regrets; the scorers' weighted tau; the pooled
+    intervals (when given); the goals."""
     def f(v, fmt=".3f"):
         return "-" if v is None else format(v, fmt)
 
-    names = list(datasets)
-    head = "| method | " + " | ".join(f"{n} 1 ep / full" for n in names) + " | mean regret 1 ep / full | passes |"
-    lines = [head, "|" + "---|" * (len(names) + 3)]
-    for meth in TABLE_METHODS:
-        rows = [d["methods"].get(meth) for d in datasets.values()]
-        if all(r is None for r in rows):
-            continue
-        cells = []
-        for r in rows:
-            if r is None:
-                cells.append("-")
-                continue
-            std = f" ±{r['test_acc_std']:.3f}" if "test_acc_std" in r else ""
-            cells.append(f"{f(r['test_acc_one_epoch'])} / {f(r['test_acc'])}{std}")
-        reg1 = [r["regret_top1_one_epoch"] for r in rows if r is not None and r.get("regret_top1_one_epoch") is not None]
-        reg = [r["regret_top1"] for r in rows if r is not None and r.get("regret_top1") is not None]
-        passes = sorted({r["forward_passes"] for r in rows if r is not None and r.get("forward_passes") is not None})
-        lines.append(f"| {meth} | " + " | ".join(cells)
-                     + f" | {f(np.mean(reg1) if reg1 else None, '.1f')} / {f(np.mean(reg) if reg else None, '.1f')}"
-                     + f" | {'-' if not passes else '/'.join(str(p) for p in passes)} |")
+    meths = [m for m in TABLE_METHODS if any(m in d["methods"] for d in datasets.values())]
+
+    def cell(d: dict, meth: str, key: str) -> str:
+        r = d["methods"].get(meth)
+        if r is None or r.get(key) is None:
+            return "-"
+        sd = (r.get("spread") or {}).get(key)
+        if sd is None and key == "test_acc" and "test_acc_std" in r:
+            sd = r["test_acc_std"]
+        return f(r[key]) + ("" if sd is None else f" ±{sd:.3f}")
+
+    lines = []
+    for title, key, bkey in (("full budget", "test_acc", "full"), ("one epoch", "test_acc_one_epoch", "one_epoch")):
+        lines.append(f"Test accuracy, {title} (mean ±sd over seeds):")
+        lines.append("")
+        lines.append("| dataset | " + " | ".join(meths) + " | best test (upper bound) | logreg pixels |")
+        lines.append("|" + "---|" * (len(meths) + 3))
+        for n, d in datasets.items():
+            ub = (d.get("upper_bound") or {}).get(bkey)
+            lr = (d.get("floors") or {}).get("logreg_pixels")
+            lines.append(f"| {n} | " + " | ".join(cell(d, m, key) for m in meths) + f" | {f(ub)} | {f(lr)} |")
+        lines.append("")
+    lines.append("| method | mean regret 1 ep / full (points) | mean linear probe | passes |")
+    lines.append("|---|---|---|---|")
+    for meth in meths:
+        rows = [d["methods"][meth] for d in datasets.values() if meth in d["methods"]]
+        reg1 = [r["regret_top1_one_epoch"] for r in rows if r.get("regret_top1_one_epoch") is not None]
+        reg = [r["regret_top1"] for r in rows if r.get("regret_top1") is not None]
+        probe = [r["probe_test_acc"] for r in rows if r.get("probe_test_acc") is not None]
+        passes = sorted({r["forward_passes"] for r in rows if r.get("forward_passes") is not None})
+        lines.append(f"| {meth} | {f(np.mean(reg1) if reg1 else None, '.1f')} / {f(np.mean(reg) if reg else None, '.1f')}"
+                     f" | {f(np.mean(probe) if probe else None)} | {'-' if not passes else '/'.join(format(p, 'g') for p in passes)} |")
     lines.append("")
     lines.append("| dataset | classes | train + val / test | ground truth | tau retrieval | tau predictor | tau LogME "
                  "| scratch epochs | tans epochs to scratch's |")
@@ -180,6 +233,13 @@ def markdown(datasets: dict) -> str:
                      f"{d['ground_truth']['networks']} | {f(tau.get('tans'))} | {f(tau.get('predictor'))} | "
                      f"{f(tau.get('logme'))} | {f(d['scratch_target']['scratch_epochs'], 'g')} | "
                      f"{f(d['methods']['tans'].get('epochs_to_scratch'), 'g')} |")
+    if intervals:
+        lines.append("")
+        lines.append("| paired difference (points) | mean | 95% interval | pairs |")
+        lines.append("|---|---|---|---|")
+        for k, v in intervals.items():
+            if v.get("mean") is not None:
+                lines.append(f"| {k} | {v['mean']:+.1f} | [{v['low']:+.1f}, {v['high']:+.1f}] | {v['n']} |")
     lines.append("")
     lines.append("| goal | measured | met |")
     lines.append("|---|---|---|")

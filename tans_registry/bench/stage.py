@@ -38,8 +38,13 @@ from ..retrieval.embed import embed_dataset, load_champion
 from ..retrieval.search import rank_candidates, searchable
 from ..zoo import store
 from . import metrics as M
+from . import figures as F
+from . import runs as R
+from . import seeds as S
 from .config import BenchConfig, BenchRecord
-from .report import plot_dataset, plot_regrets
+from ..retrieval.starts import BN_POLICY, CALIB_IMAGES, calibration_set, split_train_val
+from .floors import logreg_pixels
+from .report import plot_dataset, plot_forest, plot_regrets
 from .starts import finetune_start, logme_group
 
 RANKED = {"tans": "none", "tans_predictor": "predictor", "tans_logme": "logme"}  # method -> re-ranking
@@ -55,35 +60,65 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
     champ = load_champion()
     idx = searchable(load_index(wd, latency=False)[0], champ.version, champ.encoders.cfg.embed_dim)
     zoo = _zoo_facts(wd, set(idx.groups.tolist()))
-    queries = _queries(cfg, zoo)
-    settings = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    queries = {seed: _queries(cfg, zoo, seed) for seed in seeds}  # each seed draws its own stratified sample
     exp = tracking.experiment_id("bench", wd)
     tags = {"tans.kind": "finetune-bench", "tans.encoder_version": champ.version, "tans.device": device,
             "tans.executor": cfg.executor}
     out: dict[str, dict] = {}
     plots: list[str] = []
+    resumed: list[str] = []
     ray = ray_session(cfg.ray_address) if cfg.executor == "ray" else contextlib.nullcontext()
     with ray, mlflow.start_run(experiment_id=exp, run_name="finetune-bench", tags=tags) as parent, \
             tempfile.TemporaryDirectory() as tmp:
+        settings0 = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device)
         mlflow.log_params({k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                            if k not in ("work_dir", "data_dir", "progress", "plots")}
-                          | {f"finetune_{k}": v for k, v in asdict(settings).items() if k != "patience"}
-                          | {"zoo_networks": len(idx), "zoo_holdout": ",".join(zoo["holdout"]) or "none"})
-        for label, ds in queries:
+                          | {f"finetune_{k}": v for k, v in asdict(settings0).items() if k not in ("patience", "seed")}
+                          | {"zoo_networks": len(idx), "zoo_holdout": ",".join(zoo["holdout"]) or "none",
+                             "seeds_used": ",".join(map(str, seeds)), "bn_policy": BN_POLICY,
+                             "calib_images": CALIB_IMAGES})
+        for pos, (label, _) in enumerate(queries[seeds[0]]):
+            per_seed = []
             with mlflow.start_run(experiment_id=exp, run_name=f"bench-{label}", nested=True,
-                                  tags=tags | {"tans.dataset": label, "tans.fingerprint": ds.fingerprint()}):
-                res = _bench_dataset(label, ds, cfg, settings, champ, idx, zoo, uri)
+                                  tags=tags | {"tans.dataset": label}):
+                for seed in seeds:
+                    ds = queries[seed][pos][1]
+                    key = R.seed_key(cfg, seed, ds, champ.version, idx)
+                    done = R.finished_seed(exp, key) if cfg.resume else None
+                    if done is not None:
+                        resumed.append(f"{label} seed {seed}")
+                        per_seed.append(done | {"seed": seed})
+                        continue
+                    settings = FinetuneSettings(epochs=cfg.epochs, seed=seed, device=cfg.device)
+                    with mlflow.start_run(experiment_id=exp, run_name=f"bench-{label}-seed{seed}", nested=True,
+                                          tags=tags | {"tans.dataset": label, "tans.seed": str(seed),
+                                                       "tans.fingerprint": ds.fingerprint()}) as seed_run:
+                        res, curves = _bench_dataset(label, ds, cfg, seed, settings, champ, idx, zoo, uri)
+                        mlflow.log_metrics(F.flat_metrics(res))
+                        R.log_curves(exp, seed_run.info.run_id, curves, tags | {"tans.dataset": label,
+                                                                              "tans.seed": str(seed)})
+                        mlflow.log_text(json.dumps(res, indent=1, default=float), R.SEED_ARTIFACT)
+                        mlflow.set_tag(R.SEED_KEY_TAG, key)  # last: a seed run with its key is complete
+                    per_seed.append(res | {"seed": seed})
+                res = S.aggregate(per_seed)
                 out[label] = res
-                mlflow.log_metrics(_flat_metrics(res))
+                mlflow.log_metrics(F.flat_metrics(res))
                 png = plot_dataset(label, res, Path(tmp) / f"epochs-{label}.png")
                 mlflow.log_artifact(str(png), "plots")
-                (Path(tmp) / f"bench-{label}.json").write_text(json.dumps(res, indent=1))
+                (Path(tmp) / f"bench-{label}.json").write_text(json.dumps(res, indent=1, default=float))
                 mlflow.log_artifact(str(Path(tmp) / f"bench-{label}.json"))
-        summary = {"datasets": out, "zoo": _zoo_summary(zoo, idx, champ)}
-        (Path(tmp) / "bench.json").write_text(json.dumps(summary, indent=1))
+        intervals = S.pooled_intervals(out, seed=cfg.seed)
+        summary = {"datasets": out, "intervals": intervals, "zoo": _zoo_summary(zoo, idx, champ)}
+        (Path(tmp) / "bench.json").write_text(json.dumps(summary, indent=1, default=float))
         mlflow.log_artifact(str(Path(tmp) / "bench.json"))
-        pngs = [Path(tmp) / f"epochs-{label}.png" for label in out] + [plot_regrets(out, Path(tmp) / "regret.png")]
-        for p in pngs[-1:]:
+        for name, iv in intervals.items():
+            if iv.get("mean") is not None:
+                mlflow.log_metrics({f"interval_{name}_mean": iv["mean"], f"interval_{name}_low": iv["low"],
+                                    f"interval_{name}_high": iv["high"]})
+        pngs = [Path(tmp) / f"epochs-{label}.png" for label in out] + [plot_regrets(out, Path(tmp) / "regret.png"),
+                                                                       plot_forest(intervals, Path(tmp) / "forest.png")]
+        for p in pngs[-2:]:
             mlflow.log_artifact(str(p), "plots")
         if cfg.plots:
             dest = Path(cfg.plots)
@@ -93,9 +128,12 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
                 target.write_bytes(p.read_bytes())
                 plots.append(str(target))
         mlflow.log_metric("seconds", time.time() - t0)
+        if resumed:
+            mlflow.set_tag("tans.resumed", ", ".join(resumed))
         run_id = parent.info.run_id
-    return BenchRecord(run_id=run_id, datasets=out, settings=asdict(cfg) | {"finetune": asdict(settings)},
-                       zoo=summary["zoo"], seconds=time.time() - t0, plots=tuple(plots))
+    return BenchRecord(run_id=run_id, datasets=out, settings=asdict(cfg) | {"finetune": asdict(settings0),
+                                                                           "seeds": seeds},
+                       zoo=summary["zoo"], seconds=time.time() - t0, plots=tuple(plots), intervals=intervals)
 
 
 # ----------------------------------------------------------------------------- the zoo and the queries
@@ -126,7 +164,7 @@ def _zoo_facts(wd: Path, indexed_groups: set[str]) -> dict:
             "base_run": base.info.run_id if base is not None else None, "base_start": base_start}
 
 
-def _queries(cfg: BenchConfig, zoo: dict) -> list[tuple[str, object]]:
+def _queries(cfg: BenchConfig, zoo: dict, seed: int) -> list[tuple[str, object]]:
     """The query datasets, loaded with the benchmark's caps, each checked to be new to the zoo."""
     names = list(cfg.holdout) if cfg.holdout is not None else ([] if cfg.query_data else list(zoo["holdout"]))
     if not names and not cfg.query_data:
@@ -139,7 +177,7 @@ def _queries(cfg: BenchConfig, zoo: dict) -> list[tuple[str, object]]:
     data_dir = resolve_data_dir(cfg.data_dir)
     out: list[tuple[str, object]] = []
     for spec in names + list(cfg.query_data):
-        ds = load_dataset(spec, data_dir=data_dir, seed=cfg.seed, max_train=cfg.max_train, max_test=cfg.max_test)
+        ds = load_dataset(spec, data_dir=data_dir, seed=seed, max_train=cfg.max_train, max_test=cfg.max_test)
         _check_new(spec, ds, zoo)
         label = ds.name
         while label in dict(out):
@@ -162,19 +200,22 @@ def _check_new(spec: str, ds, zoo: dict) -> None:
 
 # ----------------------------------------------------------------------------- one query dataset
 
-def _bench_dataset(label, ds, cfg: BenchConfig, settings: FinetuneSettings, champ, idx, zoo: dict, uri: str) -> dict:
+def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSettings, champ, idx, zoo: dict,
+                   uri: str) -> tuple[dict, list[dict]]:
+    """One query dataset at one seed: every method's picks, every start prepared alike, probed and
+    fine-tuned at both budgets; the figures, and the fine-tuning curves to log."""
     rows = np.flatnonzero(idx.mask(max_params=cfg.max_params))
     if rows.size == 0:
         raise TansError(f"no zoo network has at most {cfg.max_params:,} parameters; loosen --max-params",
                         code="NO_CANDIDATES")
     enc = champ.encoders
     t = time.perf_counter()
-    q = embed_dataset(champ, ds, enc.cfg.k_per_class, cfg.seed)
+    q = embed_dataset(champ, ds, enc.cfg.k_per_class, seed)
     embed_s = time.perf_counter() - t
     row_of = {(str(idx.names[r]), int(idx.versions[r])): int(r) for r in rows}
     methods: dict[str, dict] = {}
     for method, rerank in RANKED.items():
-        rc = RankConfig(data=str(label), top_k=3, rerank=rerank, max_params=cfg.max_params, seed=cfg.seed, log_run=False,
+        rc = RankConfig(data=str(label), top_k=3, rerank=rerank, max_params=cfg.max_params, seed=seed, log_run=False,
                         device=cfg.device)
         cands, passes, secs = rank_candidates(champ, idx, q, rc, ds)
         methods[method] = {"picks": [row_of[(c.model, c.version)] for c in cands],
@@ -184,10 +225,10 @@ def _bench_dataset(label, ds, cfg: BenchConfig, settings: FinetuneSettings, cham
     retrieval = {h["row"]: h["score"] for h in hits}
     predicted = _predicted(enc, idx, q, order)
     t = time.perf_counter()
-    logme = _logme_all(idx, order, ds, cfg, uri, desc=f"LogME {label}")
+    logme = _logme_all(idx, order, ds, cfg, seed, settings, uri, desc=f"LogME {label} seed {seed}")
     methods["logme_all"] = {"picks": sorted(order, key=lambda r: -logme[r])[:3],
                             "query_seconds": time.perf_counter() - t, "forward_passes": len(order)}
-    rng = np.random.default_rng([cfg.seed, 11])
+    rng = np.random.default_rng([seed, 11])
     methods["random"] = {"picks": [int(r) for r in rng.choice(order, min(cfg.random_draws, len(order)), replace=False)],
                          "query_seconds": 0.0, "forward_passes": 0, "draws": True}
     place = {r: i for i, r in enumerate(order)}
@@ -203,13 +244,24 @@ def _bench_dataset(label, ds, cfg: BenchConfig, settings: FinetuneSettings, cham
                                for r in zoo_rows}
     top = methods["tans"]["picks"][0]
     spec = _spec_of(idx, top, ds.n_classes)
-    starts["scratch"] = {"kind": "scratch", "supernet": spec, "arch": json.loads(str(idx.archs[top])), "seed": cfg.seed}
+    starts["scratch"] = {"kind": "scratch", "supernet": spec, "arch": json.loads(str(idx.archs[top])), "seed": seed}
     avg = _best_average(idx, rows, zoo)
     if avg is not None:
         starts["best_average"] = avg
     budgets = [1.0, float(cfg.epochs)] if cfg.epochs != 1 else [1.0]
-    results = _finetune_all(starts, ds, settings, budgets, uri, cfg, desc=f"fine-tune {label}")
-    return _figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg)
+    results = _finetune_all(starts, ds, settings, budgets, uri, cfg, desc=f"fine-tune {label} seed {seed}")
+    tr, _ = split_train_val(ds.y_train, settings.val_fraction, seed)
+    floor = logreg_pixels(ds.x_train[tr], ds.y_train[tr], ds.x_test, ds.y_test, seed=seed)
+    figures = F.figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg)
+    figures["floors"] = {"logreg_pixels": floor["test_accuracy"], "logreg_seconds": floor["seconds"]}
+    curves = [{"start": k, "kind": st["kind"], "uri": st.get("uri"), "budget": float(b),
+               "history": results[k]["budgets"][str(b)]["history"],
+               "test_accuracy": results[k]["budgets"][str(b)]["test_accuracy"],
+               "kept_val_accuracy": results[k]["budgets"][str(b)]["val_accuracy"],
+               "probe_test_acc": results[k]["probe"]["test_accuracy"],
+               "seconds": results[k]["budgets"][str(b)]["seconds"], "prep": results[k]["preparation"]}
+              for k, st in starts.items() for b in budgets]
+    return figures, curves
 
 
 def _predicted(enc, idx, q: np.ndarray, order: list[int]) -> dict[int, float] | None:
@@ -222,14 +274,18 @@ def _predicted(enc, idx, q: np.ndarray, order: list[int]) -> dict[int, float] | 
     return dict(zip(order, out.tolist()))
 
 
-def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, uri: str, desc: str) -> dict[int, float]:
-    """LogME of every network, one group per job (one supernet in memory per worker), in parallel."""
+def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, seed: int, settings: FinetuneSettings, uri: str,
+               desc: str) -> dict[int, float]:
+    """LogME of every network, one group per job (one supernet in memory per worker), in parallel; each
+    network prepared as its fine-tuning starts (batch norm on the same calibration images)."""
+    x_calib = calibration_set(ds.x_train, ds.y_train, settings.val_fraction, seed)
     by_group: dict[str, list[int]] = {}
     for r in order:
         by_group.setdefault(str(idx.groups[r]), []).append(r)
     workers, threads = _workers(cfg)
     jobs = [{"uris": [model_uri(str(idx.names[r]), int(idx.versions[r])) for r in rs], "dataset": ds,
-             "seed": cfg.seed, "tracking_uri": uri, "threads": threads, "device": cfg.device} for rs in by_group.values()]
+             "seed": seed, "tracking_uri": uri, "threads": threads, "device": cfg.device, "x_calib": x_calib}
+            for rs in by_group.values()]
     out: dict[int, float] = {}
     with tqdm(total=len(order), desc=desc, unit="net", leave=False, disable=not cfg.progress) as bar:
         for rs, scores in zip(by_group.values(), _map(logme_group, jobs, workers, cfg)):
@@ -293,97 +349,6 @@ def _finetune_all(starts: dict[str, dict], ds, settings, budgets, uri: str, cfg:
         for key, res in zip(keys, _map(finetune_start, jobs, workers, cfg)):
             out[key] = res
             bar.update(1)
-    return out
-
-
-# ----------------------------------------------------------------------------- figures
-
-def _figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg) -> dict:
-    full, one = str(budgets[-1]), str(budgets[0])
-
-    def acc(key: str, budget: str) -> float:
-        return float(results[key]["budgets"][budget]["test_accuracy"])
-
-    fine = {r: acc(f"row{r}", full) for r in zoo_rows}
-    oracle = {b: max(acc(f"row{r}", b) for r in zoo_rows) for b in (one, full)}
-    scratch_hist = results["scratch"]["budgets"][full]["history"]
-    target = scratch_hist[-1]
-    scratch_epochs = M.epochs_to(scratch_hist, target)
-    out_methods: dict[str, dict] = {}
-    for name, m in methods.items():
-        keys = [f"row{r}" for r in m["picks"]]
-        out_methods[name] = _method(m, keys, results, budgets, oracle, target, draws=m.get("draws", False))
-        out_methods[name]["picks"] = [_describe(idx, r) for r in m["picks"]]
-    for name, key in (("scratch", "scratch"), ("best_average", "best_average")):
-        if key in results:
-            out_methods[name] = _method({"query_seconds": 0.0, "forward_passes": 0}, [key], results, budgets, oracle,
-                                        target)
-    best_row = max(zoo_rows, key=lambda r: fine[r])
-    out_methods["oracle"] = _method({"query_seconds": None, "forward_passes": None}, [f"row{best_row}"], results,
-                                    budgets, oracle, target)
-    out_methods["oracle"]["picks"] = [_describe(idx, best_row)]
-    if avg is not None:
-        out_methods["best_average"]["picks"] = [{k: avg[k] for k in ("arch_hash", "groups", "mean_source_accuracy",
-                                                                    "n_params")} | {"weights": "base supernet"}]
-    out_methods["scratch"]["picks"] = [{"arch_hash": str(idx.arch_hashes[methods["tans"]["picks"][0]]),
-                                        "weights": "random"}]
-    truth_acc = [fine[r] for r in zoo_rows]
-    tau = {"tans": M.weighted_tau([retrieval[r] for r in zoo_rows], truth_acc),
-           "predictor": None if predicted is None else M.weighted_tau([predicted[r] for r in zoo_rows], truth_acc),
-           "logme": M.weighted_tau([logme[r] for r in zoo_rows], truth_acc)}
-    return {"dataset": {"name": label, "classes": int(ds.n_classes), "train_images": int(len(ds.x_train)),
-                        "test_images": int(len(ds.x_test)), "fingerprint": ds.fingerprint(),
-                        "n_train": results["scratch"]["n_train"], "n_val": results["scratch"]["n_val"]},
-            "budgets": {"one_epoch": budgets[0], "full": budgets[-1]},
-            "methods": out_methods, "weighted_tau": tau,
-            "oracle": {"one_epoch": oracle[one], "full": oracle[full]},
-            "scratch_target": {"val_accuracy": target, "scratch_epochs": scratch_epochs},
-            "ground_truth": {"networks": len(zoo_rows), "spread_sample": len(truth),
-                             "test_acc": {model_uri(str(idx.names[r]), int(idx.versions[r])): fine[r]
-                                          for r in zoo_rows}}}
-
-
-def _method(m: dict, keys: list[str], results: dict, budgets, oracle: dict, target: float, draws: bool = False) -> dict:
-    full, one = str(budgets[-1]), str(budgets[0])
-    accs = {b: [float(results[k]["budgets"][b]["test_accuracy"]) for k in keys] for b in (one, full)}
-    hist = [results[k]["budgets"][full]["history"] for k in keys]
-    e2t = [M.epochs_to(h, target) for h in hist]
-    if draws:  # the mean draw: its accuracy, regret and epochs are the draws' means
-        test = {b: float(np.mean(accs[b])) for b in accs}
-        reached = [e for e in e2t if e is not None]
-        out = {"test_acc": test[full], "test_acc_one_epoch": test[one], "test_acc_std": float(np.std(accs[full])),
-               "test_acc_one_epoch_std": float(np.std(accs[one])), "draws": len(keys),
-               "regret_top1": 100.0 * (oracle[full] - test[full]),
-               "regret_top1_one_epoch": 100.0 * (oracle[one] - test[one]),
-               "regret_top3": M.regret(oracle[full], accs[full], 3),
-               "val_history": [float(v) for v in np.mean(hist, axis=0)],
-               "epochs_to_scratch": float(np.mean(reached)) if len(reached) == len(e2t) else None}
-    else:
-        out = {"test_acc": accs[full][0], "test_acc_one_epoch": accs[one][0],
-               "regret_top1": M.regret(oracle[full], accs[full], 1),
-               "regret_top1_one_epoch": M.regret(oracle[one], accs[one], 1),
-               "regret_top3": M.regret(oracle[full], accs[full], 3),
-               "regret_top3_one_epoch": M.regret(oracle[one], accs[one], 3),
-               "val_history": hist[0], "epochs_to_scratch": e2t[0]}
-    return out | {"query_seconds": m["query_seconds"], "forward_passes": m["forward_passes"]}
-
-
-def _describe(idx, r: int) -> dict:
-    return {"model_uri": model_uri(str(idx.names[r]), int(idx.versions[r])), "group": str(idx.groups[r]),
-            "source_accuracy": float(idx.accuracy[r]), "n_params": int(idx.n_params[r]),
-            "arch_hash": str(idx.arch_hashes[r])}
-
-
-def _flat_metrics(res: dict) -> dict:
-    out = {}
-    for name, m in res["methods"].items():
-        for k in ("test_acc", "test_acc_one_epoch", "regret_top1", "regret_top3", "epochs_to_scratch",
-                  "query_seconds", "forward_passes"):
-            if isinstance(m.get(k), (int, float)):
-                out[f"{name}_{k}"] = float(m[k])
-    for k, v in res["weighted_tau"].items():
-        if v is not None:
-            out[f"weighted_tau_{k}"] = v
     return out
 
 

@@ -47,5 +47,6 @@ for _group in (_data.data, _zoo.zoo, _encoders.encoders, _index.index):
     main.add_command(_group)
 main.add_command(_query.query)
 main.add_command(_bench.bench)
+main.add_command(_bench.bench_chain)
 for _command in (_serving.export, _serving.serve, _serving.predict):
     main.add_command(_command)

@@ -14,18 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.sampling import stratified_split
 from ..device import batch_on, cpu_state
 from ..device import resolve as resolve_device
+from ..retrieval.starts import calibration_set, prepared_start, split_train_val
 from ..zoo.measure import accuracy
 from ..zoo.tensors import random_crop, to_tensor
-from .network import new_head
 from .schedule import scheduler
 
-
-def split_train_val(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training and validation indices of the training images ``y`` (stratified, seeded)."""
-    return stratified_split(y, val_fraction, np.random.default_rng([seed, 7]))
+__all__ = ["finetune_candidate", "split_train_val", "train"]
 
 
 def train(module: nn.Module, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, settings: dict,
@@ -83,7 +79,7 @@ def finetune_candidate(job: dict) -> dict:
     import mlflow
     from safetensors.torch import save_file
 
-    from ..registry.pyfunc import load_module, load_network_info
+    from ..registry.pyfunc import load_network_info
 
     t0 = time.time()
     torch.set_num_threads(job["threads"])
@@ -91,12 +87,14 @@ def finetune_candidate(job: dict) -> dict:
     mlflow.set_registry_uri(job["tracking_uri"])
     info = load_network_info(job["uri"])
     device = resolve_device(job["settings"].get("device"))
-    module = new_head(load_module(job["uri"]), len(job["classes"]), job["settings"]["seed"]).to(device)
-    mean, std = info["mean"], info["std"]
-    tr, va = split_train_val(job["y_train"], job["settings"]["val_fraction"], job["settings"]["seed"])
+    s = job["settings"]
+    calib = calibration_set(job["x_train"], job["y_train"], s["val_fraction"], s["seed"])
+    module, mean, std, prep = prepared_start({"kind": "zoo", "uri": job["uri"]}, len(job["classes"]), calib,
+                                             s["seed"], device)
+    tr, va = split_train_val(job["y_train"], s["val_fraction"], s["seed"])
     fit = train(module, job["x_train"][tr], job["y_train"][tr], job["x_train"][va], job["y_train"][va],
                 job["settings"], mean, std)
     test_acc = accuracy(module, job["x_test"], job["y_test"], mean, std)
     save_file(cpu_state(module), job["out"])
     return fit | {"test_accuracy": test_acc, "seconds": time.time() - t0, "info": info, "device": str(device),
-                  "n_train": int(len(tr)), "n_val": int(len(va))}
+                  "n_train": int(len(tr)), "n_val": int(len(va)), "preparation": prep.to_dict()}

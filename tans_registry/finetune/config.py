@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .. import params as P
-from ..retrieval.config import RankConfig
+from ..retrieval.config import VAL_FRACTION, RankConfig
 
 STAGE = "query"
 
@@ -26,7 +26,7 @@ class FinetuneSettings:
     weight_decay: float = 4e-5
     warmup_fraction: float = 0.1   # of all steps: linear warm-up, then one cosine to 0 (per batch)
     patience: int = 2              # epochs without a better validation accuracy before stopping
-    val_fraction: float = 0.2      # of the training images (stratified, seeded); the test split is never used to choose
+    val_fraction: float = VAL_FRACTION  # of the training images (stratified, seeded); the test split is never used to choose
     crop_pad: int = 2              # random translation, as the zoo's training
     seed: int = 0
     workers: int | None = None     # candidates fine-tuned at once (processes); None: min(candidates, cores)

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..data.readers import as_images
@@ -22,15 +21,6 @@ from ..registry.pyfunc import ZooNetworkModel
 from ..zoo.space import SupernetSpec, build_supernet, extract_subnet, validate_arch
 
 DATA_FILE, WEIGHTS_FILE = "network.json", "weights.safetensors"
-
-
-def new_head(module: nn.Module, n_classes: int, seed: int) -> nn.Module:
-    """Replace the subnet's classifier by a fresh ``Linear`` for ``n_classes`` (seeded)."""
-    old = module.classifier.linear
-    torch.manual_seed(seed)
-    module.classifier.linear = nn.Linear(old.in_features, n_classes)
-    module.classifier.out_features = n_classes
-    return module
 
 
 def rebuild(network: dict, state: dict | None = None) -> nn.Module:

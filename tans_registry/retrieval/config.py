@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 from .. import params as P
 
 RERANK = ("predictor", "logme", "none")
+# The share of a query's training images kept for validation (fine-tuning's default; every start's batch
+# norm is re-estimated on the rest, so LogME needs it too).
+VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from ..registry.names import model_uri
 from ..registry.pyfunc import load_networks
 from ..zoo.measure import penultimate
 from ..zoo.tensors import to_tensor
-from .config import Candidate, RankConfig, RankRecord
+from .config import VAL_FRACTION, Candidate, RankConfig, RankRecord
 from .embed import Champion, embed_dataset, load_champion
 from .logme import logme
 from .rerank import RerankPolicy, rerank_list
+from .starts import calibration_set, prepare
 
 log = logging.getLogger("tans_registry")
 # At most this many training images (stratified) feed each network's LogME: one forward pass of 256 images
@@ -44,16 +45,21 @@ LOGME_IMAGES = 256
 
 
 @torch.no_grad()
-def logme_scores(uris: list[str], ds, seed: int, device: str | None = "auto") -> np.ndarray:
-    """LogME of each network (by model URI) on the dataset's training images, each preprocessed the
-    network's way: one forward pass each, on ``device``."""
+def logme_scores(uris: list[str], ds, seed: int, device: str | None = "auto", x_calib: np.ndarray | None = None,
+                 val_fraction: float = VAL_FRACTION) -> np.ndarray:
+    """LogME of each network (by model URI) on the dataset's training images, each network prepared as
+    fine-tuning starts from it (:func:`.starts.prepare`: batch norm re-estimated on ``x_calib``, by default
+    the :func:`.starts.calibration_set` of ``ds`` for ``seed``) and preprocessed its own way: one forward
+    pass each for the statistics and one for LogME, on ``device``."""
     dev = resolve_device(device)
     k = max(1, LOGME_IMAGES // ds.n_classes)
     pick = sample_per_class(ds, k, seed)
     images, y = ds.x_train[pick], ds.y_train[pick]
+    if x_calib is None:
+        x_calib = calibration_set(ds.x_train, ds.y_train, val_fraction, seed)
     out = []
     for module, network in load_networks(uris):
-        module.to(dev)
+        module, _ = prepare(module, network["mean"], network["std"], ds.n_classes, x_calib, seed, dev, head=False)
         x = to_tensor(images, network["mean"], network["std"]).to(dev)
         feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
         out.append(logme(feats, y))
