@@ -17,16 +17,22 @@ def data() -> None:
 @data_options
 @as_json_option
 def data_list(data_dir, as_json):
-    """List the datasets (.npz archives) of the data directory."""
-    from ..data import list_datasets
+    """List the datasets (.npz archives) of the data directory, with each one's role (train or report) where
+    the directory has a MANIFEST.json: report datasets are never trained on; `tans bench` reports on them."""
+    from ..data import dataset_roles, list_datasets, resolve_data_dir
 
     rows = list_datasets(data_dir)
+    roles = dataset_roles(resolve_data_dir(data_dir))
+    if roles is not None:
+        rows = [r | {"role": roles.get(r["name"])} for r in rows]
     if as_json:
         click.echo(json.dumps(rows, default=str))
         return
-    click.echo(f"{'dataset':<24}{'classes':>8}{'train':>8}{'test':>7}  licence")
+    role = roles is not None
+    click.echo(f"{'dataset':<28}{'classes':>8}{'train':>8}{'test':>7}" + (f"  {'role':<7}" if role else "") + "  licence")
     for r in rows:
-        click.echo(f"{r['name']:<24}{r['n_classes']:>8}{r['n_train']:>8}{r['n_test']:>7}  {r.get('license', '')}")
+        click.echo(f"{r['name']:<28}{r['n_classes']:>8}{r['n_train']:>8}{r['n_test']:>7}"
+                   + (f"  {r['role'] or '-':<7}" if role else "") + f"  {r.get('license', '')}")
 
 
 @data.command("show")

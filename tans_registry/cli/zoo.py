@@ -44,7 +44,9 @@ def zoo() -> None:
 @click.option("--holdout", type=OrDefault(click.STRING), default=None,
               help="Comma-separated datasets of the data directory kept out of the whole build (base supernet "
                    "included): the reported datasets `tans bench` measures on; `none` holds none out "
-                   "[default: the profile's; bench: orl_faces,pacs_art,notmnist,pneumoniamnist; quick: none].")
+                   "[default: the profile's; bench: orl_faces,pacs_art,notmnist,pneumoniamnist; quick: none]. Where "
+                   "the data directory has a MANIFEST.json, its role `report` datasets are always held out "
+                   "(`tans data list` shows the roles): --holdout can add names, never drop one.")
 @click.option("--seed", type=OrDefault(INT), default=default(ZooConfig, "seed"), show_default=True)
 @as_json_option
 def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, workers, executor,

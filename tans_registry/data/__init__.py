@@ -11,9 +11,12 @@ from tans_registry.data.loading import (
     stratified_split,
     stratified_subsample,
 )
+from tans_registry.data.manifest import dataset_roles, report_datasets
 from tans_registry.data.tasks import class_subset_tasks, make_groups
 
 __all__ = [
+    "dataset_roles",
+    "report_datasets",
     "DEFAULT_DATA_DIR",
     "ENV_DATA_DIR",
     "IMAGE_SUFFIXES",
