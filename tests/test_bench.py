@@ -404,3 +404,42 @@ def test_every_start_is_prepared_alike_and_logme_sees_it_as_fine_tuning_starts(b
         feats = penultimate(module, to_tensor(ds.x_train[pick], mean, std)).numpy()
     assert logme_scores([uri0], ds, 5, "cpu", x_calib=calib)[0] == pytest.approx(logme(feats, ds.y_train[pick]), rel=1e-6)
     assert logme_scores([uri0], ds, 5, "cpu")[0] == pytest.approx(logme(feats, ds.y_train[pick]), rel=1e-6)  # default set
+
+
+@pytest.mark.slow
+def test_bench_chain_runs_the_whole_chain_on_the_quick_profile_then_resumes_it(tmp_path):
+    """`tans bench-chain --profile quick` on a tiny data directory with a manifest: the zoo (the report
+    dataset held out), registration, encoders, index and the benchmark at 2 seeds on the report dataset, each
+    stage timed; rerun with --resume, every stage keeps what it finished."""
+    import mlflow
+
+    from tans_registry.cli import main
+    from tans_registry.data import load_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n in (("mnist", 60), ("sign_language_digits", 50), ("bccd_cells", 40), ("pneumoniamnist", 40)):
+        _save(load_dataset(name, max_train=n, max_test=30), data / f"{name}.npz")
+    _save(load_dataset("chinese_mnist", max_train=60, max_test=30), data / "glyphs.npz")
+    (data / "MANIFEST.json").write_text(json.dumps({"glyphs": {"role": "report"}, "pneumoniamnist": {"role": "train"},
+                                                   "mnist": {"role": "train"}, "bccd_cells": {"role": "train"},
+                                                   "sign_language_digits": {"role": "train"}}))
+    args = ["bench-chain", "--profile", "quick", "--work-dir", str(tmp_path / "work"), "--data-dir", str(data),
+            "--epochs", "2", "--resume", "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert set(rec["stage_seconds"]) == {"zoo_build", "zoo_register", "encoders_train", "index_build", "bench"}
+    assert all(v > 0 for v in rec["stage_seconds"].values())
+    assert rec["facts"]["zoo"]["holdout"] == ["glyphs"] and rec["facts"]["zoo"]["built"] == 4
+    assert set(rec["bench"]["datasets"]) == {"glyphs"}
+    assert rec["bench"]["datasets"]["glyphs"]["seeds"] == [0, 1]
+    again = json.loads(CliRunner().invoke(main, args).stdout)
+    assert again["facts"]["zoo"]["built"] == 0 and again["facts"]["registered"] == 0
+    assert again["stage_seconds"]["encoders_train"] == 0.0 and "kept" in again["facts"]["encoders"]
+    assert mlflow.get_run(again["bench"]["run_id"]).data.tags["tans.resumed"] == "glyphs seed 0, glyphs seed 1"
+    assert again["bench"]["datasets"]["glyphs"]["methods"]["tans"]["seeds"] == \
+        rec["bench"]["datasets"]["glyphs"]["methods"]["tans"]["seeds"]
+    chains = [r for r in mlflow.search_runs(experiment_names=["tans/bench"], output_format="list")
+              if r.data.tags.get("tans.kind") == "bench-chain"]
+    assert len(chains) == 2 and all(r.data.metrics["total_seconds"] > 0 for r in chains)

@@ -60,6 +60,26 @@ def test_report_datasets_are_held_out_whatever_the_profile_or_holdout_say(roles_
     assert p.holdout == ("cells", "faces") and source_names(p, roles_dir) == ["digits"]   # --holdout adds
     p = resolve_profile(ZooConfig(profile="quick", datasets=None, data_dir=str(roles_dir)))
     assert p.holdout == ("faces",)
+    assert p.to_params()["holdout"] == "faces"                 # what the build records (param; tag alike)
+
+
+def test_without_a_manifest_the_profile_and_holdout_decide_and_with_one_the_manifest_does(tiny_data_dir, tmp_path):
+    """No MANIFEST.json: today's behaviour (the bench profile's four names, --holdout replacing them). A
+    manifest naming no report archive here still replaces the profile's list: nothing held out."""
+    from tans_registry.zoo.build import resolve_profile, source_names
+    from tans_registry.zoo.config import ZooConfig
+    from tans_registry.zoo.profiles import get_profile
+
+    bench = resolve_profile(ZooConfig(profile="bench", data_dir=str(tiny_data_dir)))
+    assert bench.holdout == get_profile("bench").holdout == ("orl_faces", "pacs_art", "notmnist", "pneumoniamnist")
+    p = resolve_profile(ZooConfig(profile="bench", holdout=("cells",), data_dir=str(tiny_data_dir)))
+    assert p.holdout == ("cells",) and source_names(p, tiny_data_dir) == ["digits"]
+    for f in tiny_data_dir.glob("*.npz"):
+        (tmp_path / f.name).symlink_to(f)
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"digits": {"role": "train"}, "cells": {"role": "train"},
+                                                        "elsewhere": {"role": "report"}}))
+    p = resolve_profile(ZooConfig(profile="bench", data_dir=str(tmp_path)))
+    assert p.holdout == () and source_names(p, tmp_path) == ["cells", "digits"]
 
 
 def test_datasets_naming_a_reported_dataset_is_refused_and_nothing_is_written(roles_dir, tmp_path):
@@ -77,6 +97,26 @@ def test_datasets_naming_a_reported_dataset_is_refused_and_nothing_is_written(ro
     listed = CliRunner().invoke(main, ["data", "list", "--data-dir", str(roles_dir), "--json"])
     assert {r["name"]: r["role"] for r in json.loads(listed.stdout)} == {"cells": "train", "digits": "train",
                                                                         "faces": "report"}
+    text = CliRunner().invoke(main, ["data", "list", "--data-dir", str(roles_dir)]).output.splitlines()
+    assert text[0].split()[:5] == ["dataset", "classes", "train", "test", "role"]
+    assert {line.split()[0]: line.split()[4] for line in text[1:]} == {"cells": "train", "digits": "train",
+                                                                       "faces": "report"}
+
+
+def test_a_bad_manifest_stops_the_build_with_one_line_and_writes_nothing(tmp_path):
+    import mlflow
+
+    from tans_registry import tracking
+    from tans_registry.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "MANIFEST.json").write_text('{"digits": {"role": "held-out"}}')
+    res = CliRunner().invoke(main, ["zoo", "build", "--work-dir", str(tmp_path / "work"), "--data-dir", str(data)])
+    assert res.exit_code == 1 and "role 'held-out'" in res.output and "MANIFEST.json" in res.output, res.output
+    assert "Traceback" not in res.output
+    tracking.setup(str(tmp_path / "work"))
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
 def test_the_shared_directory_reports_twelve_and_the_bench_zoo_trains_on_the_other_seventeen():

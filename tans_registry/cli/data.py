@@ -29,7 +29,8 @@ def data_list(data_dir, as_json):
         click.echo(json.dumps(rows, default=str))
         return
     role = roles is not None
-    click.echo(f"{'dataset':<28}{'classes':>8}{'train':>8}{'test':>7}" + (f"  {'role':<7}" if role else "") + "  licence")
+    click.echo(f"{'dataset':<28}{'classes':>8}{'train':>8}{'test':>7}" + (f"  {'role':<7}" if role else "")
+               + "  licence")
     for r in rows:
         click.echo(f"{r['name']:<28}{r['n_classes']:>8}{r['n_train']:>8}{r['n_test']:>7}"
                    + (f"  {r['role'] or '-':<7}" if role else "") + f"  {r.get('license', '')}")

@@ -22,7 +22,9 @@ def zoo() -> None:
               show_default=True,
               help="quick: 4 demo datasets x 10 networks, minutes on 2 cores. bench: every dataset of "
                    "the data directory, 60 groups x 50 networks, hours.")
-@click.option("--datasets", default=None, help="Comma-separated dataset names, replacing the profile's list.")
+@click.option("--datasets", default=None,
+              help="Comma-separated dataset names, replacing the profile's list; a dataset of role `report` in "
+                   "the data directory's MANIFEST.json is refused (it is never trained on).")
 @click.option("--subnets", type=OrDefault(INT), default=None,
               help="Networks cut out of each group's supernet [default: the profile's].")
 @click.option("--groups", type=OrDefault(INT), default=None,
@@ -45,8 +47,9 @@ def zoo() -> None:
               help="Comma-separated datasets of the data directory kept out of the whole build (base supernet "
                    "included): the reported datasets `tans bench` measures on; `none` holds none out "
                    "[default: the profile's; bench: orl_faces,pacs_art,notmnist,pneumoniamnist; quick: none]. Where "
-                   "the data directory has a MANIFEST.json, its role `report` datasets are always held out "
-                   "(`tans data list` shows the roles): --holdout can add names, never drop one.")
+                   "the data directory has a MANIFEST.json, its role `report` datasets are always held out and "
+                   "replace the profile's list (`tans data list` shows the roles): --holdout can add names, never "
+                   "drop one, and `--holdout none` still holds them out.")
 @click.option("--seed", type=OrDefault(INT), default=default(ZooConfig, "seed"), show_default=True)
 @as_json_option
 def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, base_epochs, workers, executor,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..data import ImageDataset, load_dataset, make_groups, resolve_data_dir
-from ..data.manifest import report_datasets
+from ..data.manifest import dataset_roles
 from ..data.stats import image_hashes, pixel_descriptor
 from ..device import cpu_state
 from ..device import resolve as resolve_device
@@ -61,11 +61,12 @@ def resolve_profile(cfg: ZooConfig) -> ZooProfile:
 def with_manifest_roles(p: ZooProfile, cfg: ZooConfig) -> ZooProfile:
     """Where the data directory has a MANIFEST.json, its ``report`` datasets are held out whatever the
     profile or ``--holdout`` say (``--holdout`` may add names, never drop one; the profile's own list of
-    reported names gives way to the manifest's); ``--datasets`` naming one is refused, and a profile's own
-    dataset list loses them."""
-    report = report_datasets(resolve_data_dir(cfg.data_dir))
-    if not report:
+    reported names gives way to the manifest's, even where it has none); ``--datasets`` naming one is
+    refused, and a profile's own dataset list loses them. Without a manifest, ``p`` is returned as it is."""
+    roles = dataset_roles(resolve_data_dir(cfg.data_dir))
+    if roles is None:
         return p
+    report = {n for n, r in roles.items() if r == "report"}
     if cfg.datasets:
         named = [n for n in cfg.datasets if n in report]
         if named:
@@ -76,8 +77,7 @@ def with_manifest_roles(p: ZooProfile, cfg: ZooConfig) -> ZooProfile:
         if dropped:
             log.info("profile %s: %s left out of the build (MANIFEST.json role report)", p.name, ", ".join(dropped))
             p = replace(p, datasets=tuple(n for n in p.datasets if n not in report))
-    extra = tuple(cfg.holdout or ()) if cfg.holdout is not None else ()
-    return replace(p, holdout=tuple(sorted(set(report) | set(extra))))
+    return replace(p, holdout=tuple(sorted(set(report) | set(cfg.holdout or ()))))
 
 
 def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:

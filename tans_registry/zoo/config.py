@@ -37,6 +37,8 @@ class ZooConfig:
     device: str = "auto"                       # auto: CUDA when a device answers, else CPU
     only_groups: tuple[str, ...] | None = None  # build just these groups (names as `tans zoo list` shows)
     holdout: tuple[str, ...] | None = None      # datasets kept out of the build; None: the profile's; (): none
+    # (where the data directory has a MANIFEST.json, its role `report` datasets replace the profile's list
+    # and are held out whatever this says: it can add names, never drop one; zoo/build.py with_manifest_roles)
 
     def __post_init__(self) -> None:
         P.store(self,
