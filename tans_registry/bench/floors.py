@@ -21,6 +21,7 @@ def _fit_score(a_train, y_train, a_test, y_test, seed: int) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
     out = {"n_train": int(len(y_train)), "features": int(a_train.shape[1])}
@@ -29,7 +30,10 @@ def _fit_score(a_train, y_train, a_test, y_test, seed: int) -> dict:
     if len(classes) < 2:                                   # majority class = the only class seen
         acc = float(np.mean(y_test == classes[0])) if len(classes) and len(y_test) else 0.0
         return {"test_accuracy": acc, "seconds": time.perf_counter() - start, "n_iter": None, **out}
-    with warnings.catch_warnings():
+    # one BLAS thread: at these sizes (hundreds of images, ~1,000-3,000 features) OpenBLAS's threads only
+    # contend, with each other and with the benchmark's other worker (a 1,280-feature probe on 805 images:
+    # 4.9 s on 2 threads, 0.69 s on 1, the same 200 iterations; scripts/bench_costs.py)
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         scaler = StandardScaler().fit(a_train)
         clf = LogisticRegression(max_iter=200, C=1.0, solver="lbfgs", random_state=seed)
