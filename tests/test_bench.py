@@ -397,7 +397,7 @@ def test_every_start_is_prepared_alike_and_logme_sees_it_as_fine_tuning_starts(b
     prepared = prepared_start(starts["zoo"], ds.n_classes, calib, seed=5)[0]
     assert not torch.allclose(source.first_conv.bn.running_mean, prepared.first_conv.bn.running_mean)
     # LogME scores the network as fine-tuning starts from it
-    module, mean, std = load_start(starts["zoo"], ds.n_classes, 5)
+    module, mean, std = load_start(starts["zoo"], 5)
     module, _ = prepare(module, mean, std, ds.n_classes, calib, 5, head=False)
     pick = sample_per_class(ds, max(1, LOGME_IMAGES // ds.n_classes), 5)
     with torch.no_grad():
@@ -436,7 +436,15 @@ def test_bench_chain_runs_the_whole_chain_on_the_quick_profile_then_resumes_it(t
     assert rec["bench"]["datasets"]["glyphs"]["seeds"] == [0, 1]
     again = json.loads(CliRunner().invoke(main, args).stdout)
     assert again["facts"]["zoo"]["built"] == 0 and again["facts"]["registered"] == 0
-    assert again["stage_seconds"]["encoders_train"] == 0.0 and "kept" in again["facts"]["encoders"]
+    assert again["stage_seconds"]["encoders_train"] == 0.0 and "kept version" in again["facts"]["encoders"]
+    # a data directory with nothing to report on is refused before anything is built
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    _save(load_dataset("mnist", max_train=20, max_test=10), bare / "mnist.npz")
+    refused = CliRunner().invoke(main, ["bench-chain", "--profile", "quick", "--work-dir", str(tmp_path / "w2"),
+                                        "--data-dir", str(bare)])
+    assert refused.exit_code == 1 and "nothing to benchmark on" in refused.output, refused.output
+    assert not (tmp_path / "w2" / "mlruns").exists()
     assert mlflow.get_run(again["bench"]["run_id"]).data.tags["tans.resumed"] == "glyphs seed 0, glyphs seed 1"
     assert again["bench"]["datasets"]["glyphs"]["methods"]["tans"]["seeds"] == \
         rec["bench"]["datasets"]["glyphs"]["methods"]["tans"]["seeds"]

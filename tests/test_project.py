@@ -55,7 +55,7 @@ def test_mlproject_entry_points_match_the_cli():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     entry = project["entry_points"]
     assert {"main", "build_zoo", "register_zoo", "train_encoders", "build_index", "query", "bench_encoders",
-            "benchmark"} <= set(entry)
+            "benchmark", "bench_chain"} <= set(entry)
     for name, ep in entry.items():
         params = ep.get("parameters", {})
         for p, spec in params.items():

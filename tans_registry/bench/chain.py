@@ -2,16 +2,20 @@
 --profile bench`), its registration, the encoders, the index, and `tans bench` over the reported datasets
 at ``seeds`` seeds, each stage timed. With ``resume`` a rerun after a kill goes on where it stopped: the
 zoo's finished groups, the registered versions, the cached index and the benchmark's finished (dataset,
-seed) pairs are kept; the encoders are retrained (seconds) unless a champion exists and the zoo is unchanged.
+seed) pairs are kept; the encoders (promoted to champion: the benchmark measures the encoders of this zoo) are retrained
+unless this chain trained the champion on the same zoo.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import asdict
 
 from .config import BenchConfig, ChainConfig, ChainRecord
+
+CHAIN_MARKER = "tans-bench-chain.json"  # in the work directory: the zoo the chain's encoders were trained on
 
 
 def run_chain(cfg: ChainConfig) -> ChainRecord:
@@ -40,6 +44,15 @@ def run_chain(cfg: ChainConfig) -> ChainRecord:
         times[name] = time.time() - t
         return out
 
+    from ..errors import ConfigError
+    from ..zoo import store
+    from ..zoo.build import resolve_profile
+
+    profile = resolve_profile(ZooConfig(profile=cfg.profile, data_dir=cfg.data_dir))
+    if not profile.holdout:  # checked before hours of building, not after
+        raise ConfigError(f"nothing to benchmark on: the {cfg.profile} profile holds no dataset out of this data "
+                          "directory and it has no MANIFEST.json naming `report` datasets; pass a --data-dir with one "
+                          "(e.g. ../shared/datasets), or use `tans zoo build --holdout` and `tans bench` stage by stage")
     # groups two at a time on 2 cores build ~1.45x faster than one (BENCHMARKS.md): one per core by default
     zoo_workers = cfg.workers or (None if cfg.executor == "ray" else max(1, os.cpu_count() or 1))
     zoo = timed("zoo_build", lambda: build_zoo(ZooConfig(
@@ -50,14 +63,20 @@ def run_chain(cfg: ChainConfig) -> ChainRecord:
     reg = timed("zoo_register", lambda: register_zoo(RegisterConfig(**common)))
     facts["registered"] = reg.created
     wd, _ = tracking.setup(cfg.work_dir)
-    unchanged = facts["zoo"]["built"] == 0 and not reg.created
-    if cfg.resume and unchanged and load_champion(required=False) is not None:
+    # the encoders are kept on --resume only when this chain trained the champion on this very zoo
+    runs = store.finished_group_runs(tracking.experiment_id("zoo", wd))
+    zoo_key = hashlib.sha256(",".join(sorted(r.info.run_id for r in runs.values())).encode()).hexdigest()[:20]
+    marker = wd / CHAIN_MARKER
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    champ = load_champion(required=False)
+    if cfg.resume and done.get("zoo") == zoo_key and champ is not None and str(champ.version) == done.get("encoders"):
         times["encoders_train"] = 0.0
-        facts["encoders"] = "kept the champion (--resume; the zoo is unchanged)"
+        facts["encoders"] = f"kept version {champ.version} (--resume; trained by this chain on this zoo)"
     else:
-        enc = timed("encoders_train", lambda: train_encoders(EncoderTrainConfig(data_dir=cfg.data_dir,
-                                                                                device=cfg.device, **common)))
+        enc = timed("encoders_train", lambda: train_encoders(EncoderTrainConfig(data_dir=cfg.data_dir, device=cfg.device,
+                                                                                promote=True, **common)))
         facts["encoders"] = f"version {enc.encoders_version}"
+        marker.write_text(json.dumps({"zoo": zoo_key, "encoders": str(enc.encoders_version)}))
     timed("index_build", lambda: build_index(IndexConfig(**common)))
     bench = timed("bench", lambda: run_bench(BenchConfig(
         seeds=cfg.seeds, epochs=cfg.epochs, data_dir=cfg.data_dir, workers=cfg.workers, executor=cfg.executor,

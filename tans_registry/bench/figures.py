@@ -40,6 +40,7 @@ def figures(label, ds, methods, results, budgets, retrieval, predicted, logme, t
                                     budgets, oracle, target)
     out_methods["oracle"]["test_acc_one_epoch"] = oracle[one]  # each budget's oracle is picked at that budget
     out_methods["oracle"]["regret_top1_one_epoch"] = 0.0
+    out_methods["oracle"]["regret_top3_one_epoch"] = 0.0
     out_methods["oracle"]["picks"] = [describe(idx, int(oracle_key[full][3:]))]
     if avg is not None:
         out_methods["best_average"]["picks"] = [{k: avg[k] for k in ("arch_hash", "groups", "mean_source_accuracy",

@@ -73,9 +73,9 @@ def plot_forest(intervals: dict, path: Path) -> Path:
     ax.axvline(0.0, color="grey", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [k for k, _ in rows], fontsize=7)
     ax.invert_yaxis()
-    n = rows[0][1]["n"] if rows else 0
+    ns = sorted({v["n"] for _, v in rows})
     ax.set_xlabel("points (mean and 95% paired bootstrap interval)")
-    ax.set_title(f"pooled over {n} (dataset, seed) pairs")
+    ax.set_title(f"pooled over {'/'.join(map(str, ns)) or 0} (dataset, seed) pairs")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -14,17 +14,24 @@ SEED_KEY_TAG = "tans.bench_key"  # what one dataset's seed was benchmarked with 
 SEED_ARTIFACT = "seed.json"
 
 
-def seed_key(cfg: BenchConfig, seed: int, ds, encoder_version: str, idx) -> str:
+def seed_key(cfg: BenchConfig, seed: int, ds, encoder_version: str, idx, settings_used, base_run: str | None) -> str:
     """What one (dataset, seed) result depends on: the benchmark's settings but not where or how fast it runs,
-    the seed, the query data, the encoders and the zoo's index."""
+    the fine-tuning recipe, the seed, the query data, the encoders, the zoo's index, the base supernet behind
+    best_average, the preparation and LogME's image count. (Not the code itself: after a change to the
+    protocol, benchmark without --resume.)"""
     import hashlib
+
+    from ..retrieval.search import LOGME_IMAGES
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("work_dir", "data_dir", "progress", "plots", "workers",
                                                                    "executor", "ray_address", "device", "resume",
                                                                    "seed", "seeds", "holdout", "query_data")}
     blob = json.dumps({"settings": settings, "seed": seed, "data": ds.fingerprint(), "encoders": encoder_version,
                        "zoo": [str(n) + "/" + str(v) for n, v in zip(idx.names.tolist(), idx.versions.tolist())],
-                       "bn": BN_POLICY, "calib": CALIB_IMAGES}, sort_keys=True, default=str)
+                       "bn": BN_POLICY, "calib": CALIB_IMAGES, "logme_images": LOGME_IMAGES, "base": base_run,
+                       "recipe": {k: v for k, v in asdict(settings_used).items()
+                                  if k not in ("device", "workers", "seed", "patience")}},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

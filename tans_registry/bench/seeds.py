@@ -49,7 +49,8 @@ def aggregate(per_seed: list[dict]) -> dict:
     """One dataset's figures over its seeds (each a :func:`~.stage._figures` result with ``seed``)."""
     first = per_seed[0]
     names = [n for n in first["methods"] if all(n in s["methods"] for s in per_seed)]
-    tau = {k: _mean_present([s["weighted_tau"].get(k) for s in per_seed]) for k in first["weighted_tau"]}
+    # a seed whose scorer had no tau (constant values) leaves the dataset's mean undefined, like every field
+    tau = {k: _mean([s["weighted_tau"].get(k) for s in per_seed]) for k in first["weighted_tau"]}
     ds = dict(first["dataset"])
     ds.pop("fingerprint", None)
     ds["fingerprints"] = [s["dataset"]["fingerprint"] for s in per_seed]
@@ -67,11 +68,6 @@ def aggregate(per_seed: list[dict]) -> dict:
             "ground_truth": {"networks": int(round(np.mean([s["ground_truth"]["networks"] for s in per_seed]))),
                              "by_seed": [s["ground_truth"] for s in per_seed]},
             "per_seed": [{k: v for k, v in s.items() if k != "ground_truth"} for s in per_seed]}
-
-
-def _mean_present(values: list) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
 
 
 def pairs(datasets: dict, fn) -> list[float]:

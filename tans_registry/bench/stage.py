@@ -84,13 +84,13 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
                                   tags=tags | {"tans.dataset": label}):
                 for seed in seeds:
                     ds = queries[seed][pos][1]
-                    key = R.seed_key(cfg, seed, ds, champ.version, idx)
+                    settings = FinetuneSettings(epochs=cfg.epochs, seed=seed, device=cfg.device)
+                    key = R.seed_key(cfg, seed, ds, champ.version, idx, settings, zoo["base_run"])
                     done = R.finished_seed(exp, key) if cfg.resume else None
                     if done is not None:
                         resumed.append(f"{label} seed {seed}")
                         per_seed.append(done | {"seed": seed})
                         continue
-                    settings = FinetuneSettings(epochs=cfg.epochs, seed=seed, device=cfg.device)
                     with mlflow.start_run(experiment_id=exp, run_name=f"bench-{label}-seed{seed}", nested=True,
                                           tags=tags | {"tans.dataset": label, "tans.seed": str(seed),
                                                        "tans.fingerprint": ds.fingerprint()}) as seed_run:

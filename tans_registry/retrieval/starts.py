@@ -72,7 +72,7 @@ def calibration_set(x_train: np.ndarray, y_train: np.ndarray, val_fraction: floa
     return x[np.random.default_rng(seed).permutation(len(x))[:CALIB_IMAGES]]
 
 
-def load_start(start: dict, n_classes: int, seed: int) -> tuple[nn.Module, list[float], list[float]]:
+def load_start(start: dict, seed: int) -> tuple[nn.Module, list[float], list[float]]:
     """The start's module (its own head still on) and its preprocessing, on the CPU, unprepared."""
     from ..zoo.space import SupernetSpec, build_supernet, extract_subnet, validate_arch
 
@@ -105,8 +105,10 @@ def prepare(module: nn.Module, mean, std, n_classes: int, x_calib: np.ndarray, s
     ``x_calib``, a new seeded head for ``n_classes`` (``head=False``: the features only, for LogME),
     moved to ``device``, in eval mode."""
     module = module.to(device)
-    if len(x_calib):
-        recalibrate_bn(module, x_calib, mean, std)
+    if len(x_calib) < 2:  # one image has no batch statistics (a 1x1 map at 32 pixels): nothing to estimate
+        x_calib = x_calib[:0]
+    else:  # one batch of all of them: every image weighs the same (the estimate is their exact statistics)
+        recalibrate_bn(module, x_calib, mean, std, batch_size=len(x_calib))
     if head:
         module = new_head(module, n_classes, seed).to(device)
     module.eval()
@@ -118,6 +120,6 @@ def prepare(module: nn.Module, mean, std, n_classes: int, x_calib: np.ndarray, s
 def prepared_start(start: dict, n_classes: int, x_calib: np.ndarray, seed: int,
                    device: torch.device | str = "cpu") -> tuple[nn.Module, list[float], list[float], Preparation]:
     """:func:`load_start` then :func:`prepare`: the start as fine-tuning begins from it."""
-    module, mean, std = load_start(start, n_classes, seed)
+    module, mean, std = load_start(start, seed)
     module, prep = prepare(module, mean, std, n_classes, x_calib, seed, device)
     return module, mean, std, prep
