@@ -119,6 +119,20 @@ def test_materialized_subnet_keeps_its_recalibrated_statistics(trained_supernet)
     assert accuracy(rebuilt, images, labels, (0.5,) * 3, (0.5,) * 3) == accuracy(sub, images, labels, (0.5,) * 3, (0.5,) * 3)
 
 
+def test_recalibration_joins_a_last_batch_of_one_image_to_the_batch_before(trained_supernet):
+    """17 images in batches of 16 left a last batch of one, which batch norm cannot train on (the bench zoo's
+    build died on such a group): it joins the batch before, so the estimate is that of one batch of 17."""
+    arch = sample_archs(SPEC, 5, seed=2)[3]
+    images = np.random.default_rng(4).integers(0, 256, size=(17, 32, 32, 3), dtype=np.uint8)
+    sub = extract_subnet(trained_supernet, arch)
+    recalibrate_bn(sub, images, (0.5,) * 3, (0.5,) * 3, batch_size=16)
+    split = bn_state(sub)
+    recalibrate_bn(sub, images, (0.5,) * 3, (0.5,) * 3, batch_size=17)
+    whole = bn_state(sub)
+    assert all(torch.allclose(split[k], whole[k], atol=1e-6) for k in split)
+    recalibrate_bn(sub, images[:16], (0.5,) * 3, (0.5,) * 3, batch_size=8)  # no remainder: two batches of 8
+    assert any(not torch.allclose(bn_state(sub)[k], whole[k]) for k in whole)
+
 def test_functional_embedding_is_seeded_and_network_specific(trained_supernet):
     a = extract_subnet(trained_supernet, min_arch(SPEC))
     b = extract_subnet(trained_supernet, max_arch(SPEC))

@@ -36,8 +36,11 @@ def recalibrate_bn(module: nn.Module, x: np.ndarray, mean, std, batch_size: int 
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch counts equally
     module.train()
-    for xb in batches(x, batch_size):
-        module(batch_on(module, to_tensor(xb, mean, std)))
+    starts = list(range(0, len(x), batch_size))
+    if len(starts) > 1 and len(x) - starts[-1] == 1:  # a last batch of one image has no batch statistics (a 1x1
+        starts.pop()                                  # map fails in training mode): it joins the batch before
+    for i, s in enumerate(starts):
+        module(batch_on(module, to_tensor(x[s:starts[i + 1] if i + 1 < len(starts) else len(x)], mean, std)))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     module.eval()
