@@ -406,6 +406,63 @@ def test_every_start_is_prepared_alike_and_logme_sees_it_as_fine_tuning_starts(b
     assert logme_scores([uri0], ds, 5, "cpu")[0] == pytest.approx(logme(feats, ds.y_train[pick]), rel=1e-6)  # default set
 
 
+def test_the_source_policy_keeps_each_starts_own_statistics_and_uses_no_query_image(bench_pipeline):
+    """The alternative batch-norm policy (compared by scripts/bn_policy.py on the selection datasets): a zoo
+    version keeps its registered statistics, the generalist's are estimated on the source images given (and
+    it is refused without them), random weights keep their initial ones, no query image is used; an unknown
+    policy is refused."""
+    from dataclasses import replace
+
+    import mlflow
+    import torch
+
+    from tans_registry import tracking
+    from tans_registry.bench.stage import _zoo_facts
+    from tans_registry.data import load_dataset
+    from tans_registry.registry.index import load_index
+    from tans_registry.registry.names import model_uri
+    from tans_registry.registry.pyfunc import load_module, load_network_info
+    from tans_registry.retrieval.starts import calibration_set, load_start, prepare, prepared_start
+    from tans_registry.zoo.tensors import to_tensor
+
+    p = bench_pipeline
+    wd, uri = tracking.setup(str(p["work"]))
+    mlflow.set_registry_uri(uri)
+    idx = load_index(wd, latency=False)[0]
+    zoo = _zoo_facts(wd, set(idx.groups.tolist()))
+    uri0 = model_uri(str(idx.names[0]), int(idx.versions[0]))
+    arch = load_network_info(uri0)["arch"]
+    ds = load_dataset("faces", data_dir=p["data"], max_train=60, max_test=20)
+    calib = calibration_set(ds.x_train, ds.y_train, 0.2, seed=5)
+    x_source = load_dataset("digits", data_dir=p["data"], max_train=40).x_train
+    zoo_start = {"kind": "zoo", "uri": uri0}
+    base = {"kind": "base", **zoo["base_start"], "arch": arch}
+    kept, _, _, prep = prepared_start(zoo_start, ds.n_classes, calib, 5, bn="source", x_source=x_source)
+    registered = load_module(uri0)
+    pairs = [(a, b) for a, b in zip(registered.modules(), kept.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
+    assert pairs
+    for a, b in pairs:
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+    assert prep.bn == "source" and prep.calib_images == 0 and prep.source_images == 0
+    with pytest.raises(ValueError, match="x_source"):
+        prepared_start(base, ds.n_classes, calib, 5, bn="source")
+    with pytest.raises(ValueError, match="x_source"):
+        prepared_start(base, ds.n_classes, calib, 5, bn="source", x_source=x_source[:1])
+    gen, mean, std, gprep = prepared_start(base, ds.n_classes, calib, 5, bn="source", x_source=x_source)
+    assert replace(gprep, source_images=0) == prep and gprep.source_images == len(x_source)
+    # random weights keep their initial statistics (zeros and ones), with no image seen
+    scratch = {"kind": "scratch", "supernet": zoo["base_start"]["supernet"], "arch": arch, "seed": 3}
+    fresh, _, _, sprep = prepared_start(scratch, ds.n_classes, calib, 5, bn="source", x_source=x_source)
+    assert sprep == prep
+    assert torch.equal(fresh.first_conv.bn.running_mean, torch.zeros_like(fresh.first_conv.bn.running_mean))
+    with torch.no_grad():
+        h = gen.first_conv.conv(to_tensor(x_source, mean, std))
+    assert torch.allclose(gen.first_conv.bn.running_mean, h.mean((0, 2, 3)), atol=1e-4)
+    module, mean, std = load_start(zoo_start, 5)
+    with pytest.raises(ValueError, match="unknown batch-norm policy"):
+        prepare(module, mean, std, ds.n_classes, calib, 5, bn="keep")
+
+
 @pytest.mark.slow
 def test_bench_chain_runs_the_whole_chain_on_the_quick_profile_then_resumes_it(tmp_path):
     """`tans bench-chain --profile quick` on a tiny data directory with a manifest: the zoo (the report

@@ -17,7 +17,8 @@ import torch
 
 from ..device import resolve as resolve_device
 from ..finetune.candidate import train
-from ..retrieval.starts import calibration_set, prepared_start, split_train_val
+from ..retrieval.logme import logme
+from ..retrieval.starts import BN_POLICY, calibration_set, prepared_start, split_train_val
 from ..zoo.measure import accuracy, penultimate
 from ..zoo.tensors import to_tensor
 from .floors import linear_probe
@@ -34,8 +35,9 @@ def features(module, x: np.ndarray, mean, std, batch_size: int = 256) -> np.ndar
 
 def finetune_start(job: dict) -> dict:
     """``job``: the start, the dataset's arrays and classes, the settings (a dict; ``epochs`` replaced by
-    each of ``budgets``), the tracking URI and the thread count. Returns the preparation, the linear
-    probe's figures, and per budget: validation accuracy after every epoch, the kept (best validation)
+    each of ``budgets``), the tracking URI and the thread count (and optionally ``bn`` and ``x_source``, the
+    batch-norm policy: :func:`~tans_registry.retrieval.starts.prepare`). Returns the preparation, the linear
+    probe's figures (with ``logme`` set: the LogME of the training part's prepared features), and per budget: validation accuracy after every epoch, the kept (best validation)
     epoch's validation and test accuracy, seconds."""
     import mlflow
 
@@ -49,14 +51,19 @@ def finetune_start(job: dict) -> dict:
     device = resolve_device(s.get("device"))
     n_classes = len(job["classes"])
     t0 = time.time()
-    module, mean, std, prep = prepared_start(job["start"], n_classes, calib, s["seed"], device)
-    probe = linear_probe(features(module, x, mean, std), y, features(module, job["x_test"], mean, std), job["y_test"],
+    bn, x_source = job.get("bn", BN_POLICY), job.get("x_source")
+    module, mean, std, prep = prepared_start(job["start"], n_classes, calib, s["seed"], device, bn=bn, x_source=x_source)
+    f_train = features(module, x, mean, std)
+    probe = linear_probe(f_train, y, features(module, job["x_test"], mean, std), job["y_test"],
                          seed=s["seed"]) | {"seconds_with_features": time.time() - t0}
+    if job.get("logme"):  # the LogME of the prepared start's training features (scripts/bn_policy.py)
+        probe["logme"] = logme(f_train, y)
     out = {}
     for budget in job["budgets"]:
         t0 = time.time()
         if out:  # every budget starts again from the prepared start
-            module, mean, std, again = prepared_start(job["start"], n_classes, calib, s["seed"], device)
+            module, mean, std, again = prepared_start(job["start"], n_classes, calib, s["seed"], device, bn=bn,
+                                                      x_source=x_source)
             assert again == prep
         settings = s | {"epochs": float(budget), "patience": 10 ** 6}  # every epoch measured: no early stop
         fit = train(module, x, y, xv, yv, settings, mean, std)

@@ -15,6 +15,13 @@ architecture with random weights (``{"kind": "scratch", "supernet": spec, "arch"
 
 It returns the module and a :class:`Preparation` record, which is the same for every start of one query
 and seed (a test builds one start of each kind and compares them).
+
+``bn="source"`` is the alternative the policy was compared with (``scripts/bn_policy.py``, on the selection
+datasets mnist and pacs_sketch, 2026-12-04: ``query`` fine-tuned 19.2 points better after one epoch and 2.2
+after five, intervals above 0, and LogME's tau 0.486 against 0.254; BENCHMARKS.md): each start keeps the
+statistics of its own source (a zoo version those the zoo build estimated
+on its group's images; a generalist subnet's estimated on images of the pooled training datasets, given
+as ``x_source``; random weights their initial ones), and no query image is used.
 """
 from __future__ import annotations
 
@@ -34,17 +41,19 @@ from ..zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
 # preparing each of a zoo's networks for LogME to one extra forward pass of the size LogME makes anyway.
 CALIB_IMAGES = 256
 BN_POLICY = "query"  # batch-norm statistics: re-estimated on the query's training images, for every start
+BN_POLICIES = ("query", "source")
 
 
 @dataclass(frozen=True)
 class Preparation:
     """How a start was prepared: identical for every start of one query and seed."""
 
-    bn: str            # "query": statistics re-estimated on the calibration images
-    calib_images: int
+    bn: str            # "query": statistics re-estimated on the calibration images; "source": the start's own
+    calib_images: int  # query images the statistics were estimated on (0 under "source")
     calib_sha: str     # sha256 (16 hex) of the calibration images' bytes
     head_seed: int
     n_classes: int
+    source_images: int = 0  # under "source": the source images a generalist's statistics were estimated on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,12 +109,22 @@ def load_start(start: dict, seed: int) -> tuple[nn.Module, list[float], list[flo
 
 
 def prepare(module: nn.Module, mean, std, n_classes: int, x_calib: np.ndarray, seed: int,
-            device: torch.device | str = "cpu", head: bool = True) -> tuple[nn.Module, Preparation]:
+            device: torch.device | str = "cpu", head: bool = True, bn: str = BN_POLICY,
+            x_source: np.ndarray | None = None) -> tuple[nn.Module, Preparation]:
     """Prepare a loaded start in place, the same way for every kind: batch norm re-estimated on
-    ``x_calib``, a new seeded head for ``n_classes`` (``head=False``: the features only, for LogME),
-    moved to ``device``, in eval mode."""
+    ``x_calib`` (``bn="source"``: on ``x_source`` where given, else kept as loaded, and ``x_calib`` unused),
+    a new seeded head for ``n_classes`` (``head=False``: the features only, for LogME), moved to
+    ``device``, in eval mode."""
+    if bn not in BN_POLICIES:
+        raise ValueError(f"unknown batch-norm policy {bn!r}; choose one of {', '.join(BN_POLICIES)}")
     module = module.to(device)
-    if len(x_calib) < 2:  # one image has no batch statistics (a 1x1 map at 32 pixels): nothing to estimate
+    n_source = 0
+    if bn == "source":  # x_source is for a module with no statistics of its own (prepared_start passes it so)
+        x_calib = x_calib[:0]
+        if x_source is not None and len(x_source) >= 2:
+            recalibrate_bn(module, x_source, mean, std, batch_size=len(x_source))
+            n_source = int(len(x_source))
+    elif len(x_calib) < 2:  # one image has no batch statistics (a 1x1 map at 32 pixels): nothing to estimate
         x_calib = x_calib[:0]
     else:  # one batch of all of them: every image weighs the same (the estimate is their exact statistics)
         recalibrate_bn(module, x_calib, mean, std, batch_size=len(x_calib))
@@ -113,13 +132,20 @@ def prepare(module: nn.Module, mean, std, n_classes: int, x_calib: np.ndarray, s
         module = new_head(module, n_classes, seed).to(device)
     module.eval()
     sha = hashlib.sha256(np.ascontiguousarray(x_calib).tobytes()).hexdigest()[:16]
-    return module, Preparation(bn=BN_POLICY, calib_images=int(len(x_calib)), calib_sha=sha, head_seed=int(seed),
-                               n_classes=int(n_classes))
+    return module, Preparation(bn=bn, calib_images=int(len(x_calib)), calib_sha=sha, head_seed=int(seed),
+                               n_classes=int(n_classes), source_images=n_source)
 
 
 def prepared_start(start: dict, n_classes: int, x_calib: np.ndarray, seed: int,
-                   device: torch.device | str = "cpu") -> tuple[nn.Module, list[float], list[float], Preparation]:
-    """:func:`load_start` then :func:`prepare`: the start as fine-tuning begins from it."""
+                   device: torch.device | str = "cpu", bn: str = BN_POLICY,
+                   x_source: np.ndarray | None = None) -> tuple[nn.Module, list[float], list[float], Preparation]:
+    """:func:`load_start` then :func:`prepare`: the start as fine-tuning begins from it. Under
+    ``bn="source"`` a generalist subnet (kind ``base``) needs ``x_source``, the images its statistics come
+    from; the other kinds keep theirs."""
     module, mean, std = load_start(start, seed)
-    module, prep = prepare(module, mean, std, n_classes, x_calib, seed, device)
+    if bn == "source" and start.get("kind") == "base" and (x_source is None or len(x_source) < 2):
+        raise ValueError("bn='source' needs x_source (2 images or more) for a subnet of the base supernet: it has no "
+                         "statistics of its own")
+    src = x_source if start.get("kind") == "base" else None
+    module, prep = prepare(module, mean, std, n_classes, x_calib, seed, device, bn=bn, x_source=src)
     return module, mean, std, prep
