@@ -89,6 +89,7 @@ def main() -> None:
     units: list[dict] = []
     per = max(1, CALIB_IMAGES // max(1, len(zoo["datasets"]) - 1))
     for seed in range(a.seeds):
+        sources: dict[str, object] = {}  # each training dataset loaded once per seed, not once per query
         for name in names:
             # the generalist's own statistics: CALIB_IMAGES images of the pooled training datasets, evenly
             # shared, the query dataset's never
@@ -96,7 +97,9 @@ def main() -> None:
             pool = []
             for n in zoo["datasets"]:
                 if n != name:
-                    src = load_dataset(n, data_dir=data_dir, seed=seed, max_train=4 * per)
+                    if n not in sources:
+                        sources[n] = load_dataset(n, data_dir=data_dir, seed=seed, max_train=4 * per)
+                    src = sources[n]
                     pool.append(src.x_train[rng.permutation(len(src.x_train))[:per]])
             x_source = np.concatenate(pool)[:CALIB_IMAGES]
             ds = load_dataset(name, data_dir=data_dir, seed=seed, max_train=a.max_train, max_test=a.max_test)

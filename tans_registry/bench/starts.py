@@ -37,7 +37,8 @@ def finetune_start(job: dict) -> dict:
     """``job``: the start, the dataset's arrays and classes, the settings (a dict; ``epochs`` replaced by
     each of ``budgets``), the tracking URI and the thread count (and optionally ``bn`` and ``x_source``, the
     batch-norm policy: :func:`~tans_registry.retrieval.starts.prepare`). Returns the preparation, the linear
-    probe's figures (with ``logme`` set: the LogME of the training part's prepared features), and per budget: validation accuracy after every epoch, the kept (best validation)
+    probe's figures (with ``logme`` set: also the LogME of the training part's prepared features), and per
+    budget: validation accuracy after every epoch, the kept (best validation)
     epoch's validation and test accuracy, seconds."""
     import mlflow
 
