@@ -1,9 +1,13 @@
-"""The unit costs behind `tans bench`'s time, measured on a built work directory (what the chain's time
-budget is planned from): preparing one start, its linear probe, one fine-tuning epoch, the test
-evaluation, and LogME per network.
+"""The unit costs behind `tans bench`'s and the zoo build's time, measured on a built work directory (what
+the chain's time budget is planned from): preparing one start, its linear probe, one fine-tuning epoch,
+the test evaluation, LogME per network, and one sandwich step of supernet training (the zoo build's unit:
+batch 64, the largest subnet plus one random one).
 
     .venv/bin/python scripts/bench_costs.py --work-dir WORK [--data chinese_mnist] [--max-train 1000]
-        [--max-test 1000] [--networks 10] [--threads 1]
+        [--max-test 1000] [--networks 10] [--threads 1] [--sandwich-steps 20] [--plain-depthwise]
+
+``--plain-depthwise`` measures the same work with the plain depthwise layers (``zoo/fastconv.py`` off: every
+kernel tap computed, padding included), for a before/after comparison in one checkout.
 
 Each figure is the median of the networks measured (seconds, this process alone, ``--threads`` torch
 threads: 1 is what each of `tans bench`'s two workers gets on 2 cores).
@@ -26,6 +30,9 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=1000)
     ap.add_argument("--networks", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sandwich-steps", type=int, default=20, help="supernet training steps timed (0: none)")
+    ap.add_argument("--plain-depthwise", action="store_true",
+                    help="the plain depthwise layers (every kernel tap computed), to compare with the default")
     a = ap.parse_args()
 
     import mlflow
@@ -45,6 +52,10 @@ def main() -> None:
 
     from dataclasses import asdict
 
+    if a.plain_depthwise:
+        from tans_registry.zoo import fastconv
+
+        fastconv.ENABLED = False
     torch.set_num_threads(a.threads)
     wd, uri = tracking.setup(a.work_dir)
     mlflow.set_registry_uri(uri)
@@ -73,7 +84,19 @@ def main() -> None:
     t = time.perf_counter()
     logme_scores(uris, ds, 0, "cpu", x_calib=calib)
     cost["logme"] = [(time.perf_counter() - t) / len(uris)]
-    out = {"data": a.data, "n_train": int(len(x)), "n_val": int(len(xv)), "n_test": int(len(ds.x_test)),
+    if a.sandwich_steps > 0:
+        from tans_registry.zoo.profiles import TrainConfig
+        from tans_registry.zoo.space import SupernetSpec, build_supernet
+        from tans_registry.zoo.train import train_supernet
+
+        torch.manual_seed(0)
+        spec = SupernetSpec(n_classes=ds.n_classes)
+        passes = a.sandwich_steps / max(1, -(-len(x) // 64))
+        t = time.perf_counter()
+        done = train_supernet(build_supernet(spec), spec, x, y, TrainConfig(epochs=passes, warmup_fraction=0.0,
+                                                                            eval_images=0), mean, std)
+        cost["sandwich_step"] = [(time.perf_counter() - t) / done["steps"]]
+    out = {"data": a.data, "plain_depthwise": a.plain_depthwise, "n_train": int(len(x)), "n_val": int(len(xv)), "n_test": int(len(ds.x_test)),
            "networks": len(uris), "threads": a.threads,
            "seconds_median": {k: float(np.median(v)) for k, v in cost.items()}}
     print(json.dumps(out, indent=1))

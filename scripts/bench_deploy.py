@@ -13,7 +13,12 @@ Needs a work dir with a registered zoo, champion encoders and an index (the READ
 Step 4 is a real query: it registers a fine-tuned version and an ONNX version in that work dir's registry
 (and moves their champions when they are better), like any `tans query`.
 
-    .venv/bin/python scripts/bench_deploy.py --work-dir . --query chinese_mnist [--json]
+    .venv/bin/python scripts/bench_deploy.py --work-dir . --query chinese_mnist [--json] [--parts onnx,serve]
+        [--plain-depthwise]
+
+``--parts`` runs some of the four (query, onnx, finetune, serve; serve needs finetune's export);
+``--plain-depthwise`` builds the subnets with the plain depthwise layers (``zoo/fastconv.py`` off), for a
+before/after comparison in one checkout.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from tans_registry.retrieval.search import rank, rank_candidates  # noqa: E402
 from tans_registry.zoo.onnx import export_onnx, session  # noqa: E402
 from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch, min_arch, sample_archs  # noqa: E402
 
+PARTS = ("query", "onnx", "finetune", "serve")
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -195,45 +201,81 @@ def main() -> None:
     ap.add_argument("--serve-seconds", type=float, default=10.0)
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to run (comma-separated)")
+    ap.add_argument("--plain-depthwise", action="store_true",
+                    help="subnets with the plain depthwise layers (every kernel tap computed), to compare")
     args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        ap.error(f"--parts takes some of {', '.join(PARTS)}; got {args.parts!r}")
+    if "serve" in parts and "finetune" not in parts:
+        ap.error("--parts serve needs finetune too (it serves the query's ONNX export)")
+    if args.plain_depthwise:
+        from tans_registry.zoo import fastconv
+
+        fastconv.ENABLED = False
     work = Path(args.work_dir).resolve()
     t0 = time.time()
-    res = {"torch_threads": torch.get_num_threads()}
-    res["query"] = bench_query(work, args.query, args.data_dir, args.rows)
+    res = {"torch_threads": torch.get_num_threads(), "plain_depthwise": args.plain_depthwise, "parts": parts}
+    if "query" in parts:
+        res["query"] = bench_query(work, args.query, args.data_dir, args.rows)
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        res["onnx_vs_torch"] = bench_onnx(Path(tmp))
-    res["finetune"] = bench_finetune(work, args.query, args.data_dir, args.epochs)
-    x = load_dataset(args.query, data_dir=args.data_dir).x_test[:64]
-    res["serve"] = bench_serve(work, res["finetune"]["onnx"], x, args.serve_seconds)
+    if "onnx" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["onnx_vs_torch"] = bench_onnx(Path(tmp))
+    if "finetune" in parts:
+        res["finetune"] = bench_finetune(work, args.query, args.data_dir, args.epochs)
+    if "serve" in parts:
+        x = load_dataset(args.query, data_dir=args.data_dir).x_test[:64]
+        res["serve"] = bench_serve(work, res["finetune"]["onnx"], x, args.serve_seconds)
     res["wall_s"] = time.time() - t0
     if args.json:
         print(json.dumps(res, indent=1))
         return
-    q = res["query"]
+    if "query" in parts:
+        _print_query(res["query"])
+    if "onnx" in parts:
+        _print_onnx(res["onnx_vs_torch"])
+    if "serve" in parts:
+        _print_serve(res["serve"])
+    if "finetune" in parts:
+        _print_finetune(res["finetune"])
+    print(f"whole run {res['wall_s']:.0f} s")
+
+
+def _print_query(q: dict) -> None:
     print(f"query ({q['query_images']} images, {q['index_rows']:,}-network index): embed {q['embed_ms']:.1f} ms, "
           f"search {q['search_ms']:.1f} ms, search + re-rank {q['search_and_rerank_ms']:.1f} ms, "
           f"total {q['total_ms']:.1f} ms")
     lm = q["logme"]
     print(f"LogME re-rank ({lm['index_rows']}-network index): {lm['forward_passes']} forward passes, "
           f"{lm['rerank_seconds']:.1f} s (whole rank {lm['rank_seconds']:.1f} s)")
+
+
+def _print_onnx(rows: list[dict]) -> None:
     print("| subnet | params | batch | PyTorch eager ms | onnxruntime ms | speed-up | without preprocessing: eager / "
           "onnxruntime ms | speed-up |\n|---|---|---|---|---|---|---|---|")
-    for r in res["onnx_vs_torch"]:
+    for r in rows:
         print(f"| {r['subnet']} | {r['params']:,} | {r['batch']} | {r['torch_ms']:.2f} | {r['onnxruntime_ms']:.2f} | "
               f"{r['speedup']:.2f}x | {r['torch_raw_ms']:.2f} / {r['onnxruntime_raw_ms']:.2f} | {r['speedup_raw']:.2f}x |")
+
+
+def _print_serve(rows: list[dict]) -> None:
     print("| clients | requests | p50 ms | p95 ms | requests/s | images per session call |\n|---|---|---|---|---|---|")
-    for r in res["serve"]:
+    for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['requests_per_s']:.0f} | "
               f"{r['images_per_session_call']:.1f} |")
-    f = res["finetune"]
+
+
+def _print_finetune(f: dict) -> None:
     print("| rank | parent | seconds | epochs | s/epoch | validation | test | stopped early |\n|---|---|---|---|---|---|---|---|")
     for r in f["candidates"]:
         print(f"| {r['rank']} | {r['parent']} | {r['seconds']:.1f} | {r['epochs']:g} | {r['s_per_epoch']:.1f} | "
               f"{r['val_accuracy']:.3f} | {r['test_accuracy']:.3f} | {r['stopped_early']} |")
     print(f"fine-tuning wall {f['finetune_wall_s']:.1f} s (candidates in parallel), export {f['export_s']:.1f} s; "
-          f"winner {f['winner']}, {f['onnx']} (max abs diff {f['onnx_max_abs_diff']:.1e}); whole run {res['wall_s']:.0f} s")
+          f"winner {f['winner']}, {f['onnx']} (max abs diff {f['onnx_max_abs_diff']:.1e})")
 
 
 if __name__ == "__main__":

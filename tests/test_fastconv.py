@@ -1,0 +1,105 @@
+"""Depthwise convolutions without the taps that only see padding (zoo/fastconv.py): the same outputs and
+gradients as the plain layers, on the real OFA supernet and its subnets."""
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import DynamicSeparableConv2d
+from torch import nn
+
+from tans_registry.zoo.fastconv import (CroppedDepthwiseConv2d, CroppedDynamicSeparableConv2d, crop, depthwise,
+                                        install)
+from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch, set_active
+
+SPEC = SupernetSpec(n_classes=5)
+
+
+def _zero_rings(w: torch.Tensor, c: int) -> torch.Tensor:
+    w = w.clone()
+    if c:
+        w[..., :c, :] = 0
+        w[..., -c:, :] = 0
+        w[..., :, :c] = 0
+        w[..., :, -c:] = 0
+    return w
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_the_cut_rings_are_exactly_the_taps_that_never_see_a_pixel(kernel, stride):
+    torch.manual_seed(0)
+    pad = kernel // 2
+    for size in range(1, 10):
+        c = crop(kernel, pad, stride, size)
+        x, w = torch.randn(2, 4, size, size), torch.randn(4, 1, kernel, kernel)
+        plain = F.conv2d(x, w, None, stride, pad, 1, 4)
+        # zeroing the cut rings changes nothing ...
+        torch.testing.assert_close(F.conv2d(x, _zero_rings(w, c), None, stride, pad, 1, 4), plain, rtol=0, atol=1e-5)
+        # ... and one ring more would (the crop is as large as it may be)
+        if c < pad:
+            assert not torch.allclose(F.conv2d(x, _zero_rings(w, c + 1), None, stride, pad, 1, 4), plain, atol=1e-3)
+        # the cut convolution itself equals the plain one
+        torch.testing.assert_close(depthwise(x, w, stride, pad, 4), plain, rtol=0, atol=1e-5)
+    assert crop(7, 3, 1, 1) == 3 and crop(7, 3, 1, 2) == 2 and crop(7, 3, 1, 4) == 0 and crop(5, 2, 1, 2) == 1
+
+
+def _plain(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with the plain layer classes back."""
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        if type(m) is CroppedDepthwiseConv2d:
+            m.__class__ = nn.Conv2d
+        elif type(m) is CroppedDynamicSeparableConv2d:
+            m.__class__ = DynamicSeparableConv2d
+    return out
+
+
+def _outputs_and_grads(module: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    module.train()
+    module.zero_grad()
+    loss = F.cross_entropy(module(x), y)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+def test_supernets_and_subnets_use_the_cut_layers_and_compute_what_the_plain_ones_do():
+    torch.manual_seed(0)
+    supernet = build_supernet(SPEC)
+    for m in supernet.modules():  # OFA zeroes some BN gammas at init: make every path carry signal
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+    assert sum(type(m) is CroppedDynamicSeparableConv2d for m in supernet.modules()) == 20
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
+    arch = {"ks": [7, 5, 3, 7] * 5, "e": [6, 4, 3, 6] * 5, "d": [4, 3, 2, 4, 3]}
+    plain_super = _plain(supernet)
+    for net in (supernet, plain_super):
+        set_active(net, arch)
+    (l1, g1), (l2, g2) = _outputs_and_grads(supernet, x, y), _outputs_and_grads(plain_super, x, y)
+    torch.testing.assert_close(l1, l2, rtol=0, atol=1e-5)
+    assert len(g1) == len(g2) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+
+    sub = extract_subnet(supernet, max_arch(SPEC))
+    assert sum(type(m) is CroppedDepthwiseConv2d for m in sub.modules()) == 21  # 20 elastic blocks + the first
+    plain_sub = _plain(sub)
+    (l1, g1), (l2, g2) = _outputs_and_grads(sub, x, y), _outputs_and_grads(plain_sub, x, y)
+    torch.testing.assert_close(l1, l2, rtol=0, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+    sub.eval()
+    plain_sub.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x), plain_sub(x), rtol=0, atol=1e-5)
+    # same parameters and state-dict keys; the module still pickles (Ray and process pools may send it)
+    assert list(sub.state_dict()) == list(plain_sub.state_dict())
+    again = pickle.loads(pickle.dumps(sub))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), sub(x), rtol=0, atol=0)
+
+
+def test_install_leaves_layers_it_cannot_cut_alone():
+    strided = nn.Conv2d(4, 4, 3, stride=(1, 2), padding=1, groups=4, bias=False)
+    dense = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    with_bias = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=True)
+    install(nn.Sequential(strided, dense, with_bias))
+    assert [type(m) for m in (strided, dense, with_bias)] == [nn.Conv2d] * 3
