@@ -212,8 +212,11 @@ def main() -> None:
     if "serve" in parts and "finetune" not in parts:
         ap.error("--parts serve needs finetune too (it serves the query's ONNX export)")
     if args.plain_depthwise:
+        import os
+
         from tans_registry.zoo import fastconv
 
+        os.environ["TANS_PLAIN_DEPTHWISE"] = "1"  # the worker processes it spawns read it too
         fastconv.ENABLED = False
     work = Path(args.work_dir).resolve()
     t0 = time.time()

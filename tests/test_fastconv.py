@@ -40,8 +40,11 @@ def test_the_cut_rings_are_exactly_the_taps_that_never_see_a_pixel(kernel, strid
         # ... and one ring more would (the crop is as large as it may be)
         if c < pad:
             assert not torch.allclose(F.conv2d(x, _zero_rings(w, c + 1), None, stride, pad, 1, 4), plain, atol=1e-3)
-        # the cut convolution itself equals the plain one
+        # the cut convolution itself equals the plain one, on square and oblong maps
         torch.testing.assert_close(depthwise(x, w, stride, pad, 4), plain, rtol=0, atol=1e-5)
+        oblong = torch.randn(2, 4, size, size + 1)
+        torch.testing.assert_close(depthwise(oblong, w, stride, pad, 4), F.conv2d(oblong, w, None, stride, pad, 1, 4),
+                                   rtol=0, atol=1e-5)
     assert crop(7, 3, 1, 1) == 3 and crop(7, 3, 1, 2) == 2 and crop(7, 3, 1, 4) == 0 and crop(5, 2, 1, 2) == 1
 
 
@@ -85,7 +88,7 @@ def test_supernets_and_subnets_use_the_cut_layers_and_compute_what_the_plain_one
     plain_sub = _plain(sub)
     (l1, g1), (l2, g2) = _outputs_and_grads(sub, x, y), _outputs_and_grads(plain_sub, x, y)
     torch.testing.assert_close(l1, l2, rtol=0, atol=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+    assert len(g1) == len(g2) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
     sub.eval()
     plain_sub.eval()
     with torch.no_grad():
@@ -103,3 +106,42 @@ def test_install_leaves_layers_it_cannot_cut_alone():
     with_bias = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=True)
     install(nn.Sequential(strided, dense, with_bias))
     assert [type(m) for m in (strided, dense, with_bias)] == [nn.Conv2d] * 3
+
+
+def test_flops_are_counted_on_the_plain_layers_and_the_cut_ones_come_back():
+    from tans_registry.zoo.fastconv import plain
+    from tans_registry.zoo.measure import count_flops
+
+    sub = extract_subnet(build_supernet(SPEC), max_arch(SPEC))
+    classes = [type(m) for m in sub.modules()]
+    flops = count_flops(sub, 32)
+    assert [type(m) for m in sub.modules()] == classes  # the cut layers are back
+    assert flops == count_flops(_plain(sub), 32)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # what the cut layers compute is less
+        sub.eval()(torch.zeros(1, 3, 32, 32))
+    assert counter.get_total_flops() < flops
+    with plain(sub):
+        assert not any(type(m) is CroppedDepthwiseConv2d for m in sub.modules())
+    assert any(type(m) is CroppedDepthwiseConv2d for m in sub.modules())
+
+
+def test_the_onnx_export_is_the_plain_graph_and_matches_the_cut_module_at_another_batch(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from tans_registry.zoo.onnx import export_onnx
+
+    torch.manual_seed(0)
+    sub = extract_subnet(build_supernet(SPEC), max_arch(SPEC)).eval()
+    path = export_onnx(sub, torch.zeros(1, 3, 32, 32), tmp_path / "net.onnx", "x", "y")
+    assert any(type(m) is CroppedDepthwiseConv2d for m in sub.modules())  # the module keeps its cut layers
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # every batch norm folded into its convolution (a cut kernel, a slice, would leave BatchNormalization
+    # nodes and a Mul per 1x1 map), as before the cut layers existed
+    assert ops.count("Conv") == 89 and "BatchNormalization" not in ops
+    x = torch.randn(3, 3, 32, 32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), sub(x), rtol=0, atol=1e-4)

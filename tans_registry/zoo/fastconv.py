@@ -4,8 +4,8 @@ At the zoo's 32-pixel input the last stages of an OFA MobileNetV3 run on 2x2 and
 depthwise kernels ("same" padding). Every output pixel there reads mostly zeros of the padding, and
 PyTorch's CPU (oneDNN) depthwise kernel pays for each of them: on a 2-core AMD EPYC, one torch thread, the
 7x7 layers on 2x2 and 1x1 maps took 72% of the largest subnet's forward pass (1.8 s of 2.5 s for 500
-images; ``scripts/bench_costs.py``'s kernel check prints it). A tap that never reaches a real pixel adds
-exactly zero, so the same convolution with the kernel's outer rings cut off (and the padding reduced by
+images, torch.profiler; BENCHMARKS.md has the before and after). A tap that never reaches a real pixel
+adds exactly zero, so the same convolution with the kernel's outer rings cut off (and the padding reduced by
 as much) computes the same output, up to the order of the floating-point sums, and the same gradients
 for every weight (the cut taps' gradient is zero either way).
 
@@ -13,10 +13,15 @@ for every weight (the cut taps' gradient is zero either way).
 that uses it. :func:`install` switches every depthwise convolution of a module to it in place (the class
 of each layer changes; its parameters, buffers and state-dict keys stay as they are), for the static
 subnets (``nn.Conv2d``) and for the supernet's elastic layers (the ``ofa`` package's
-``DynamicSeparableConv2d``); both new classes live at module level, so modules still pickle. ONNX export traces the cut kernel at the exported input size, which is
-fixed (only the batch axis is dynamic).
+``DynamicSeparableConv2d``); both new classes live at module level, so modules still pickle. FLOPs are
+counted and ONNX graphs exported on the plain layers (:func:`plain`): a network's FLOPs tag is its
+architecture's, and its ONNX graph is the one it always was.
 """
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +60,7 @@ def _is_depthwise(m: nn.Conv2d) -> bool:
     k = m.kernel_size
     return (m.groups > 1 and m.groups == m.in_channels == m.out_channels and k[0] == k[1] > 1
             and m.dilation == (1, 1) and m.stride[0] == m.stride[1] and m.padding_mode == "zeros"
-            and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1] and m.bias is None)
+            and isinstance(m.padding, tuple) and m.padding[0] == m.padding[1] > 0 and m.bias is None)
 
 
 class CroppedDepthwiseConv2d(nn.Conv2d):
@@ -79,9 +84,10 @@ class CroppedDynamicSeparableConv2d(DynamicSeparableConv2d):
         return depthwise(x, filters, self.stride, get_same_padding(kernel_size), channels)
 
 
-# False: :func:`install` leaves every layer as it is (the benchmark scripts' ``--plain-depthwise``, which
-# measures the same work with the plain layers; the product never turns it off).
-ENABLED = True
+# False: :func:`install` leaves every layer as it is. Only the benchmark scripts' ``--plain-depthwise`` turns it
+# off, to measure the same work with the plain layers: they set TANS_PLAIN_DEPTHWISE=1, which the worker
+# processes they spawn inherit and read here when they import this module.
+ENABLED = os.environ.get("TANS_PLAIN_DEPTHWISE", "") != "1"
 
 
 def install(module: nn.Module) -> nn.Module:
@@ -94,3 +100,20 @@ def install(module: nn.Module) -> nn.Module:
         elif type(m) is DynamicSeparableConv2d and m.dilation == 1:
             m.__class__ = CroppedDynamicSeparableConv2d
     return module
+
+
+_PLAIN = {CroppedDepthwiseConv2d: nn.Conv2d, CroppedDynamicSeparableConv2d: DynamicSeparableConv2d}
+
+
+@contextmanager
+def plain(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``module``'s cut layers are the plain ones again (every tap computed), e.g. to count
+    a network's FLOPs the conventional way, whatever the kernel implementation skips; restored after."""
+    swapped = [(m, type(m)) for m in module.modules() if type(m) in _PLAIN]
+    for m, cls in swapped:
+        m.__class__ = _PLAIN[cls]
+    try:
+        yield module
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls

@@ -16,12 +16,16 @@ def n_params(module: nn.Module) -> int:
 
 
 def count_flops(module: nn.Module, input_size: int) -> int:
-    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter`` (2 per MAC)."""
+    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter`` (2 per MAC), the
+    conventional way: every kernel tap of every convolution, padding included, on the plain layers
+    (:func:`.fastconv.plain`), so the figure is the architecture's, not the kernel implementation's."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .fastconv import plain
 
     was_training = module.training
     module.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), plain(module), FlopCounterMode(display=False) as counter:
         module(batch_on(module, torch.zeros(1, 3, input_size, input_size)))
     module.train(was_training)
     return int(counter.get_total_flops())

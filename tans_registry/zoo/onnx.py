@@ -17,11 +17,17 @@ OPSET = 17
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str = "input",
                 output_name: str = "output") -> Path:
-    """Write ``module`` (eval mode) as ONNX at ``path``, batch axis dynamic."""
+    """Write ``module`` (eval mode) as ONNX at ``path``, batch axis dynamic. The depthwise layers are
+    exported plain (:func:`.fastconv.plain`): the exporter folds each batch norm into its convolution and
+    the int8 quantiser finds per-channel convolution weights, as before the cut layers existed (a cut
+    kernel is a slice, which the exporter does not fold; onnxruntime's CPU provider ran both graphs at
+    the same speed at batch 64, BENCHMARKS.md)."""
+    from .fastconv import plain
+
     module.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), plain(module):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=[input_name], output_names=[output_name],
