@@ -28,8 +28,8 @@ class BenchConfig:
     epochs: float = 5.0                        # the full budget (the one-epoch budget is run too)
     # Per query dataset: 500 training images (a fifth carved out for validation), at least 12 ground-truth
     # networks and 3 random draws: cut from 1,000 / 20 / 5 on 2026-12-04 by the unit costs, before any figure,
-    # towards a chain of 150 minutes. Measured since: 7.9 min a (dataset, seed) with the 340-network zoo on 2
-    # cores, ~3.2 h for 12 x 2, so not enough yet (BENCHMARKS.md "The chain, measured"). Test: up to 1,000.
+    # towards a chain of 150 minutes. Measured since: 4.6 min a (dataset, seed) with the 340-network zoo on 2 cores
+    # (7.9 before the cut depthwise layers), ~110 min for 12 x 2: the chain ~174 min (BENCHMARKS.md). Test: up to 1,000.
     max_train: int = 500                       # training images per query dataset (stratified; validation carved out)
     max_test: int = 1000                       # test images per query dataset (stratified)
     ground_truth: int = 12                     # zoo networks fine-tuned at least (spread over retrieval order and size)
