@@ -53,12 +53,9 @@ def main() -> None:
     from dataclasses import asdict
 
     if a.plain_depthwise:
-        import os
+        from tans_registry.zoo.fastconv import use_plain_layers
 
-        from tans_registry.zoo import fastconv
-
-        os.environ["TANS_PLAIN_DEPTHWISE"] = "1"  # the worker processes it spawns read it too
-        fastconv.ENABLED = False
+        use_plain_layers()  # the worker processes it spawns too
     torch.set_num_threads(a.threads)
     wd, uri = tracking.setup(a.work_dir)
     mlflow.set_registry_uri(uri)

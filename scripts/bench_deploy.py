@@ -212,12 +212,9 @@ def main() -> None:
     if "serve" in parts and "finetune" not in parts:
         ap.error("--parts serve needs finetune too (it serves the query's ONNX export)")
     if args.plain_depthwise:
-        import os
+        from tans_registry.zoo.fastconv import use_plain_layers
 
-        from tans_registry.zoo import fastconv
-
-        os.environ["TANS_PLAIN_DEPTHWISE"] = "1"  # the worker processes it spawns read it too
-        fastconv.ENABLED = False
+        use_plain_layers()  # the worker processes it spawns too
     work = Path(args.work_dir).resolve()
     t0 = time.time()
     res = {"torch_threads": torch.get_num_threads(), "plain_depthwise": args.plain_depthwise, "parts": parts}

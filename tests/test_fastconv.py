@@ -95,7 +95,7 @@ def test_supernets_and_subnets_use_the_cut_layers_and_compute_what_the_plain_one
         torch.testing.assert_close(sub(x), plain_sub(x), rtol=0, atol=1e-5)
     # same parameters and state-dict keys; the module still pickles (Ray and process pools may send it)
     assert list(sub.state_dict()) == list(plain_sub.state_dict())
-    again = pickle.loads(pickle.dumps(sub))
+    again = pickle.loads(pickle.dumps(sub))  # our own module, round-tripped in memory: no outside pickle
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x), sub(x), rtol=0, atol=0)
 
@@ -145,3 +145,25 @@ def test_the_onnx_export_is_the_plain_graph_and_matches_the_cut_module_at_anothe
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": x.numpy()})[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), sub(x), rtol=0, atol=1e-4)
+
+
+def test_plain_depthwise_switch_reaches_a_spawned_process_and_bench_deploy_checks_its_parts():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch\n"
+            "from tans_registry.zoo.fastconv import CroppedDepthwiseConv2d\n"
+            "s = SupernetSpec(n_classes=3); sub = extract_subnet(build_supernet(s), max_arch(s))\n"
+            "print(sum(type(m) is CroppedDepthwiseConv2d for m in sub.modules()))")
+    env = dict(os.environ, TANS_PLAIN_DEPTHWISE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_deploy.py"
+    bad = subprocess.run([sys.executable, str(script), "--work-dir", ".", "--parts", "onnx,bogus"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--parts takes some of query, onnx, finetune, serve" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--work-dir", ".", "--parts", "serve"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "needs finetune" in bad.stderr

@@ -90,6 +90,14 @@ class CroppedDynamicSeparableConv2d(DynamicSeparableConv2d):
 ENABLED = os.environ.get("TANS_PLAIN_DEPTHWISE", "") != "1"
 
 
+def use_plain_layers() -> None:
+    """From now on :func:`install` changes nothing, in this process and in the processes it spawns (the
+    benchmark scripts' ``--plain-depthwise``)."""
+    global ENABLED
+    os.environ["TANS_PLAIN_DEPTHWISE"] = "1"
+    ENABLED = False
+
+
 def install(module: nn.Module) -> nn.Module:
     """Switch every depthwise convolution of ``module`` to :func:`depthwise`, in place; returns it."""
     if not ENABLED:
