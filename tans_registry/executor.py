@@ -157,8 +157,34 @@ def parallel_map(fn: Callable, jobs: list, workers: int, executor: Executor | No
     if workers <= 1 or len(jobs) < 2:
         yield from (fn(j) for j in jobs)
         return
+    if _SHARED["pool"] is not None and _SHARED["workers"] == workers:
+        yield from _SHARED["pool"].map(fn, jobs)
+        return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         yield from pool.map(fn, jobs)
+
+
+_SHARED: dict = {"pool": None, "workers": 0}
+
+
+@contextlib.contextmanager
+def shared_pool(workers: int, executor: Executor | None = None) -> Iterator[None]:
+    """Inside the block, every local :func:`parallel_map` of ``workers`` processes reuses one pool of spawned
+    processes instead of starting its own (each start imports torch and MLflow again: seconds a call, which a
+    loop of many short maps, as the benchmark's, pays every time). A no-op for Ray, one worker, or nested."""
+    if (executor is not None and executor.is_ray) or workers <= 1 or _SHARED["pool"] is not None:
+        yield
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    _SHARED.update(pool=pool, workers=workers)
+    try:
+        yield
+    finally:
+        _SHARED.update(pool=None, workers=0)
+        pool.shutdown(wait=True, cancel_futures=True)  # a map left on an error: its queued jobs dropped

@@ -140,3 +140,24 @@ def test_a_single_class_training_set_scores_the_majority_class():
     img = F.logreg_pixels(rng.integers(0, 256, size=(6, 4, 4, 3)).astype(np.uint8), np.full(6, 3),
                           rng.integers(0, 256, size=(4, 4, 4, 3)).astype(np.uint8), np.array([3, 0, 1, 2]))
     assert img["test_accuracy"] == pytest.approx(0.25)
+
+
+def _pid(job):  # module level: the spawned workers import it by name
+    import os
+
+    return os.getpid(), job
+
+
+def test_one_shared_pool_serves_every_map_inside_it_and_a_fresh_one_outside():
+    """`tans bench` runs two maps a (dataset, seed); inside ``shared_pool`` they reuse the same spawned
+    processes (no torch import again each time) and keep the jobs' order; outside it every map starts its own."""
+    from tans_registry.executor import parallel_map, shared_pool
+
+    with shared_pool(2):
+        first = list(parallel_map(_pid, list(range(6)), 2))
+        second = list(parallel_map(_pid, list(range(6)), 2))
+    assert [j for _, j in first] == list(range(6)) == [j for _, j in second]
+    inside = {p for p, _ in first} | {p for p, _ in second}
+    assert 1 <= len(inside) <= 2  # two maps, at most the pool's two processes
+    outside = {p for p, _ in parallel_map(_pid, list(range(4)), 2)}
+    assert outside.isdisjoint(inside)

@@ -29,7 +29,7 @@ from ..data import load_dataset, resolve_data_dir
 from ..data.stats import image_hashes
 from ..errors import ConfigError, TansError
 from ..device import resolve as resolve_device
-from ..executor import Executor, parallel_map, ray_session, task_device
+from ..executor import Executor, parallel_map, ray_session, shared_pool, task_device
 from ..finetune.config import FinetuneSettings
 from ..registry.index import load_index
 from ..registry.names import model_uri
@@ -69,7 +69,8 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
     plots: list[str] = []
     resumed: list[str] = []
     ray = ray_session(cfg.ray_address) if cfg.executor == "ray" else contextlib.nullcontext()
-    with ray, mlflow.start_run(experiment_id=exp, run_name="finetune-bench", tags=tags) as parent, \
+    pool = shared_pool(_workers(cfg)[0], Executor(cfg.executor, cfg.ray_address))  # one pool for every map
+    with ray, pool, mlflow.start_run(experiment_id=exp, run_name="finetune-bench", tags=tags) as parent, \
             tempfile.TemporaryDirectory() as tmp:
         settings0 = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device)
         mlflow.log_params({k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()

@@ -84,11 +84,16 @@ PROFILES: dict[str, ZooProfile] = {
     # 5,000 images and 5-epoch base under which all 45 groups of the previous build did. The 34 x 10 build at
     # these settings, measured 2026-12-06 (cut depthwise layers): 60 min on 2 cores, the best network beats
     # logistic regression on 31 of 34 groups (two ties, one 0.7 points under; BENCHMARKS.md).
+    # 2026-12-06: 6 networks a group (was 10), by the unit costs and before any figure: LogME-all scores every
+    # network at every (dataset, seed) of the benchmark (~1.5 of its 4.6 min a pair at 340 networks). The
+    # smallest and the largest network stay in every group (sample_archs); in the 60 x 50 build the largest
+    # was within a point of its group's best on 40 of 60 groups, 7.7 points at most (BENCHMARKS.md "Bench
+    # profile"): fewer draws can cost a group its margin over logistic regression, which the run checks.
     "bench": ZooProfile(
         name="bench",
         datasets=None,
         n_groups=34,
-        subnets=10,
+        subnets=6,
         max_train=5000,
         max_test=1000,
         calib_images=500,
