@@ -4,7 +4,8 @@
    index (the work dir's real index, its rows repeated with jittered model embeddings), median of 20;
    and LogME's re-rank of the shortlist on the real index (its forward passes and seconds);
 2. onnxruntime (CPU provider) against PyTorch eager, with the in-graph preprocessing, at batch 1 and 64,
-   for the smallest, a medium and the largest subnet (random weights), median after warm-up;
+   for the smallest, a medium and the largest subnet (random weights), median after warm-up, with each
+   one's GFLOP/s beside this CPU's measured peak (a 2048 x 2048 fp32 matmul at the same thread count);
 3. ``tans serve`` on loopback: p50/p95 request latency and throughput with 1 and 8 concurrent clients
    sending one image per request;
 4. the fine-tuning time per candidate (a real query with ``--finetune 3`` on the query dataset).
@@ -14,11 +15,12 @@ Step 4 is a real query: it registers a fine-tuned version and an ONNX version in
 (and moves their champions when they are better), like any `tans query`.
 
     .venv/bin/python scripts/bench_deploy.py --work-dir . --query chinese_mnist [--json] [--parts onnx,serve]
-        [--plain-depthwise]
+        [--plain-depthwise] [--ofa-activations]
 
 ``--parts`` runs some of the four (query, onnx, finetune, serve; serve needs finetune's export);
 ``--plain-depthwise`` builds the subnets with the plain depthwise layers (``zoo/fastconv.py`` off), for a
-before/after comparison in one checkout.
+before/after comparison in one checkout; ``--ofa-activations`` exports h-swish, h-sigmoid and the global means
+as the ``ofa`` package writes them (before the export used single operators, ``zoo/onnx.py``).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from tans_registry.registry.index import load_index  # noqa: E402
 from tans_registry.retrieval.config import RankConfig  # noqa: E402
 from tans_registry.retrieval.embed import load_champion  # noqa: E402
 from tans_registry.retrieval.search import rank, rank_candidates  # noqa: E402
+from tans_registry.zoo.measure import count_flops  # noqa: E402
 from tans_registry.zoo.onnx import export_onnx, session  # noqa: E402
 from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch, min_arch, sample_archs  # noqa: E402
 
@@ -106,6 +109,12 @@ def bench_query(work: Path, data: str, data_dir, rows: int) -> dict:
                       "rank_seconds": t_logme, "rerank_seconds": logme_rec.seconds["rerank"]}}
 
 
+def peak_gflops(n: int = 2048, runs: int = 5) -> float:
+    """This CPU's measured fp32 peak at the torch thread count: GFLOP/s of an n x n matmul (2 n^3 FLOPs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / median_ms(lambda: a @ b, runs) / 1e6
+
+
 def bench_onnx(tmp: Path) -> list[dict]:
     spec = SupernetSpec(n_classes=10)
     net = build_supernet(spec)
@@ -119,6 +128,7 @@ def bench_onnx(tmp: Path) -> list[dict]:
         raw = export_onnx(sub, torch.zeros(1, 3, 32, 32), tmp / f"{name}-raw.onnx", "x", "y")  # no preprocessing
         raw_sess = session(raw, device="cpu", threads=torch.get_num_threads())
         params = sum(p.numel() for p in module.parameters())
+        flops = count_flops(sub, 32)  # per image, 2 per MAC, every tap (the architecture's, as tagged)
         for batch in (1, 64):
             x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
             xt = torch.from_numpy(x)
@@ -131,8 +141,9 @@ def bench_onnx(tmp: Path) -> list[dict]:
             with torch.no_grad():
                 eager_raw = median_ms(lambda: sub(xft), n)
             ort_raw = median_ms(lambda: raw_sess.run(["y"], {"x": xf}), n)
-            out.append({"subnet": name, "params": params, "batch": batch, "torch_ms": eager, "onnxruntime_ms": ort,
-                        "speedup": eager / ort, "torch_raw_ms": eager_raw, "onnxruntime_raw_ms": ort_raw,
+            out.append({"subnet": name, "params": params, "flops": flops, "batch": batch, "torch_ms": eager,
+                        "onnxruntime_ms": ort, "speedup": eager / ort,
+                        "torch_gflops": flops * batch / eager / 1e6, "onnxruntime_gflops": flops * batch / ort / 1e6, "torch_raw_ms": eager_raw, "onnxruntime_raw_ms": ort_raw,
                         "speedup_raw": eager_raw / ort_raw})
     return out
 
@@ -204,6 +215,9 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to run (comma-separated)")
     ap.add_argument("--plain-depthwise", action="store_true",
                     help="subnets with the plain depthwise layers (every kernel tap computed), to compare")
+    ap.add_argument("--ofa-activations", action="store_true",
+                    help="export h-swish, h-sigmoid and the global means as the ofa package writes them (chains of "
+                         "elementwise nodes, two ReduceMean a pool), to compare with the single operators")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -223,8 +237,14 @@ def main() -> None:
     import tempfile
 
     if "onnx" in parts:
+        if args.ofa_activations:
+            from tans_registry.zoo import onnx as zoo_onnx
+
+            zoo_onnx.SINGLE_OPERATORS = False
+        res["ofa_activations"] = args.ofa_activations
         with tempfile.TemporaryDirectory() as tmp:
             res["onnx_vs_torch"] = bench_onnx(Path(tmp))
+        res["peak_gflops"] = peak_gflops()
     if "finetune" in parts:
         res["finetune"] = bench_finetune(work, args.query, args.data_dir, args.epochs)
     if "serve" in parts:
@@ -238,6 +258,7 @@ def main() -> None:
         _print_query(res["query"])
     if "onnx" in parts:
         _print_onnx(res["onnx_vs_torch"])
+        print(f"peak: {res['peak_gflops']:.1f} GFLOP/s (a 2048 x 2048 fp32 matmul, {res['torch_threads']} threads)")
     if "serve" in parts:
         _print_serve(res["serve"])
     if "finetune" in parts:
@@ -255,11 +276,12 @@ def _print_query(q: dict) -> None:
 
 
 def _print_onnx(rows: list[dict]) -> None:
-    print("| subnet | params | batch | PyTorch eager ms | onnxruntime ms | speed-up | without preprocessing: eager / "
-          "onnxruntime ms | speed-up |\n|---|---|---|---|---|---|---|---|")
+    print("| subnet | params | MFLOPs | batch | PyTorch eager ms | onnxruntime ms | speed-up | GFLOP/s eager / "
+          "onnxruntime | without preprocessing: eager / onnxruntime ms | speed-up |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['subnet']} | {r['params']:,} | {r['batch']} | {r['torch_ms']:.2f} | {r['onnxruntime_ms']:.2f} | "
-              f"{r['speedup']:.2f}x | {r['torch_raw_ms']:.2f} / {r['onnxruntime_raw_ms']:.2f} | {r['speedup_raw']:.2f}x |")
+        print(f"| {r['subnet']} | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['batch']} | {r['torch_ms']:.2f} | "
+              f"{r['onnxruntime_ms']:.2f} | {r['speedup']:.2f}x | {r['torch_gflops']:.1f} / {r['onnxruntime_gflops']:.1f} | "
+              f"{r['torch_raw_ms']:.2f} / {r['onnxruntime_raw_ms']:.2f} | {r['speedup_raw']:.2f}x |")
 
 
 def _print_serve(rows: list[dict]) -> None:

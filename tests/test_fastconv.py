@@ -127,9 +127,11 @@ def test_flops_are_counted_on_the_plain_layers_and_the_cut_ones_come_back():
     assert any(type(m) is CroppedDepthwiseConv2d for m in sub.modules())
 
 
-def test_the_onnx_export_is_the_plain_graph_and_matches_the_cut_module_at_another_batch(tmp_path):
+def test_the_onnx_export_is_the_plain_graph_with_single_operator_activations_and_matches_at_another_batch(tmp_path):
     import onnx
     import onnxruntime as ort
+
+    from ofa.utils.pytorch_modules import Hsigmoid, Hswish, MyGlobalAvgPool2d, SEModule
 
     from tans_registry.zoo.onnx import export_onnx
 
@@ -141,6 +143,12 @@ def test_the_onnx_export_is_the_plain_graph_and_matches_the_cut_module_at_anothe
     # every batch norm folded into its convolution (a cut kernel, a slice, would leave BatchNormalization
     # nodes and a Mul per 1x1 map), as before the cut layers existed
     assert ops.count("Conv") == 89 and "BatchNormalization" not in ops
+    # h-swish, h-sigmoid and every global mean as single operators, not chains of elementwise nodes
+    se = sum(type(m) is SEModule for m in sub.modules())
+    assert se > 0 and ops.count("HardSigmoid") == se and ops.count("GlobalAveragePool") == se + 1
+    assert ops.count("HardSwish") > 0 and not {"ReduceMean", "Div", "Clip"} & set(ops)
+    assert all(type(m) in (Hswish, Hsigmoid, SEModule, MyGlobalAvgPool2d) for m in sub.modules()
+               if isinstance(m, (Hswish, Hsigmoid, SEModule, MyGlobalAvgPool2d)))  # the module's own layers back
     x = torch.randn(3, 3, 32, 32)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": x.numpy()})[0]
     with torch.no_grad():

@@ -3,16 +3,70 @@
 ``torch.onnx.export`` with the TorchScript-based exporter (``dynamo=False``: the dynamo exporter needs
 onnxscript, which is not a dependency), opset 17, a dynamic batch axis. Sessions take CUDA first when
 onnxruntime has it and a GPU answers, else the CPU provider.
+
+The ``ofa`` package writes h-swish as ``x * relu6(x + 3) / 6``, h-sigmoid as ``relu6(x + 3) / 6`` and every
+global average pool (squeeze-and-excitation, the head) as two means; exported as they are, these become four
+elementwise nodes per activation and two ReduceMean nodes per pool, which onnxruntime's CPU provider runs
+outside its blocked (NCHWc) layout: onnxruntime's profiler gave them 70% of the largest subnet's time at
+batch 64 (BENCHMARKS.md). :func:`export_onnx` exports them as the single operators they are (HardSwish,
+HardSigmoid, GlobalAveragePool: the same functions), which onnxruntime fuses into the convolutions or runs
+in that layout. The module itself is left as it was, and eager PyTorch keeps the package's layers.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from ofa.utils.pytorch_modules import Hsigmoid, Hswish, MyGlobalAvgPool2d, SEModule
 from torch import nn
 
 OPSET = 17
+
+
+class _HardSwish(Hswish):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.hardswish(x)  # x * relu6(x + 3) / 6 in one operator
+
+
+class _HardSigmoid(Hsigmoid):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.hardsigmoid(x)  # relu6(x + 3) / 6 in one operator
+
+
+class _PooledSE(SEModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x * self.fc(F.adaptive_avg_pool2d(x, 1))  # the mean over H and W, as one GlobalAveragePool
+
+
+class _GlobalAvgPool(MyGlobalAvgPool2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = F.adaptive_avg_pool2d(x, 1)
+        return y if self.keep_dim else y.flatten(1)
+
+
+_AS_EXPORTED = {Hswish: _HardSwish, Hsigmoid: _HardSigmoid, SEModule: _PooledSE, MyGlobalAvgPool2d: _GlobalAvgPool}
+
+
+# False only in `scripts/bench_deploy.py --ofa-activations`: export the package's layers as they are, to compare.
+SINGLE_OPERATORS = True
+
+
+@contextmanager
+def exported_layers(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``module``'s h-swish, h-sigmoid and global-average-pool layers compute the same
+    functions as single operators (what :func:`export_onnx` traces); restored after."""
+    swapped = [(m, type(m)) for m in module.modules() if type(m) in _AS_EXPORTED and SINGLE_OPERATORS]
+    for m, cls in swapped:
+        m.__class__ = _AS_EXPORTED[cls]
+    try:
+        yield module
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str = "input",
@@ -21,13 +75,14 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
     exported plain (:func:`.fastconv.plain`): the exporter folds each batch norm into its convolution and
     the int8 quantiser finds per-channel convolution weights, as before the cut layers existed (a cut
     kernel is a slice, which the exporter does not fold; onnxruntime's CPU provider ran both graphs at
-    the same speed at batch 64, BENCHMARKS.md)."""
+    the same speed at batch 64, BENCHMARKS.md). Activations and pools are exported as single operators
+    (:func:`exported_layers`)."""
     from .fastconv import plain
 
     module.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), plain(module):
+    with warnings.catch_warnings(), plain(module), exported_layers(module):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=[input_name], output_names=[output_name],
