@@ -5,7 +5,8 @@
    and LogME's re-rank of the shortlist on the real index (its forward passes and seconds);
 2. onnxruntime (CPU provider) against PyTorch eager, with the in-graph preprocessing, at batch 1 and 64,
    for the smallest, a medium and the largest subnet (random weights), median after warm-up, with each
-   one's GFLOP/s beside this CPU's measured peak (a 2048 x 2048 fp32 matmul at the same thread count);
+   one's GFLOP/s beside this CPU's measured peak (a 2048 x 2048 fp32 matmul at the same thread count), and
+   the product's int8 graph of each (``export/int8.py``, calibrated on random images: speed, not accuracy);
 3. ``tans serve`` on loopback: p50/p95 request latency and throughput with 1 and 8 concurrent clients
    sending one image per request;
 4. the fine-tuning time per candidate (a real query with ``--finetune 3`` on the query dataset).
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tans_registry import tracking  # noqa: E402
 from tans_registry.data import load_dataset  # noqa: E402
 from tans_registry.encoders.backbone import extract_features  # noqa: E402
+from tans_registry.export.int8 import quantize  # noqa: E402
 from tans_registry.export.onnx import WithPreprocessing  # noqa: E402
 from tans_registry.finetune.config import FinetuneSettings, QueryConfig  # noqa: E402
 from tans_registry.finetune.pipeline import query  # noqa: E402
@@ -127,6 +129,9 @@ def bench_onnx(tmp: Path) -> list[dict]:
         sess = session(path, device="cpu", threads=torch.get_num_threads())
         raw = export_onnx(sub, torch.zeros(1, 3, 32, 32), tmp / f"{name}-raw.onnx", "x", "y")  # no preprocessing
         raw_sess = session(raw, device="cpu", threads=torch.get_num_threads())
+        calib = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+        q8 = quantize(path, tmp / f"{name}.int8.onnx", calib)  # the product's int8 (speed only: random weights)
+        q8_sess = session(q8, device="cpu", threads=torch.get_num_threads())
         params = sum(p.numel() for p in module.parameters())
         flops = count_flops(sub, 32)  # per image, 2 per MAC, every tap (the architecture's, as tagged)
         for batch in (1, 64):
@@ -136,13 +141,14 @@ def bench_onnx(tmp: Path) -> list[dict]:
             with torch.no_grad():
                 eager = median_ms(lambda: module(xt), n)
             ort = median_ms(lambda: sess.run(["logits"], {"images": x}), n)
+            int8 = median_ms(lambda: q8_sess.run(["logits"], {"images": x}), n)
             xf = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
             xft = torch.from_numpy(xf)
             with torch.no_grad():
                 eager_raw = median_ms(lambda: sub(xft), n)
             ort_raw = median_ms(lambda: raw_sess.run(["y"], {"x": xf}), n)
             out.append({"subnet": name, "params": params, "flops": flops, "batch": batch, "torch_ms": eager,
-                        "onnxruntime_ms": ort, "speedup": eager / ort,
+                        "onnxruntime_ms": ort, "speedup": eager / ort, "int8_ms": int8, "int8_vs_fp32": ort / int8,
                         "torch_gflops": flops * batch / eager / 1e6, "onnxruntime_gflops": flops * batch / ort / 1e6, "torch_raw_ms": eager_raw, "onnxruntime_raw_ms": ort_raw,
                         "speedup_raw": eager_raw / ort_raw})
     return out
@@ -277,11 +283,13 @@ def _print_query(q: dict) -> None:
 
 def _print_onnx(rows: list[dict]) -> None:
     print("| subnet | params | MFLOPs | batch | PyTorch eager ms | onnxruntime ms | speed-up | GFLOP/s eager / "
-          "onnxruntime | without preprocessing: eager / onnxruntime ms | speed-up |\n|---|---|---|---|---|---|---|---|---|---|")
+          "onnxruntime | without preprocessing: eager / onnxruntime ms | speed-up | int8 ms | int8 / fp32 speed |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['subnet']} | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['batch']} | {r['torch_ms']:.2f} | "
               f"{r['onnxruntime_ms']:.2f} | {r['speedup']:.2f}x | {r['torch_gflops']:.1f} / {r['onnxruntime_gflops']:.1f} | "
-              f"{r['torch_raw_ms']:.2f} / {r['onnxruntime_raw_ms']:.2f} | {r['speedup_raw']:.2f}x |")
+              f"{r['torch_raw_ms']:.2f} / {r['onnxruntime_raw_ms']:.2f} | {r['speedup_raw']:.2f}x | {r['int8_ms']:.2f} | "
+              f"{r['int8_vs_fp32']:.2f}x |")
 
 
 def _print_serve(rows: list[dict]) -> None:

@@ -273,7 +273,7 @@ def test_tans_export_int8_and_triton_register_an_int8_version_and_write_the_repo
     tracking.setup(trained.work)
     v = mlflow.MlflowClient().get_model_version("tans-onnx.digits", "2")
     assert v.tags["tans.parent_model"] == trained.uri and v.tags["tans.fp32_model"] == "models:/tans-onnx.digits/1"
-    assert v.tags["tans.quantization"] == "int8-qdq-per-channel" and v.tags["tans.calib_images"] == "128"
+    assert v.tags["tans.quantization"] == "int8-qdq-per-channel-u8s8-7bit" and v.tags["tans.calib_images"] == "128"
     assert float(v.tags["tans.fp32_test_accuracy"]) == pytest.approx(rec["fp32_test_accuracy"], abs=1e-6)
     assert float(v.tags["tans.int8_test_accuracy"]) == pytest.approx(rec["int8_test_accuracy"], abs=1e-6)
     folder = mlflow.artifacts.download_artifacts("models:/tans-onnx.digits@int8")
