@@ -294,7 +294,7 @@ def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, ti
         assert status == 200 and meta["inputs"][0] == {"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}
         assert _call(base, "/v2/models/tans-onnx.digits/ready")[1]["ready"] is True
         status, inv = _call(base, "/invocations", {"inputs": x.tolist()})
-        assert status == 200
+        assert status == 200, inv
         np.testing.assert_allclose(np.asarray(inv["predictions"]["logits"]), direct, atol=1e-5)
         assert _call(base, "/invocations", {"instances": x.tolist()})[1] == inv
         status, v2 = _call(base, "/v2/models/tans-onnx.digits/infer", {"id": "7", "inputs": [
@@ -326,6 +326,11 @@ def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, ti
                 {"name": "images", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": [0.0] * 3072}]}), 400, "UINT8"),
             (_call(base, "/v2/models/tans-onnx.digits/infer", {"inputs": [
                 {"name": "images", "shape": [2, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}]}), 400, "needs"),
+            (_call(base, "/v2/models/tans-onnx.digits/infer", raw=b"{not json"), 400, "not valid JSON"),
+            (_call(base, "/v2/models/tans-onnx.digits/infer", {"inputs": [
+                {"name": "images", "shape": [1, 16, 32, 3], "datatype": "UINT8", "data": [0] * 1536}]}), 400,
+             "shape [N, 32, 32, 3]"),
+            (_call(base, "/v2/models/tans-onnx.digits/infer", raw=b" " * (600 * 1024)), 413, "at most"),
             (_call(base, "/v2/models/other/infer", {"inputs": []}), 404, "no model"),
             (_call(base, "/nowhere"), 404, "no route"),
             (_call(base, "/invocations", raw=b" " * (600 * 1024)), 413, "at most"),
@@ -340,7 +345,9 @@ def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, ti
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
         conn.request("POST", "/v2/models/other/infer", body=json.dumps({"inputs": [1] * 100}),
                      headers={"Content-Type": "application/json"})
-        assert conn.getresponse().status == 404
+        first = conn.getresponse()
+        assert first.status == 404
+        first.read()  # a client reads an answer before it reuses the connection
         try:
             conn.request("GET", "/ping")
             assert conn.getresponse().status == 200
@@ -351,8 +358,8 @@ def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, ti
         conn.putrequest("POST", "/invocations")
         conn.putheader("Content-Length", "-5")
         conn.endheaders()
-        resp = conn.getresponse()
-        assert resp.status == 400 and "negative" in json.loads(resp.read())["error"]
+        resp = conn.getresponse()  # refused by the HTTP layer itself (uvicorn), as malformed
+        assert resp.status == 400 and "Invalid HTTP request" in resp.read().decode()
         conn.close()
         with pytest.raises(TansError, match="cannot listen on 127.0.0.1") as err:
             make_server(ServeConfig(model_uri="models:/tans-onnx.digits@champion", port=server.server_address[1],
@@ -516,7 +523,39 @@ def test_the_serve_command_listens_with_its_options(deployed, tiny_data_dir):
         assert status == 200 and np.asarray(body["predictions"]["logits"]).shape == (6, 10)
         assert _call(base, "/invocations", raw=b" " * (300 * 1024))[0] == 413           # --max-body-mb 0.25
         assert _call(base, "/v2/models/tans-onnx.digits")[1]["parameters"]["providers"] == ["CPUExecutionProvider"]
+        with _HTTP.open(f"{base}/openapi.json", timeout=30) as resp:  # the OpenAPI page's schema
+            paths = json.loads(resp.read())["paths"]
+        assert {"/invocations", "/v2/models/{name}/infer", "/ping"} <= set(paths)
+        assert "inputs" in json.dumps(paths["/invocations"]["post"]["requestBody"])
+        with _HTTP.open(f"{base}/docs", timeout=30) as resp:
+            assert resp.status == 200 and b"openapi.json" in resp.read()
+        # SIGTERM while a request is in flight (its headers and half its body sent): it is answered, then
+        # the server stops; a new connection is refused
+        import http.client
+        import signal
+        import time
+
+        payload = json.dumps({"inputs": x[:2].tolist()}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(payload)))
+        conn.endheaders()
+        conn.send(payload[:len(payload) // 2])
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None  # still answering the request in flight
+        conn.send(payload[len(payload) // 2:])
+        resp = conn.getresponse()
+        assert resp.status == 200
+        np.testing.assert_allclose(np.asarray(json.loads(resp.read())["predictions"]["logits"]),
+                                   np.asarray(body["predictions"]["logits"])[:2], atol=1e-5)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _HTTP.open(f"{base}/ping", timeout=5)
     finally:
         proc.terminate()
         err = proc.communicate(timeout=30)[1]
     assert f"on http://127.0.0.1:{port} with CPUExecutionProvider" in err
+    assert "stopped (SIGTERM): the requests in flight were answered" in err

@@ -103,10 +103,10 @@ def serve(work_dir, model_uri, host, port, device, max_batch, max_body_mb):
                f"http://{h}:{p} with {', '.join(m.providers)}; /invocations and /v2/models/{m.name}/infer", err=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.server_close()
+    if server.stopped_by:
+        click.echo(f"stopped ({server.stopped_by}): the requests in flight were answered", err=True)
 
 
 @click.command("predict")

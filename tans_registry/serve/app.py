@@ -10,16 +10,23 @@
 Images are uint8 pixels ``[N, H, W, 3]`` (the graph does the preprocessing). Concurrent requests are
 batched into one session call. A bad request gets a 4xx with a message, never a crash; the body is
 capped (``max_body_mb``, 413 beyond). Binds loopback unless told otherwise.
+
+The HTTP layer is the one MLflow's own scoring server runs on: a FastAPI application served by uvicorn
+(``GET /docs``: the OpenAPI page, ``/openapi.json`` its schema). The request's JSON is parsed and the
+session called in worker threads, so the event loop keeps accepting while a batch runs. SIGTERM or
+Ctrl-C stops accepting connections and answers the requests already in flight before the process exits.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
+import signal
+import socket
+import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+from fastapi import Request  # at module level: the routes' annotations are resolved in this module's globals
 
 from .. import params as P
 from ..errors import TansError
@@ -28,6 +35,7 @@ from .model import Batcher, BadInput, OnnxModel
 log = logging.getLogger("tans_registry")
 STAGE = "serve"
 DRAIN_LIMIT = 64 * 2 ** 20  # an oversized body up to this size is read and dropped; beyond, the connection closes
+GRACE_S = 30.0  # on SIGTERM, in-flight requests get this long to be answered
 
 
 @dataclass(frozen=True)
@@ -95,135 +103,238 @@ def _images_from_v2(body: dict, model: OnnxModel) -> np.ndarray:
     return flat.reshape(shape)
 
 
-def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> ThreadingHTTPServer:
-    """The HTTP server (not started: call ``serve_forever``); ``server.model`` and ``server.batcher``."""
+IMAGES_SCHEMA = {"type": "array", "description": "uint8 images [N, H, W, 3] as nested lists of 0..255",
+                 "items": {"type": "array", "items": {"type": "array", "items": {"type": "array",
+                                                                              "items": {"type": "integer"}}}}}
+INVOCATIONS_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "description": "exactly one of inputs or instances (as `mlflow models serve` takes them)",
+    "properties": {"inputs": IMAGES_SCHEMA, "instances": IMAGES_SCHEMA}}}}}
+V2_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+                "name": {"type": "string", "example": "images"},
+                "shape": {"type": "array", "items": {"type": "integer"}, "example": [1, 32, 32, 3]},
+                "datatype": {"type": "string", "enum": ["UINT8"]},
+                "data": {"type": "array", "items": {"type": "integer"}}}}}}}}}}
+
+
+def _json(status: int, payload):
+    from starlette.responses import Response
+
+    return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+def make_app(model: OnnxModel, batcher: Batcher, max_body: int):
+    """The FastAPI application: both protocols over ``model``, requests batched by ``batcher``."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(title=f"tans serve: {model.name}", version=str(model.version),
+                  description="An exported network in MLflow's scoring protocol and the Open Inference Protocol v2 "
+                              "(KServe, Triton). Images are uint8 [N, H, W, 3]; the graph does the preprocessing.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):  # unknown routes and methods: our JSON shape, not FastAPI's
+        if exc.status_code == 404:
+            return _json(404, {"error": f"no route {request.method} {request.url.path}"})
+        return _json(exc.status_code, {"error": str(exc.detail)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        return _json(400, {"error": str(exc)})
+
+    async def body_of(request: Request) -> bytes:
+        """The body, at most ``max_body`` bytes (413 beyond: a declared oversize body is read away first,
+        up to DRAIN_LIMIT, so that the client reads the answer instead of a reset)."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                raise HTTPError(400, "Content-Length must be an integer") from None
+            if length < 0:
+                raise HTTPError(400, "Content-Length must not be negative")
+            if length > max_body:
+                if length <= DRAIN_LIMIT:
+                    async for _ in request.stream():
+                        pass
+                raise HTTPError(413, f"the body has {length} bytes; at most {max_body} are accepted (--max-body-mb)")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # a body without Content-Length (chunked) is capped as it comes
+            size += len(chunk)
+            if size > max_body:
+                raise HTTPError(413, f"the body has more than {max_body} bytes; at most {max_body} are accepted "
+                                     "(--max-body-mb)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def parse(raw: bytes) -> dict:
+        try:
+            body = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return body
+
+    def invocations(raw: bytes) -> dict:
+        x = model.check(_images_from_invocations(parse(raw)))
+        return {"predictions": {"logits": batcher(x).tolist()}}
+
+    def infer(raw: bytes) -> dict:
+        body = parse(raw)
+        x = model.check(_images_from_v2(body, model))
+        out = batcher(x)
+        resp = {"model_name": model.name, "model_version": model.version,
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": list(out.shape),
+                             "data": out.ravel().tolist()}]}
+        if "id" in body:
+            resp["id"] = body["id"]
+        return resp
+
+    async def answer(request: Request, work) -> object:
+        try:
+            raw = await body_of(request)
+            return _json(200, await run_in_threadpool(work, raw))  # parsing and the session off the event loop
+        except HTTPError as exc:
+            return _json(exc.status, {"error": str(exc)})
+        except BadInput as exc:
+            return _json(400, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001  the server keeps serving
+            log.exception("serve: request failed")
+            return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def known(name: str) -> None:
+        if name != model.name:
+            raise HTTPError(404, f"no model {name!r} here; this server serves {model.name!r}")
+
+    def guarded(fn):
+        try:
+            return fn()
+        except HTTPError as exc:
+            return _json(exc.status, {"error": str(exc)})
+
+    @app.get("/ping", summary="Health (MLflow scoring protocol)")
+    @app.get("/health", include_in_schema=False)
+    async def ping():
+        return _json(200, {"status": "ok"})
+
+    @app.post("/invocations", summary="Logits for images (MLflow scoring protocol)",
+              openapi_extra={"requestBody": INVOCATIONS_BODY})
+    async def post_invocations(request: Request):
+        return await answer(request, invocations)
+
+    @app.get("/v2", summary="Server metadata (Open Inference Protocol v2)")
+    async def v2():
+        return _json(200, {"name": "tans-serve", "version": "2", "extensions": []})
+
+    @app.get("/v2/health/live", summary="Liveness (v2)")
+    async def live():
+        return _json(200, {"live": True})
+
+    @app.get("/v2/health/ready", summary="Readiness (v2)")
+    async def ready():
+        return _json(200, {"ready": True})
+
+    def metadata(name: str):
+        known(name)
+        s = model.input_size
+        return _json(200, {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+                           "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, s, s, 3]}],
+                           "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(model.classes)]}],
+                           "parameters": {"classes": model.classes, "providers": model.providers}})
+
+    def model_ready(name: str):
+        known(name)
+        return _json(200, {"name": model.name, "ready": True})
+
+    @app.get("/v2/models/{name}", summary="Model metadata (v2)")
+    async def get_model(name: str):
+        return guarded(lambda: metadata(name))
+
+    @app.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
+    async def get_model_version(name: str, version: str):
+        return guarded(lambda: metadata(name))
+
+    @app.get("/v2/models/{name}/ready", summary="Model readiness (v2)")
+    async def get_ready(name: str):
+        return guarded(lambda: model_ready(name))
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
+    async def get_version_ready(name: str, version: str):
+        return guarded(lambda: model_ready(name))
+
+    async def post_infer(request: Request, name: str):
+        if name != model.name:  # refused before the body is read: uvicorn discards or closes it
+            return _json(404, {"error": f"no model {name!r} here; this server serves {model.name!r}"})
+        return await answer(request, infer)
+
+    app.add_api_route("/v2/models/{name}/infer", post_infer, methods=["POST"], summary="Logits for images (v2)",
+                      openapi_extra={"requestBody": V2_BODY})
+    app.add_api_route("/v2/models/{name}/versions/{version}/infer", post_infer, methods=["POST"],
+                      include_in_schema=False)
+    return app
+
+
+class Server:
+    """``tans serve``'s server: the application on uvicorn, on a socket bound when it is made (so a taken
+    port fails at once, and port 0 is a real port in ``server_address``). ``serve_forever`` runs until
+    :meth:`shutdown` (from another thread) or SIGTERM/SIGINT (in the main thread), answering the requests in
+    flight first; ``server_close`` releases the socket and the batcher."""
+
+    def __init__(self, app, sock: socket.socket, model: OnnxModel, batcher: Batcher):
+        import uvicorn
+
+        self.model, self.batcher, self.socket = model, batcher, sock
+        self.server_address = sock.getsockname()
+        self.stopped_by: str | None = None
+        self._uvicorn = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                                      timeout_graceful_shutdown=GRACE_S, timeout_keep_alive=30))
+        self._done = threading.Event()
+
+    def serve_forever(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        previous = {}
+        if main:  # after uvicorn's graceful stop it raises the signal again: let that end serve_forever, not us
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda signum, frame: setattr(self, "stopped_by",
+                                                                                 signal.Signals(signum).name))
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._done.set()
+
+    def shutdown(self) -> None:
+        self._uvicorn.should_exit = True
+        self._done.wait(GRACE_S + 5)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.batcher.close()
+
+
+def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> Server:
+    """The server (not started: call ``serve_forever``); ``server.model`` and ``server.batcher``."""
     from .. import tracking
 
     tracking.setup(cfg.work_dir)
     model = model or OnnxModel.load(cfg.model_uri, device=cfg.device)
     batcher = Batcher(model, max_batch=cfg.max_batch)
-    max_body = int(cfg.max_body_mb * 2 ** 20)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = 30  # seconds a client may take to send its request before the connection is dropped
-
-        def log_message(self, fmt, *args):  # requests go to the debug log, not stderr
-            log.debug("serve: " + fmt, *args)
-
-        def _send(self, status: int, payload) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _body(self) -> dict:
-            self.body_read = True
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                self.close_connection = True
-                raise HTTPError(411, "send the body with a Content-Length (chunked bodies are not accepted)")
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                self.close_connection = True
-                raise HTTPError(400, "Content-Length must be an integer") from None
-            if length < 0:
-                self.close_connection = True
-                raise HTTPError(400, "Content-Length must not be negative")
-            if length > max_body:
-                self.close_connection = True
-                if length <= DRAIN_LIMIT:  # read it away, so the client gets the 413 instead of a reset
-                    for _ in range(0, length, 2 ** 20):
-                        self.rfile.read(min(2 ** 20, length))
-                        length -= 2 ** 20
-                raise HTTPError(413, f"the body has {int(self.headers['Content-Length'])} bytes; at most {max_body} "
-                                     "are accepted (--max-body-mb)")
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw or b"null")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise HTTPError(400, "the body must be a JSON object")
-            return body
-
-        def _model_path(self, path: str) -> str | None:
-            m = re.fullmatch(r"/v2/models/([^/]+)(/versions/[^/]+)?(/ready|/infer)?", path)
-            if m is None:
-                return None
-            if m.group(1) != model.name:
-                raise HTTPError(404, f"no model {m.group(1)!r} here; this server serves {model.name!r}")
-            return m.group(3) or ""
-
-        def do_GET(self):  # noqa: N802
-            try:
-                path = self.path.split("?", 1)[0].rstrip("/") or "/"
-                if path in ("/ping", "/health"):
-                    return self._send(200, {"status": "ok"})
-                if path == "/v2":
-                    return self._send(200, {"name": "tans-serve", "version": "2", "extensions": []})
-                if path == "/v2/health/live":
-                    return self._send(200, {"live": True})
-                if path == "/v2/health/ready":
-                    return self._send(200, {"ready": True})
-                sub = self._model_path(path)
-                if sub == "":
-                    s = model.input_size
-                    return self._send(200, {
-                        "name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
-                        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, s, s, 3]}],
-                        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(model.classes)]}],
-                        "parameters": {"classes": model.classes, "providers": model.providers}})
-                if sub == "/ready":
-                    return self._send(200, {"name": model.name, "ready": True})
-                raise HTTPError(404, f"no route GET {path}")
-            except HTTPError as exc:
-                self._send(exc.status, {"error": str(exc)})
-
-        def do_POST(self):  # noqa: N802
-            self.body_read = False
-            try:
-                path = self.path.split("?", 1)[0].rstrip("/")
-                if path == "/invocations":
-                    x = model.check(_images_from_invocations(self._body()))
-                    return self._send(200, {"predictions": {"logits": batcher(x).tolist()}})
-                if self._model_path(path) == "/infer":
-                    body = self._body()
-                    x = model.check(_images_from_v2(body, model))
-                    out = batcher(x)
-                    resp = {"model_name": model.name, "model_version": model.version,
-                            "outputs": [{"name": "logits", "datatype": "FP32", "shape": list(out.shape),
-                                         "data": out.ravel().tolist()}]}
-                    if "id" in body:
-                        resp["id"] = body["id"]
-                    return self._send(200, resp)
-                raise HTTPError(404, f"no route POST {path}")
-            except HTTPError as exc:
-                if not self.body_read:  # the body is still on the wire: it must not be read as the next request
-                    self.close_connection = True
-                self._send(exc.status, {"error": str(exc)})
-            except BadInput as exc:
-                self._send(400, {"error": str(exc)})
-            except Exception as exc:  # noqa: BLE001  the server keeps serving
-                log.exception("serve: request failed")
-                self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def server_close(self):
-            super().server_close()
-            batcher.close()
-
     try:
-        server = Server((cfg.host, cfg.port), Handler)
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((cfg.host, cfg.port))
+        sock.listen(128)
+        sock.set_inheritable(True)
     except OSError as exc:
         batcher.close()
         raise TansError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}. Pass another --port (or "
                         "--host)", code="SERVE_ADDRESS") from exc
-    server.model, server.batcher = model, batcher
-    return server
+    return Server(make_app(model, batcher, int(cfg.max_body_mb * 2 ** 20)), sock, model, batcher)
