@@ -125,7 +125,8 @@ def bench_onnx(tmp: Path) -> list[dict]:
     for name, arch in archs.items():
         sub = extract_subnet(net, arch).eval()
         module = WithPreprocessing(sub, (0.5,) * 3, (0.5,) * 3).eval()
-        path = export_onnx(module, torch.zeros(1, 32, 32, 3, dtype=torch.uint8), tmp / f"{name}.onnx", "images", "logits")
+        path = export_onnx(module, torch.zeros(1, 32, 32, 3, dtype=torch.uint8), tmp / f"{name}.onnx", "images",
+                           ("logits", "probabilities"))
         sess = session(path, device="cpu", threads=torch.get_num_threads())
         raw = export_onnx(sub, torch.zeros(1, 3, 32, 32), tmp / f"{name}-raw.onnx", "x", "y")  # no preprocessing
         raw_sess = session(raw, device="cpu", threads=torch.get_num_threads())

@@ -171,7 +171,7 @@ def test_the_query_fine_tunes_registers_and_exports_with_lineage(deployed, tiny_
     assert {"finetune", "export", "embed", "search", "rerank"} <= set(out["timings"])
     assert all(f["model_uri"] == f"runs:/{f['run_id']}/finetuned" for f in out["finetuned"])
     assert mlflow.pyfunc.load_model(out["finetuned"][0]["model_uri"]).predict(
-        load_dataset("digits", data_dir=tiny_data_dir).x_test[:2]).shape == (2, 10)  # every candidate stays loadable
+        load_dataset("digits", data_dir=tiny_data_dir).x_test[:2])["probabilities"].shape == (2, 10)  # still loadable
     assert query_params(work, out)["finetune_epochs"] == "2.0"
     tracking.setup(work)
     client = mlflow.MlflowClient()
@@ -198,6 +198,9 @@ def query_params(work, out) -> dict:
 
 
 def test_the_onnx_champion_matches_its_fine_tuned_parent_through_mlflow(deployed, tiny_data_dir):
+    """One output contract: the fine-tuned PyTorch model and its ONNX export, both through
+    ``mlflow.pyfunc``, answer the same images with the same named logits and probabilities, and name the
+    same classes in their MLflow metadata (tans serve and tans predict: their own tests)."""
     from mlflow.models import Model
 
     from tans_registry.serve.model import OnnxModel, softmax
@@ -205,10 +208,20 @@ def test_the_onnx_champion_matches_its_fine_tuned_parent_through_mlflow(deployed
     work, out = deployed
     tracking.setup(work)
     x = load_dataset("digits", data_dir=tiny_data_dir).x_test[:20]
-    parent = mlflow.pyfunc.load_model("models:/tans-finetuned.digits@champion")
+    parent = mlflow.pyfunc.load_model("models:/tans-finetuned.digits@champion").predict(x)
+    exported = mlflow.pyfunc.load_model("models:/tans-onnx.digits@champion").predict(x)
+    assert set(parent) == {"logits", "probabilities"} and set(exported) == {"logits", "probabilities"}
+    for name in ("logits", "probabilities"):
+        assert parent[name].shape == exported[name].shape == (20, 10)
+        np.testing.assert_allclose(exported[name], parent[name], atol=1e-4)
+    np.testing.assert_allclose(parent["probabilities"], softmax(parent["logits"]), atol=1e-6)
     onnx_model = OnnxModel.load("models:/tans-onnx.digits@champion", device="cpu")
-    np.testing.assert_allclose(softmax(onnx_model.logits(x)), parent.predict(x), atol=1e-5)
-    assert onnx_model.classes == list(load_dataset("digits", data_dir=tiny_data_dir).classes)
+    np.testing.assert_allclose(softmax(onnx_model.logits(x)), parent["probabilities"], atol=1e-5)
+    classes = list(load_dataset("digits", data_dir=tiny_data_dir).classes)
+    assert onnx_model.classes == classes
+    for uri in ("models:/tans-onnx.digits@champion", "models:/tans-finetuned.digits@champion"):
+        meta = Model.load(f"{mlflow.artifacts.download_artifacts(uri)}/MLmodel").metadata
+        assert meta["classes"] == classes and meta["outputs"] == ["logits", "probabilities"], uri
     folder = mlflow.artifacts.download_artifacts("models:/tans-onnx.digits@champion")
     mlmodel = Model.load(f"{folder}/MLmodel")
     assert "onnx" in mlmodel.flavors and mlmodel.signature is not None and mlmodel.saved_input_example_info
@@ -234,7 +247,10 @@ def test_tans_predict_names_the_parent_classes(deployed, tiny_data_dir, tmp_path
     got = json.loads(res.stdout)
     tracking.setup(work)
     parent = mlflow.pyfunc.load_model("models:/tans-finetuned.digits@champion").predict(ds.x_test[:6])
-    assert [p["class"] for p in got["predictions"]] == [ds.classes[i] for i in parent.argmax(1)]
+    assert [p["class"] for p in got["predictions"]] == [ds.classes[i] for i in parent["probabilities"].argmax(1)]
+    assert got["classes"] == list(ds.classes)  # the contract: named logits and probabilities, in that order
+    for name in ("logits", "probabilities"):
+        np.testing.assert_allclose([p[name] for p in got["predictions"]], parent[name], atol=1e-4)
     assert got["skipped"] == [{"path": str(tmp_path / "notes.txt"), "why": "not an image file"}]
     bad = CliRunner().invoke(main, ["predict", "models:/tans-onnx.digits@champion", str(tmp_path / "nope.png"),
                                     "--work-dir", str(work)])
@@ -279,6 +295,7 @@ def _wait_for_ping(base: str, proc, seconds: float) -> None:
 
 def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, tiny_data_dir):
     from tans_registry.serve.app import ServeConfig, make_server
+    from tans_registry.serve.model import softmax
 
     work, _ = deployed
     server = make_server(ServeConfig(model_uri="models:/tans-onnx.digits@champion", port=0, work_dir=str(work),
@@ -296,10 +313,13 @@ def test_tans_serve_answers_both_protocols_and_refuses_bad_requests(deployed, ti
         status, inv = _call(base, "/invocations", {"inputs": x.tolist()})
         assert status == 200, inv
         np.testing.assert_allclose(np.asarray(inv["predictions"]["logits"]), direct, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(inv["predictions"]["probabilities"]), softmax(direct), atol=1e-6)
         assert _call(base, "/invocations", {"instances": x.tolist()})[1] == inv
         status, v2 = _call(base, "/v2/models/tans-onnx.digits/infer", {"id": "7", "inputs": [
             {"name": "images", "shape": list(x.shape), "datatype": "UINT8", "data": x.ravel().tolist()}]})
-        assert status == 200 and v2["id"] == "7" and v2["outputs"][0]["shape"] == [8, 10]
+        assert status == 200 and v2["id"] == "7" and [o["name"] for o in v2["outputs"]] == ["logits", "probabilities"]
+        assert v2["outputs"][0]["shape"] == v2["outputs"][1]["shape"] == [8, 10]
+        np.testing.assert_allclose(np.asarray(v2["outputs"][1]["data"]).reshape(8, 10), softmax(direct), atol=1e-6)
         np.testing.assert_allclose(np.asarray(v2["outputs"][0]["data"]).reshape(8, 10), direct, atol=1e-5)
         # concurrent clients are answered correctly (and batched)
         results = [None] * 8

@@ -184,7 +184,8 @@ def _check_triton_model(folder: Path, onnx_path: Path, max_batch: int, classes) 
     inputs, outputs = _graph_io(folder / "1" / "model.onnx")
     assert [(i["name"][0], i["data_type"][0], i["dims"][0]) for i in cfg["input"]] == inputs
     assert [(o["name"][0], o["data_type"][0], o["dims"][0]) for o in cfg["output"]] == outputs
-    assert inputs == [("images", "TYPE_UINT8", [32, 32, 3])] and outputs == [("logits", "TYPE_FP32", [len(classes)])]
+    assert inputs == [("images", "TYPE_UINT8", [32, 32, 3])] and outputs == [("logits", "TYPE_FP32", [len(classes)]),
+                                                                   ("probabilities", "TYPE_FP32", [len(classes)])]
     assert _same_model(folder / "1" / "model.onnx", onnx_path)
     assert (folder / cfg["output"][0]["label_filename"][0]).read_text().splitlines() == list(classes)
 

@@ -100,7 +100,7 @@ def test_the_embedded_default_is_mlflows_own_store(tmp_path, monkeypatch, tiny_d
     probe = ("import mlflow; c = mlflow.MlflowClient(); print(mlflow.get_tracking_uri()); "
              "print(sorted(e.name for e in c.search_experiments())); "
              "print(mlflow.pyfunc.load_model('models:/zoo.cells/1').predict(__import__('numpy').zeros((1, 32, 32, 3), "
-             "'uint8')).shape)")
+             "'uint8'))['probabilities'].shape)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=_env_without_venv(), capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr

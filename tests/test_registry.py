@@ -122,11 +122,14 @@ def test_pyfunc_predicts_what_the_materialized_module_predicts(registered):
     ds = load_dataset("digits", data_dir=data)
     net = [n for n in list_networks(tracking.experiment_id("zoo", work)) if n.group == "digits"][1]
     uri = f"models:/zoo.digits/{net.index + 1}"
-    probs = mlflow.pyfunc.load_model(uri).predict(ds.x_test[:20])
+    out = mlflow.pyfunc.load_model(uri).predict(ds.x_test[:20])
+    probs = out["probabilities"]
     module = load_network(net.run_id, net.index)
     with torch.no_grad():
-        expected = torch.softmax(module(to_tensor(ds.x_test[:20], DEFAULT_MEAN, DEFAULT_STD)), 1).numpy()
-    assert probs.shape == (20, 10)
+        logits = module(to_tensor(ds.x_test[:20], DEFAULT_MEAN, DEFAULT_STD))
+        expected = torch.softmax(logits, 1).numpy()
+    assert probs.shape == (20, 10) and set(out) == {"logits", "probabilities"}
+    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     with torch.no_grad():
@@ -247,7 +250,7 @@ def test_register_and_index_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, 
     assert register_zoo(str(work), progress=False).created == 0
     idx, rec = build_index(str(work))
     assert len(idx) == 2 and rec["cache"] == "built"
-    probs = mlflow.pyfunc.load_model("models:/zoo.cells/1").predict(np.zeros((2, 32, 32, 3), np.uint8))
+    probs = mlflow.pyfunc.load_model("models:/zoo.cells/1").predict(np.zeros((2, 32, 32, 3), np.uint8))["probabilities"]
     assert probs.shape == (2, 3)
 
 

@@ -174,7 +174,7 @@ def test_the_whole_pipeline_runs_against_a_tracking_server_on_postgresql_with_se
 
         # a zoo version loads through models:/ over http and predicts
         model = mlflow.pyfunc.load_model("models:/zoo.cells/1")
-        probs = np.asarray(model.predict(images))
+        probs = np.asarray(model.predict(images)["probabilities"])
         n_classes = len(cells["classes"])
         assert probs.shape == (3, n_classes) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3), probs
 

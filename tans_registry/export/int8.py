@@ -162,7 +162,8 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray) -> Path:
         quantize_static(pre_model, str(out_path), _reader(images), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, reduce_range=True,
-                        nodes_to_exclude=preprocessing_nodes(pre_model),
+                        nodes_to_exclude=preprocessing_nodes(pre_model) + [n.name for n in pre_model.graph.node
+                                                                            if n.op_type == "Softmax"],
                         calibration_providers=["CPUExecutionProvider"])
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     model = onnx.load(str(out_path))

@@ -21,11 +21,15 @@ from ..zoo.onnx import export_onnx, session
 from ..zoo.tensors import to_tensor
 from .config import MIN_PARITY_IMAGES, PARITY_TOLERANCE
 
-INPUT, OUTPUT = "images", "logits"
+INPUT, OUTPUT, PROBS = "images", "logits", "probabilities"
+# The one output contract of every classifier the product registers or serves (README "Outputs"): for uint8
+# images [N, H, W, 3], named "logits" and "probabilities" (softmax of the logits), [N, classes] each, the class
+# names in the model's metadata ("classes"), in the order of the columns.
+OUTPUTS = (OUTPUT, PROBS)
 
 
 class WithPreprocessing(nn.Module):
-    """``module`` behind its own preprocessing: uint8 NHWC in, logits out."""
+    """``module`` behind its own preprocessing: uint8 NHWC in, logits and probabilities out."""
 
     def __init__(self, module: nn.Module, mean, std):
         super().__init__()
@@ -35,7 +39,8 @@ class WithPreprocessing(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        return self.module((x - self.mean) / self.std)
+        logits = self.module((x - self.mean) / self.std)
+        return logits, torch.softmax(logits, dim=1)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def metadata(network: dict, source_uri: str) -> dict[str, str]:
     return {"classes": json.dumps(list(network["classes"]), ensure_ascii=False),
             "input_size": str(int(network["input_size"])), "mean": json.dumps(list(network["mean"])),
             "std": json.dumps(list(network["std"])), "source_model_uri": source_uri,
-            "input": f"{INPUT}: uint8 [N, H, W, 3] raw pixels", "output": f"{OUTPUT}: float32 [N, classes]",
+            "input": f"{INPUT}: uint8 [N, H, W, 3] raw pixels", "output": f"{OUTPUT}, {PROBS}: float32 [N, classes] each",
             "producer": "tans-registry"}
 
 
@@ -77,7 +82,7 @@ def to_onnx(module: nn.Module, network: dict, source_uri: str, path: Path) -> Pa
 
     size = int(network["input_size"])
     wrapper = WithPreprocessing(module, network["mean"], network["std"])
-    export_onnx(wrapper, torch.zeros(1, size, size, 3, dtype=torch.uint8), path, INPUT, OUTPUT)
+    export_onnx(wrapper, torch.zeros(1, size, size, 3, dtype=torch.uint8), path, INPUT, OUTPUTS)
     model = onnx.load(str(path))
     for key, value in metadata(network, source_uri).items():
         entry = model.metadata_props.add()

@@ -13,6 +13,7 @@ Triton model repository of the graphs (:mod:`.triton`), renamed into place last.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from ..registry import models as registry_models
 from . import triton
 from .config import INT8_ALIAS, ExportConfig, ExportRecord
 from .int8 import export_int8
-from .onnx import INPUT, OUTPUT, check_parity, parity, to_onnx
+from .onnx import INPUT, OUTPUTS, check_parity, parity, to_onnx
 
 ARTIFACT = "onnx"
 INT8_ARTIFACT = "onnx-int8"
@@ -67,8 +68,11 @@ def save_onnx_model(onnx_path: Path, folder: Path, example: np.ndarray, n_classe
     size = example.shape[1]
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), INPUT)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), OUTPUT)]))
-    mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(folder), signature=signature, input_example=example[:2],
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), name) for name in OUTPUTS]))
+    graph = onnx.load(str(onnx_path))
+    classes = json.loads(next(p.value for p in graph.metadata_props if p.key == "classes"))
+    mlflow.onnx.save_model(graph, str(folder), signature=signature, input_example=example[:2],
+                           metadata={"classes": classes, "outputs": list(OUTPUTS)},
                            pip_requirements=pinned("onnx", "onnxruntime-gpu", "numpy"),
                            onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     return folder

@@ -3,7 +3,7 @@ head for the query dataset's classes, its own weights (safetensors), preprocessi
 ``network.json``, and the package's code as its code path.
 
     model = mlflow.pyfunc.load_model("models:/tans-finetuned.chinese_mnist@champion")
-    probs = model.predict(images)                # uint8 [N, 32, 32, 3] -> class probabilities
+    out = model.predict(images)                  # uint8 [N, 32, 32, 3] -> {"logits", "probabilities"}
     module = model.get_raw_model().module        # the nn.Module
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def save_model(path: Path, module: nn.Module, network: dict, example: np.ndarray
     size, k = int(network["input_size"]), len(network["classes"])
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k), "probabilities")]))
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k), name) for name in ("logits", "probabilities")]))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "network"
         data.mkdir()
@@ -52,7 +52,8 @@ def save_model(path: Path, module: nn.Module, network: dict, example: np.ndarray
         code = code_copy(Path(tmp) / "code")
         mlflow.pyfunc.save_model(str(path), loader_module=__name__, data_path=str(data), signature=signature,
                                  input_example=as_images(example[:4], size), code_paths=[str(code)],
-                                 pip_requirements=requirements("ofa"))
+                                 pip_requirements=requirements("ofa"),
+                                 metadata={"classes": list(network["classes"]), "outputs": ["logits", "probabilities"]})
     return Path(path)
 
 

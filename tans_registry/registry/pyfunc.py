@@ -6,7 +6,7 @@ arch config, preprocessing, classes, and the URI of the group's ``zoo/`` artifac
 the supernet weights (safetensors) and materializes the subnet; nothing is unpickled.
 
     model = mlflow.pyfunc.load_model("models:/zoo.mnist/3")
-    probs = model.predict(images_uint8_NHWC)          # [N, n_classes] class probabilities
+    out = model.predict(images_uint8_NHWC)            # {"logits", "probabilities"}: [N, n_classes] each
     module = tans_registry.load_module("models:/zoo.mnist/3")            # the nn.Module
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ def write_model_dir(out: Path, network: dict) -> Path:
     model = Model()
     model.signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k), "probabilities")]))
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k), name) for name in ("logits", "probabilities")]))
+    model.metadata = {"classes": list(network["classes"]), "outputs": ["logits", "probabilities"]}
     mlflow.pyfunc.add_to_model(model, loader_module=__name__, data=DATA_FILE)
     model.add_flavor(FLAVOR, network=DATA_FILE, arch_hash=network["arch_hash"], index=network["index"])
     model.save(str(out / "MLmodel"))
@@ -47,7 +48,8 @@ def write_model_dir(out: Path, network: dict) -> Path:
 
 
 class ZooNetworkModel:
-    """What ``mlflow.pyfunc.load_model`` wraps: ``predict`` maps images to class probabilities."""
+    """What ``mlflow.pyfunc.load_model`` wraps: ``predict`` maps uint8 images to ``{"logits", "probabilities"}``
+    ([N, classes] each; the product's one output contract, README "Outputs")."""
 
     def __init__(self, module: nn.Module, network: dict):
         self.module = module.eval()
@@ -58,15 +60,14 @@ class ZooNetworkModel:
         """What ``PyFuncModel.get_raw_model()`` returns: this wrapper (``.module``, ``.network``)."""
         return self
 
-    def predict(self, model_input, params=None) -> np.ndarray:
-
+    def predict(self, model_input, params=None) -> dict[str, np.ndarray]:
         x = as_images(model_input, int(self.network["input_size"]))
         out = []
         with torch.no_grad():
             for start in range(0, len(x), 256):
-                logits = self.module(to_tensor(x[start:start + 256], self.network["mean"], self.network["std"]))
-                out.append(torch.softmax(logits, dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+                out.append(self.module(to_tensor(x[start:start + 256], self.network["mean"], self.network["std"])))
+        logits = torch.cat(out) if out else torch.zeros((0, len(self.classes)))
+        return {"logits": logits.numpy(), "probabilities": torch.softmax(logits, dim=1).numpy()}
 
 
 def _local_zoo_dir(uri: str, scratch: Path) -> Path:

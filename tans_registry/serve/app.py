@@ -1,7 +1,8 @@
 """``tans serve MODEL_URI``: an exported network over HTTP, in the protocols clients already speak.
 
 - MLflow's scoring protocol, as ``mlflow models serve`` answers it: ``GET /ping``, ``POST /invocations``
-  with ``{"inputs": images}`` or ``{"instances": images}`` -> ``{"predictions": {"logits": [...]}}``.
+  with ``{"inputs": images}`` or ``{"instances": images}`` -> ``{"predictions": {"logits": [...],
+  "probabilities": [...]}}`` (the product's one output contract; class names in the model metadata).
 - The Open Inference Protocol v2 (KServe, Triton): ``GET /v2``, ``/v2/health/live``,
   ``/v2/health/ready``, ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``POST
   /v2/models/{name}/infer`` with ``{"inputs": [{"name": "images", "shape": [N, H, W, 3], "datatype":
@@ -30,7 +31,7 @@ from fastapi import Request  # at module level: the routes' annotations are reso
 
 from .. import params as P
 from ..errors import TansError
-from .model import Batcher, BadInput, OnnxModel
+from .model import Batcher, BadInput, OnnxModel, softmax
 
 log = logging.getLogger("tans_registry")
 STAGE = "serve"
@@ -183,15 +184,16 @@ def make_app(model: OnnxModel, batcher: Batcher, max_body: int):
 
     def invocations(raw: bytes) -> dict:
         x = model.check(_images_from_invocations(parse(raw)))
-        return {"predictions": {"logits": batcher(x).tolist()}}
+        logits = batcher(x)
+        return {"predictions": {"logits": logits.tolist(), "probabilities": softmax(logits).tolist()}}
 
     def infer(raw: bytes) -> dict:
         body = parse(raw)
         x = model.check(_images_from_v2(body, model))
         out = batcher(x)
         resp = {"model_name": model.name, "model_version": model.version,
-                "outputs": [{"name": "logits", "datatype": "FP32", "shape": list(out.shape),
-                             "data": out.ravel().tolist()}]}
+                "outputs": [{"name": name, "datatype": "FP32", "shape": list(out.shape), "data": y.ravel().tolist()}
+                            for name, y in (("logits", out), ("probabilities", softmax(out)))]}
         if "id" in body:
             resp["id"] = body["id"]
         return resp
@@ -245,7 +247,8 @@ def make_app(model: OnnxModel, batcher: Batcher, max_body: int):
         s = model.input_size
         return _json(200, {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx",
                            "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, s, s, 3]}],
-                           "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(model.classes)]}],
+                           "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, len(model.classes)]}
+                                       for name in ("logits", "probabilities")],
                            "parameters": {"classes": model.classes, "providers": model.providers}})
 
     def model_ready(name: str):

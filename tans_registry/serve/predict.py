@@ -45,7 +45,8 @@ def image_files(paths) -> tuple[list[Path], list[Path]]:
 
 
 def predict(cfg: PredictConfig) -> dict:
-    """``{"model", "providers", "predictions": [{path, class, probability, top}], "skipped": [...]}``."""
+    """``{"model", "providers", "classes", "predictions": [{path, class, probability, top, logits,
+    probabilities}], "skipped": [...]}`` (logits and probabilities in the order of ``classes``)."""
     tracking.setup(cfg.work_dir)
     files, other = image_files(cfg.paths)
     model = OnnxModel.load(cfg.model_uri, device=cfg.device)
@@ -59,10 +60,13 @@ def predict(cfg: PredictConfig) -> dict:
     if not images:
         raise DataError(f"no readable image among {', '.join(cfg.paths)}"
                         + (f" ({len(skipped)} skipped)" if skipped else "") + ". Pass png/jpg/... files or folders")
-    probs = np.concatenate([softmax(model.logits(np.stack(images[i:i + 64]))) for i in range(0, len(images), 64)])
+    logits = np.concatenate([model.logits(np.stack(images[i:i + 64])) for i in range(0, len(images), 64)])
+    probs = softmax(logits)
     rows = []
-    for f, p in zip(kept, probs):
+    for f, z, p in zip(kept, logits, probs):
         order = np.argsort(-p)[: cfg.top]
         rows.append({"path": str(f), "class": model.classes[order[0]], "probability": float(p[order[0]]),
-                     "top": [{"class": model.classes[i], "probability": float(p[i])} for i in order]})
-    return {"model": model.name, "providers": model.providers, "predictions": rows, "skipped": skipped}
+                     "top": [{"class": model.classes[i], "probability": float(p[i])} for i in order],
+                     "logits": z.tolist(), "probabilities": p.tolist()})
+    return {"model": model.name, "providers": model.providers, "classes": model.classes, "predictions": rows,
+            "skipped": skipped}

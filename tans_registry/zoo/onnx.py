@@ -70,7 +70,7 @@ def exported_layers(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str = "input",
-                output_name: str = "output") -> Path:
+                output_name: str | tuple[str, ...] = "output") -> Path:
     """Write ``module`` (eval mode) as ONNX at ``path``, batch axis dynamic. The depthwise layers are
     exported plain (:func:`.fastconv.plain`): the exporter folds each batch norm into its convolution and
     the int8 quantiser finds per-channel convolution weights, as before the cut layers existed (a cut
@@ -80,13 +80,14 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
     from .fastconv import plain
 
     module.eval()
+    names = (output_name,) if isinstance(output_name, str) else tuple(output_name)  # one per output of the module
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), plain(module), exported_layers(module):
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+                          input_names=[input_name], output_names=list(names),
+                          dynamic_axes={input_name: {0: "batch"}} | {n: {0: "batch"} for n in names})
     return path
 
 
