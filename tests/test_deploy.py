@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
 from dataclasses import asdict
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -224,6 +226,22 @@ def test_the_onnx_champion_matches_its_fine_tuned_parent_through_mlflow(deployed
         assert meta["classes"] == classes and meta["outputs"] == ["logits", "probabilities"], uri
     folder = mlflow.artifacts.download_artifacts("models:/tans-onnx.digits@champion")
     mlmodel = Model.load(f"{folder}/MLmodel")
+    assert mlmodel.flavors["python_function"]["loader_module"] == "tans_onnx_loader"
+    # loaded through MLflow in a fresh process: no error-level line from onnxruntime (its CUDA provider is
+    # asked for only where the CUDA driver loads), the same answer
+    import subprocess
+    import sys
+
+    code = ("import mlflow, numpy as np, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+            "out = m.predict(np.load(sys.argv[2])); print(sorted(out), float(np.abs(out['logits']).sum()))")
+    np.save(Path(folder).parent / "x.npy", x)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    run = subprocess.run([sys.executable, "-c", code, "models:/tans-onnx.digits@champion", str(Path(folder).parent / "x.npy")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "[E:onnxruntime" not in run.stderr and "libcuda" not in run.stderr, run.stderr[-2000:]
+    keys, total = run.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert keys == "['logits', 'probabilities']" and float(total) == pytest.approx(float(np.abs(exported["logits"]).sum()), rel=1e-5)
     assert "onnx" in mlmodel.flavors and mlmodel.signature is not None and mlmodel.saved_input_example_info
     assert mlmodel.flavors["onnx"]["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     reqs = open(f"{folder}/requirements.txt").read()

@@ -58,6 +58,9 @@ def source_dataset(network: dict, cfg: ExportConfig):
                         seed=seed)
 
 
+PYFUNC_LOADER = "tans_onnx_loader"
+
+
 def save_onnx_model(onnx_path: Path, folder: Path, example: np.ndarray, n_classes: int) -> Path:
     """The MLflow model folder (onnx flavour) of an export: signature, input example, providers."""
     import mlflow.onnx
@@ -75,6 +78,16 @@ def save_onnx_model(onnx_path: Path, folder: Path, example: np.ndarray, n_classe
                            metadata={"classes": classes, "outputs": list(OUTPUTS)},
                            pip_requirements=pinned("onnx", "onnxruntime-gpu", "numpy"),
                            onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    # mlflow.pyfunc (and `mlflow models serve`) load it with the model's own loader (export/onnx_loader.py,
+    # copied in as code): CUDA asked for only where the driver is, so no error-level noise on CPU machines
+    from mlflow.models import Model
+
+    code = Path(folder) / "code"
+    code.mkdir(exist_ok=True)
+    shutil.copyfile(Path(__file__).with_name("onnx_loader.py"), code / f"{PYFUNC_LOADER}.py")
+    mlmodel = Model.load(str(Path(folder) / "MLmodel"))
+    mlmodel.flavors["python_function"].update(loader_module=PYFUNC_LOADER, code="code")
+    mlmodel.save(str(Path(folder) / "MLmodel"))
     return folder
 
 
