@@ -257,19 +257,13 @@ def make_app(model: OnnxModel, batcher: Batcher, max_body: int):
         return _json(200, {"name": model.name, "ready": True})
 
     @app.get("/v2/models/{name}", summary="Model metadata (v2)")
-    async def get_model(name: str):
-        return guarded(lambda: metadata(name))
-
     @app.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
-    async def get_model_version(name: str, version: str):
+    async def get_model(name: str, version: str | None = None):
         return guarded(lambda: metadata(name))
 
     @app.get("/v2/models/{name}/ready", summary="Model readiness (v2)")
-    async def get_ready(name: str):
-        return guarded(lambda: model_ready(name))
-
     @app.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
-    async def get_version_ready(name: str, version: str):
+    async def get_ready(name: str, version: str | None = None):
         return guarded(lambda: model_ready(name))
 
     async def post_infer(request: Request, name: str):

@@ -114,14 +114,20 @@ _PLAIN = {CroppedDepthwiseConv2d: nn.Conv2d, CroppedDynamicSeparableConv2d: Dyna
 
 
 @contextmanager
-def plain(module: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``module``'s cut layers are the plain ones again (every tap computed), e.g. to count
-    a network's FLOPs the conventional way, whatever the kernel implementation skips; restored after."""
-    swapped = [(m, type(m)) for m in module.modules() if type(m) in _PLAIN]
+def swapped_classes(module: nn.Module, mapping: dict) -> Iterator[nn.Module]:
+    """Within the block, every submodule whose exact class is a key of ``mapping`` has that value as its class
+    (parameters, buffers and state-dict keys unchanged); the classes are restored after."""
+    swapped = [(m, type(m)) for m in module.modules() if type(m) in mapping]
     for m, cls in swapped:
-        m.__class__ = _PLAIN[cls]
+        m.__class__ = mapping[cls]
     try:
         yield module
     finally:
         for m, cls in swapped:
             m.__class__ = cls
+
+
+def plain(module: nn.Module):
+    """Within the block, ``module``'s cut layers are the plain ones again (every tap computed), e.g. to count
+    a network's FLOPs the conventional way, whatever the kernel implementation skips; restored after."""
+    return swapped_classes(module, _PLAIN)

@@ -15,8 +15,6 @@ in that layout. The module itself is left as it was, and eager PyTorch keeps the
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,18 +53,12 @@ _AS_EXPORTED = {Hswish: _HardSwish, Hsigmoid: _HardSigmoid, SEModule: _PooledSE,
 SINGLE_OPERATORS = True
 
 
-@contextmanager
-def exported_layers(module: nn.Module) -> Iterator[nn.Module]:
+def exported_layers(module: nn.Module):
     """Within the block, ``module``'s h-swish, h-sigmoid and global-average-pool layers compute the same
     functions as single operators (what :func:`export_onnx` traces); restored after."""
-    swapped = [(m, type(m)) for m in module.modules() if type(m) in _AS_EXPORTED and SINGLE_OPERATORS]
-    for m, cls in swapped:
-        m.__class__ = _AS_EXPORTED[cls]
-    try:
-        yield module
-    finally:
-        for m, cls in swapped:
-            m.__class__ = cls
+    from .fastconv import swapped_classes
+
+    return swapped_classes(module, _AS_EXPORTED if SINGLE_OPERATORS else {})
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str = "input",
