@@ -11,7 +11,7 @@ from torch import nn
 
 from tans_registry.zoo.fastconv import (CroppedDepthwiseConv2d, CroppedDynamicSeparableConv2d, crop, depthwise,
                                         install)
-from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch, set_active
+from tans_registry.zoo.space import SupernetSpec, build_supernet, extract_subnet, max_arch, min_arch, set_active
 
 SPEC = SupernetSpec(n_classes=5)
 
@@ -175,3 +175,27 @@ def test_plain_depthwise_switch_reaches_a_spawned_process_and_bench_deploy_check
     bad = subprocess.run([sys.executable, str(script), "--work-dir", ".", "--parts", "serve"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "needs finetune" in bad.stderr
+
+
+def test_the_ofa_activations_switch_exports_the_packages_own_layers_and_bench_serve_checks_its_values(tmp_path,
+                                                                                                       monkeypatch):
+    """`bench_deploy.py --ofa-activations` sets ``SINGLE_OPERATORS`` off: the graph then holds the package's
+    elementwise chains and ReduceMean pairs (the "before" of BENCHMARKS.md); `bench_serve.py` refuses bad
+    durations before starting any server."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnx
+
+    from tans_registry.zoo import onnx as zoo_onnx
+
+    sub = extract_subnet(build_supernet(SPEC), min_arch(SPEC)).eval()
+    monkeypatch.setattr(zoo_onnx, "SINGLE_OPERATORS", False)
+    ops = [n.op_type for n in onnx.load(str(zoo_onnx.export_onnx(sub, torch.zeros(1, 3, 32, 32), tmp_path / "a.onnx",
+                                                                 "x", "y"))).graph.node]
+    assert "ReduceMean" in ops and "HardSwish" not in ops and "GlobalAveragePool" not in ops
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_serve.py"
+    bad = subprocess.run([sys.executable, str(script), "models:/x/1", "--work-dir", str(tmp_path), "--seconds", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--seconds must be > 0" in bad.stderr
