@@ -77,6 +77,7 @@ def setup(work_dir: str | Path | None = None) -> tuple[Path, str]:
     # lineage link instead (tag `tans.project_run`).
     PROJECT_RUN_ID = os.environ.pop("MLFLOW_RUN_ID", None) or PROJECT_RUN_ID
     uri = tracking_uri(wd)
+    password_from_file()
     if is_database_uri(uri) and not uri.startswith("sqlite"):
         check_database(uri)
     elif uri.startswith(("http://", "https://")):
@@ -121,10 +122,52 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
-def check_server(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with a clear message when a tracking server does not answer its health check; bound
-    MLflow's own retries (:data:`HTTP_DEFAULTS`)."""
+def password_from_file() -> None:
+    """``TANS_TRACKING_PASSWORD_FILE`` (a file holding the account's password, e.g. a Docker secret) into
+    ``MLFLOW_TRACKING_PASSWORD``, which MLflow's client reads; a password set directly wins."""
+    path = os.environ.get("TANS_TRACKING_PASSWORD_FILE")
+    if not path or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return
+    try:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = Path(path).read_text().strip()
+    except OSError as exc:
+        raise TrackingError(f"cannot read TANS_TRACKING_PASSWORD_FILE={path} ({exc.strerror}): point it at a "
+                            "readable file holding the password, or set MLFLOW_TRACKING_PASSWORD") from None
+
+
+ACCOUNT_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or TANS_TRACKING_PASSWORD_FILE) to an "
+                "account of the server (docs/teams.md: the writer builds and registers, the reader serves)")
+
+
+def account() -> str:
+    """Who this process acts as on the store: the tracking server's account, else the OS user."""
+    import getpass
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return user
+    try:
+        return f"{getpass.getuser()} (local)"
+    except Exception:  # noqa: BLE001  no passwd entry in a container
+        return "unknown (local)"
+
+
+def _auth_header(parts) -> str | None:
     import base64
+
+    user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = parts.password if parts.username else os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user:
+        return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    return None
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when a tracking server does not answer its health check or refuses
+    this process's account (a server with MLflow's authentication: ``/users/current``); bound MLflow's own
+    retries (:data:`HTTP_DEFAULTS`)."""
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -133,24 +176,29 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
         os.environ.setdefault(k, v)
     parts = urllib.parse.urlsplit(uri)
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
-    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
-    req = urllib.request.Request(url)
-    if parts.username:
-        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            resp.read(64)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise TrackingError(f"the MLflow tracking server {redact(uri)} refused the credentials (HTTP {exc.code}); "
-                                "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD") from None
-        # another status: the server answers; MLflow's own calls will say what is wrong
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"cannot reach the MLflow tracking server {redact(uri)} ({scrub(str(reason))[:200]}). "
-                            "Start it (`mlflow server ...`), fix MLFLOW_TRACKING_URI, or unset it to use the embedded "
-                            "SQLite store in the work directory.") from None
+    base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    header = _auth_header(parts)
+    for path in ("/health", "/api/2.0/mlflow/users/current"):
+        req = urllib.request.Request(base + path)
+        if header:
+            req.add_header("Authorization", header)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                resp.read(64)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                who = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+                raise TrackingError(
+                    f"the MLflow tracking server {redact(uri)} refused "
+                    + (f"the account `{who}` (wrong password or no such account, HTTP {exc.code}): check "
+                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if who else
+                       f"a request without an account (HTTP {exc.code}): {ACCOUNT_HINT}")) from None
+            # another status (404: a server without authentication): MLflow's own calls will say what is wrong
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"cannot reach the MLflow tracking server {redact(uri)} ({scrub(str(reason))[:200]}). "
+                                "Start it (`mlflow server ...`), fix MLFLOW_TRACKING_URI, or unset it to use the embedded "
+                                "SQLite store in the work directory.") from None
 
 
 def stop_process_group(proc, grace_s: float = 20.0) -> None:
@@ -235,7 +283,7 @@ def experiment_id(key: str, work_dir: Path) -> str:
                 raise
             return other
     except MlflowException as exc:
-        raise TrackingError(_explain(mlflow.get_tracking_uri(), exc)) from exc
+        raise TrackingError(_explain(mlflow.get_tracking_uri(), exc, f"create the experiment {name}")) from exc
     except Exception as exc:  # connection errors surface as SQLAlchemy/psycopg exceptions
         raise TrackingError(_explain(mlflow.get_tracking_uri(), exc)) from exc
 
@@ -245,18 +293,55 @@ def is_store_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".", 1)[0] in ("sqlalchemy", "psycopg", "psycopg2", "requests", "urllib3")
 
 
-def store_error(exc: BaseException) -> TrackingError:
+def store_error(exc: BaseException, action: str | None = None) -> TrackingError:
     """``exc`` from the store as one clear error naming the (redacted) store and the next step."""
     import mlflow
 
-    return TrackingError(_explain(mlflow.get_tracking_uri(), exc))
+    return TrackingError(_explain(mlflow.get_tracking_uri(), exc, action))
 
 
-def _explain(uri: str, exc: Exception) -> str:
+def _explain(uri: str, exc: Exception, action: str | None = None) -> str:
+    denied = refusal(uri, exc, action)
+    if denied:
+        return denied
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (f"cannot use the MLflow tracking store {redact(uri)}: {scrub(first)[:300]}. "
             "Check that the database or server is running and the URI is right "
             "(MLFLOW_TRACKING_URI), or unset it to use the embedded SQLite store in the work directory.")
+
+
+_READS = ("read", "list", "resolve", "download", "load", "search", "find")
+
+
+def refusal(uri: str, exc: BaseException, action: str | None = None) -> str | None:
+    """One line for a request the tracking server refused (HTTP 401/403 of MLflow's authentication): who,
+    which right was missing (read, edit, manage), what to set; None for any other error. No password."""
+    code = str(getattr(exc, "error_code", "") or "")
+    text = str(exc)
+    if code == "UNAUTHENTICATED" or "error code 401" in text:
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        return (f"the MLflow tracking server {redact(uri)} refused "
+                + (f"the account `{who}` (wrong password or no such account): check MLFLOW_TRACKING_USERNAME and "
+                   "MLFLOW_TRACKING_PASSWORD" if who else f"a request without an account: {ACCOUNT_HINT}"))
+    if code == "PERMISSION_DENIED" or "error code 403" in text:
+        if action is None:  # MLflow's message names the endpoint: /api/2.0/mlflow/runs/create
+            import re
+
+            m = re.search(r"endpoint (\S+)", text)
+            endpoint = m.group(1) if m else ""
+            last = endpoint.rstrip("/").rsplit("/", 1)[-1]
+            action = f"call {endpoint}" if endpoint else "do what was asked"
+            verb = "read" if last in ("get", "search", "list", "get-by-name") else \
+                "delete" if last.startswith("delete") else "edit"
+        else:
+            verb = action.split()[0].lower()
+        what = action
+        right = "manage" if verb in ("delete", "grant", "revoke") else "read" if verb in _READS else "edit"
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(none)"
+        return (f"the MLflow tracking server {redact(uri)} refused to {what}: the account `{who}` lacks the {right} "
+                f"right; use an account that has it (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; the "
+                f"writer account builds, registers and moves aliases) or ask the server's admin to grant it")
+    return None
 
 
 def scrub(text: str) -> str:

@@ -1,10 +1,11 @@
 """docker/: what can be checked without a Docker engine (the project's machines have none).
 
-The compose file parses and names its services; its mlflow service runs exactly the command
-:func:`tans_registry.tracking.server_command` makes for the compose's values (the PostgreSQL service's
-database, the artifacts volume, the published port), and that command, started for real on loopback,
-accepts the Host header the other services send (``mlflow:5000``); the worker and the server reach it
-there. The Dockerfiles install the package as the README Quickstart does, with pyproject's pins;
+The compose file parses and names its services; its mlflow service runs `tans team server`, i.e. the
+command :func:`tans_registry.tracking.server_command` makes for the compose's values (the PostgreSQL
+service's database, the artifacts volume, the published port) plus MLflow's auth options, and that
+command, started for real on loopback, asks for an account and accepts the Host header the other services
+send (``mlflow:5000``); the worker and the server reach it there. No secret is in the file; each service
+mounts only its own; every published port binds loopback and the Ray head publishes none. The Dockerfiles install the package as the README Quickstart does, with pyproject's pins;
 the GPU image installs onnxruntime-gpu and never the CPU-only onnxruntime; every file they COPY exists
 and is left in the build context by their .dockerignore. (``docker compose config`` would validate the
 file offline, but the machines' Docker client has no compose plugin, so it is not used.)
@@ -116,11 +117,11 @@ def _packages(path: Path) -> dict[str, str]:
 
 def test_compose_parses_and_names_its_services():
     c = _compose()
-    assert {"postgres", "mlflow", "worker", "serve", "ray-head"} <= set(c["services"])
+    assert {"secrets", "postgres", "mlflow", "worker", "serve", "ray-head"} <= set(c["services"])
     s = c["services"]
     assert s["postgres"]["image"] == "postgres:15"
     assert s["ray-head"]["profiles"] == ["ray"] and "--head" in s["ray-head"]["command"]
-    for name in ("postgres", "mlflow", "worker", "serve"):
+    for name in ("secrets", "postgres", "mlflow", "worker", "serve"):
         assert "profiles" not in s[name], f"{name} must start without a profile"
     extras = set(_pyproject()["project"]["optional-dependencies"])
     for name, svc in s.items():
@@ -129,7 +130,8 @@ def test_compose_parses_and_names_its_services():
             assert (ROOT / svc["build"]["dockerfile"]).is_file(), name
             wanted = svc["build"].get("args", {}).get("EXTRAS")
             assert wanted is None or set(wanted.split(",")) <= extras, (name, wanted)
-    for volume in {v.split(":", 1)[0] for svc in s.values() for v in svc.get("volumes", [])}:
+    for volume in {v.split(":", 1)[0] if isinstance(v, str) else v["source"] for svc in s.values()
+                   for v in svc.get("volumes", [])}:
         assert volume in c["volumes"], f"named volume {volume} is not declared"
 
 
@@ -137,20 +139,80 @@ def _mlflow_values(c: dict) -> dict:
     """The values the compose file gives the tracking server, read from the other services."""
     pg = c["services"]["postgres"]["environment"]
     mlflow = c["services"]["mlflow"]
-    mount = next(v.split(":", 1)[1] for v in mlflow["volumes"] if v.split(":", 1)[0] == "mlartifacts")
+    mount = next(v.split(":", 1)[1] for v in mlflow["volumes"] if isinstance(v, str) and v.split(":", 1)[0] == "mlartifacts")
     port = int(mlflow["ports"][0].split(":")[-1])
     cmd = mlflow["command"]
     allowed = cmd[cmd.index("--allowed-hosts") + 1].split(",") if "--allowed-hosts" in cmd else None
-    return {"backend_store_uri": f"postgresql+psycopg://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/"
-                                 f"{pg['POSTGRES_DB']}",
+    return {"backend_store_uri": f"postgresql+psycopg://{pg['POSTGRES_USER']}@postgres:5432/{pg['POSTGRES_DB']}",
             "artifacts_destination": mount, "host": "0.0.0.0", "port": port, "allowed_hosts": allowed}
 
 
-def test_the_mlflow_service_runs_exactly_server_command_for_the_compose_values():
+def _secret_mounts(svc: dict) -> set[str]:
+    """The secrets a service mounts (volume subpaths of the `secrets` volume at /run/secrets/<name>)."""
+    out = set()
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict) and v.get("source") == "secrets":
+            name = v["volume"]["subpath"]
+            assert v["target"] == f"/run/secrets/{name}" and v.get("read_only") is True, v
+            out.add(name)
+    return out
+
+
+def test_the_mlflow_service_runs_tans_team_server_over_server_command_for_the_compose_values():
+    """`tans team server` with the compose's values runs exactly server_command(...) plus MLflow's auth options."""
+    from click.testing import CliRunner
+
+    from tans_registry.cli import main
+    from tans_registry.team import AUTH_OPTIONS
+
     c = _compose()
     values = _mlflow_values(c)
-    assert c["services"]["mlflow"]["command"] == server_command(**values, mlflow_exe="mlflow")
+    cmd = c["services"]["mlflow"]["command"]
+    assert cmd[:3] == ["tans", "team", "server"]
+    opts = dict(zip(cmd[3::2], cmd[4::2]))
+    assert opts["--backend-store-uri"] == values["backend_store_uri"] and opts["--secrets"] == "/run/secrets"
+    assert opts["--artifacts-destination"] == values["artifacts_destination"]
+    assert (opts["--host"], int(opts["--port"])) == (values["host"], values["port"])
+    # what it starts: the one server definition, with authentication
+    expected = server_command(**values, mlflow_exe="mlflow") + AUTH_OPTIONS
+    assert "--app-name" in expected and expected[expected.index("--app-name") + 1] == "basic-auth"
+    assert "--enable-workspaces" in expected
+    res = CliRunner().invoke(main, ["team", "server", "--help"])
+    for flag in opts:
+        assert flag in res.output, flag
     assert c["services"]["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_no_secret_is_written_in_the_compose_file_and_each_service_mounts_only_its_own():
+    c = _compose()
+    text = (DOCKER / "compose.yaml").read_text()
+    assert "POSTGRES_PASSWORD:" not in text and "MLFLOW_TRACKING_PASSWORD" not in text and ":mlflow@" not in text
+    s = c["services"]
+    assert s["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert s["secrets"]["command"][-1].startswith("tans team secrets /secrets")
+    assert s["postgres"]["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    assert _secret_mounts(s["postgres"]) == {"postgres_password"}
+    assert _secret_mounts(s["mlflow"]) == {"postgres_password", "admin_password", "writer_password",
+                                           "reader_password", "flask_secret_key"}
+    assert _secret_mounts(s["worker"]) == _secret_mounts(s["ray-head"]) == {"writer_password"}
+    assert _secret_mounts(s["serve"]) == _secret_mounts(s["serve-gpu"]) == {"reader_password", "serve_token"}
+    for name, account in (("worker", "writer"), ("ray-head", "writer"), ("serve", "reader"), ("serve-gpu", "reader")):
+        env = s[name]["environment"]
+        assert env["MLFLOW_TRACKING_USERNAME"] == account
+        assert env["TANS_TRACKING_PASSWORD_FILE"] == f"/run/secrets/{account}_password"
+    assert s["serve"]["environment"]["TANS_SERVE_TOKEN_FILE"] == "/run/secrets/serve_token"
+
+
+def test_every_published_port_binds_loopback_and_the_ray_head_publishes_none():
+    s = _compose()["services"]
+    published = {name: svc.get("ports", []) for name, svc in s.items()}
+    assert published["mlflow"] and published["serve"]
+    for name, ports in published.items():
+        for p in ports:
+            assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} on every interface"
+    assert not published["ray-head"] and not published["postgres"]
+    cmd = s["ray-head"]["command"]
+    assert "--dashboard-host=127.0.0.1" in cmd and not any("0.0.0.0" in a for a in cmd), cmd
 
 
 def test_the_other_services_reach_the_tracking_server_by_its_service_name_and_it_accepts_them():
@@ -174,7 +236,7 @@ def test_the_serve_service_serves_a_model_uri_on_its_published_port():
         svc = _compose()["services"][name]
         cmd = svc["command"]
         assert cmd[:2] == ["tans", "serve"] and cmd[2].startswith("models:/"), cmd
-        assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+        assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and "--insecure-no-auth" not in cmd
         port = cmd[cmd.index("--port") + 1]
         assert any(p.split(":")[-1] == port for p in svc["ports"]), (svc["ports"], port)
 
@@ -185,8 +247,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _status(url: str, host: str) -> int:
-    req = urllib.request.Request(url, headers={"Host": host})
+def _status(url: str, host: str, auth: str | None = None) -> int:
+    headers = {"Host": host} | ({"Authorization": auth} if auth else {})
+    req = urllib.request.Request(url, headers=headers)
     try:
         with _HTTP.open(req, timeout=10) as resp:
             return resp.status
@@ -194,38 +257,49 @@ def _status(url: str, host: str) -> int:
         return exc.code
 
 
-def test_the_compose_server_command_started_for_real_accepts_the_services_host_header(tmp_path):
-    """The compose's mlflow command with only its store, artifacts folder, address and port made local
-    (SQLite, a tmp folder, loopback, a free port): a call with ``Host: mlflow:5000`` is served; an unlisted
-    host gets MLflow's 403."""
+def test_the_compose_server_command_started_for_real_asks_for_an_account_and_accepts_the_services_host_header(tmp_path):
+    """The compose's mlflow command with only its store, artifacts folder, secrets, address and port made local
+    (SQLite, tmp folders, loopback, a free port): without an account a call gets 401; the writer's call with
+    ``Host: mlflow:5000`` is served; an unlisted host gets MLflow's 403."""
+    import base64
+
     cmd = list(_compose()["services"]["mlflow"]["command"])
     port = _free_port()
+    secrets = tmp_path / "secrets"
+    tans = [sys.executable, "-m", "tans_registry.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_"))}
+    env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "NO_PROXY": "127.0.0.1"}
+    assert subprocess.run(tans + ["team", "secrets", str(secrets)], env=env, capture_output=True).returncode == 0
     local = {"--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination":
-             str(tmp_path / "artifacts"), "--host": "127.0.0.1", "--port": str(port), "--workers": "1"}
+             str(tmp_path / "artifacts"), "--secrets": str(secrets), "--host": "127.0.0.1", "--port": str(port),
+             "--workers": "1"}
     for flag, value in local.items():
         if flag in cmd:
             cmd[cmd.index(flag) + 1] = value
         else:
             cmd += [flag, value]
-    cmd[0] = str(Path(sys.executable).with_name("mlflow"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_"))}
-    env |= {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "NO_PROXY": "127.0.0.1"}
+    assert cmd[:3] == ["tans", "team", "server"]
+    cmd = tans + cmd[1:]
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while _status_or_none(f"{base}/health") != 200:
+        deadline = time.monotonic() + 180
+        while "ready on" not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the compose's mlflow command did not come up ({' '.join(cmd)}):\n"
                             f"{log.read_text(errors='replace')[-3000:]}", pytrace=False)
             time.sleep(0.5)
+        writer = "Basic " + base64.b64encode(
+            f"writer:{(secrets / 'writer_password').read_text().strip()}".encode()).decode()
         api = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert _status(api, "mlflow:5000") == 200
-        assert _status(api, f"localhost:{port}") == 200
-        assert _status(api, "attacker.example:5000") == 403
+        assert _status(api, "mlflow:5000") == 401
+        assert _status(api, "mlflow:5000", writer) == 200
+        assert _status(api, f"localhost:{port}", writer) == 200
+        assert _status(api, "attacker.example:5000", writer) == 403
+        assert _status(f"{base}/health", "mlflow:5000") == 200  # the healthcheck needs no account
     finally:
         stop_process_group(proc)
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tans_registry"
 # The base modules (errors, params, tracking, device, executor) are below everything; the CLI and the package top above.
 LAYERS = ["base", "data", "zoo", "registry", "encoders", "retrieval", "validation", "training",
           "export", "finetune", "serve", "bench", "cli", "top"]
-BASE = {"errors", "params", "tracking", "mlmodel", "device", "executor"}
+BASE = {"errors", "params", "tracking", "mlmodel", "device", "executor", "team"}
 # Model Registry calls (MlflowClient and fluent): allowed only under registry/.
 REGISTRY_CALLS = {
     "create_registered_model", "get_registered_model", "search_registered_models", "rename_registered_model",

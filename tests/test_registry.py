@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import os
 
 import mlflow
 import numpy as np
@@ -318,3 +319,30 @@ def test_registry_errors_leave_the_boundary_as_tans_errors(registered):
         register_encoders("0" * 32, 1.0, "val_recall_at_5", ("cells",))
     assert champion("tans-encoders") is None  # no such model: no champion, not an error
     assert "tans-encoders" not in {m.name for m in mlflow.MlflowClient().search_registered_models()}  # nothing half-made
+
+
+def test_a_folder_digest_follows_the_bytes_and_names_not_the_place_or_the_time(tmp_path):
+    import shutil
+
+    from tans_registry.registry.integrity import TamperedModel, check, folder_digest
+
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "MLmodel").write_text("flavors: {}\n")
+    (a / "sub" / "model.onnx").write_bytes(bytes(range(256)) * 10)
+    digest = folder_digest(a)
+    b = tmp_path / "elsewhere" / "b"
+    shutil.copytree(a, b)
+    os.utime(b / "MLmodel", (0, 0))
+    assert folder_digest(b) == digest and len(digest) == 64
+    data = bytearray((b / "sub" / "model.onnx").read_bytes())
+    data[100] ^= 1
+    (b / "sub" / "model.onnx").write_bytes(bytes(data))
+    assert folder_digest(b) != digest
+    with pytest.raises(TamperedModel, match="version 3 of m"):
+        check(b, digest, "models:/m/3 (version 3 of m)")
+    check(b, None, "registered before digests: nothing to check")
+    shutil.copytree(a, tmp_path / "c")
+    (tmp_path / "c" / "MLmodel").rename(tmp_path / "c" / "MLmodel2")
+    assert folder_digest(tmp_path / "c") != digest
+    assert folder_digest(a, names=("MLmodel",)) != digest

@@ -17,6 +17,7 @@ from . import encoders as _encoders
 from . import index as _index
 from . import query as _query
 from . import serving as _serving
+from . import team as _team
 from . import zoo as _zoo
 
 
@@ -43,7 +44,7 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-for _group in (_data.data, _zoo.zoo, _encoders.encoders, _index.index):
+for _group in (_data.data, _zoo.zoo, _encoders.encoders, _index.index, _team.team):
     main.add_command(_group)
 main.add_command(_query.query)
 main.add_command(_bench.bench)

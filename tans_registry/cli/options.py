@@ -115,6 +115,18 @@ def handles_errors(fn):
         except TansError as exc:
             click.echo(f"error [{exc.code}]: {exc}", err=True)
             sys.exit(2 if isinstance(exc, ParamError) else 1)
+        except Exception as exc:
+            # a tracking server's refusal (HTTP 401/403) from a call outside the registry boundary (a run
+            # logged by a stage): one line, like every other error the user can cause
+            from .. import tracking
+
+            import mlflow
+
+            denied = tracking.refusal(mlflow.get_tracking_uri(), exc)
+            if denied is None:
+                raise
+            click.echo(f"error [TRACKING]: {denied}", err=True)
+            sys.exit(1)
 
     return wrapper
 

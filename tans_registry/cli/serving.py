@@ -89,21 +89,50 @@ def export(work_dir, data_dir, model_uri, out, data, register, promote, int8, ca
               help="onnxruntime providers: auto takes CUDA when available, then the CPU.")
 @click.option("--max-batch", type=INT, default=64, show_default=True, help="Images merged into one session call.")
 @click.option("--max-body-mb", type=float, default=16.0, show_default=True, help="Larger request bodies get 413.")
-def serve(work_dir, model_uri, host, port, device, max_batch, max_body_mb):
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding the bearer token every request but /v2/health/* must carry "
+                   "(`Authorization: Bearer <token>`) [env TANS_SERVE_TOKEN_FILE, or the token itself in "
+                   "TANS_SERVE_TOKEN; never on the command line]. Required beyond loopback.")
+@click.option("--insecure-no-auth", is_flag=True, default=False,
+              help="Serve beyond loopback without a token: anyone who reaches the port can call the model.")
+def serve(work_dir, model_uri, host, port, device, max_batch, max_body_mb, token_file, insecure_no_auth):
     """Serve MODEL_URI (an ONNX export, e.g. models:/tans-onnx.<dataset>@champion, or an .onnx file).
 
     Endpoints: GET /ping, POST /invocations ({"inputs": images}, as `mlflow models serve`), and the Open
     Inference Protocol v2 of KServe and Triton: GET /v2/health/live, /v2/health/ready,
     /v2/models/{name}, POST /v2/models/{name}/infer. Images are uint8 [N, H, W, 3].
+
+    On loopback (the default) no token is asked for unless one is given; on any other --host a token
+    (--token-file, TANS_SERVE_TOKEN_FILE or TANS_SERVE_TOKEN) or --insecure-no-auth is required. A
+    registered model whose files differ from their sha256 recorded at registration is refused.
     """
+    import os
+
+    from ..errors import ConfigError
     from ..serve.app import ServeConfig, make_server
 
+    token = None
+    path = token_file or os.environ.get("TANS_SERVE_TOKEN_FILE")
+    if path:
+        try:
+            token = open(path).read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {path} ({exc.strerror}): pass a readable file") from None
+        if not token:
+            raise ConfigError(f"the token file {path} is empty: write the token into it")
+    elif os.environ.get("TANS_SERVE_TOKEN"):
+        token = os.environ["TANS_SERVE_TOKEN"]
+    if token is not None and insecure_no_auth:
+        raise ConfigError("--insecure-no-auth and a token (--token-file, TANS_SERVE_TOKEN_FILE or TANS_SERVE_TOKEN) "
+                          "contradict each other: drop one")
     server = make_server(ServeConfig(model_uri=model_uri, host=host, port=port, device=device, max_batch=max_batch,
-                                     max_body_mb=max_body_mb, work_dir=work_dir))
+                                     max_body_mb=max_body_mb, work_dir=work_dir, token=token,
+                                     insecure_no_auth=insecure_no_auth))
     h, p = server.server_address[:2]
     m = server.model
     click.echo(f"serving {m.name} ({len(m.classes)} classes, {m.input_size}x{m.input_size} uint8 images) on "
-               f"http://{h}:{p} with {', '.join(m.providers)}; /invocations and /v2/models/{m.name}/infer", err=True)
+               f"http://{h}:{p} with {', '.join(m.providers)}; /invocations and /v2/models/{m.name}/infer"
+               + ("; bearer token required" if token else "; no token asked for"), err=True)
     try:
         server.serve_forever()
     finally:

@@ -62,6 +62,9 @@ def boundary(action: str, next_step: str = _NEXT, also: tuple = ()):
 def _error(action: str, exc: Exception, next_step: str) -> RegistryError:
     import mlflow
 
+    denied = tracking.refusal(mlflow.get_registry_uri(), exc, action)
+    if denied:
+        return RegistryError(denied)
     text = str(getattr(exc, "message", None) or exc).strip()
     first = text.splitlines()[0][:300] if text else type(exc).__name__
     return RegistryError(f"cannot {action} in the model registry at {tracking.redact(mlflow.get_registry_uri())}: "
@@ -76,9 +79,16 @@ def get_model(name: str):
     try:
         return client().get_registered_model(name)
     except MlflowException as exc:
-        if error_code(exc) in MISSING:
+        if error_code(exc) in MISSING or (error_code(exc) == "PERMISSION_DENIED" and not _listed(name)):
             return None
         raise
+
+
+def _listed(name: str) -> bool:
+    """Whether a registered model ``name`` exists, by a search (filtered by the account's rights). An
+    authenticated server answers a read of a model that does not exist with 403, not 404: it cannot find
+    the model's workspace; a search tells "missing" from "refused"."""
+    return bool(client().search_registered_models(f"name = {quote(name)}", max_results=1))
 
 
 @boundary("create a registered model")
@@ -135,4 +145,32 @@ def alias_version(name: str, alias: str):
         text = str(exc).lower()
         if error_code(exc) in MISSING or ("alias" in text and "not found" in text):
             return None
+        if error_code(exc) == "PERMISSION_DENIED" and not _listed(name):
+            return None
         raise
+
+
+ALIAS_LOG_TAG = "tans.alias_log."  # + alias: the last moves of that alias, newest last (JSON)
+ALIAS_LOG_KEEP = 10                # entries kept (a registered-model tag holds at most 5,000 characters)
+
+
+@boundary("move a model alias")
+def move_alias(name: str, alias: str, version) -> None:
+    """Point ``name@alias`` at ``version`` (a tracking server asks for the edit right) and record the move
+    on the registered model: tag ``tans.alias_log.<alias>`` keeps the last moves, each with the version, the
+    version it came from, the account that moved it and when (UTC). Nothing is recorded for a no-op."""
+    import json
+    from datetime import datetime, timezone
+
+    before = alias_version(name, alias)
+    if before is not None and str(before.version) == str(version):
+        return
+    client().set_registered_model_alias(name, alias, str(version))
+    model = client().get_registered_model(name)
+    try:
+        log = json.loads(model.tags.get(ALIAS_LOG_TAG + alias, "[]"))
+    except ValueError:
+        log = []
+    log.append({"version": str(version), "from": None if before is None else str(before.version),
+                "by": tracking.account(), "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    client().set_registered_model_tag(name, ALIAS_LOG_TAG + alias, json.dumps(log[-ALIAS_LOG_KEEP:]))

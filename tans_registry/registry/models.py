@@ -74,26 +74,29 @@ def get_version(name: str, version: str) -> ModelRef:
             also=(OSError,))
 def download(ref: ModelRef, dst: str | None = None) -> Path:
     """A local folder with the version's MLflow model (downloaded when the store is remote)."""
-    import mlflow
+    from . import integrity
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=dst))
+    return integrity.download(ref.uri, dst)
 
 
 @C.boundary("download a model", "check the URI (`mlflow ui` lists the models and their versions)", also=(OSError,))
 def download_uri(uri: str) -> Path:
     """A local folder with the MLflow model behind ``uri`` (``models:/name/3``, ``models:/name@champion``,
-    ``runs:/...``)."""
-    import mlflow
+    ``runs:/...``), checked against the sha256 recorded at registration (:mod:`.integrity`)."""
+    from . import integrity
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return integrity.download(uri)
 
 
-@C.boundary("load a registered model as a pyfunc")
+@C.boundary("load a registered model as a pyfunc", also=(OSError,))
 def load_pyfunc(uri: str):
-    """``mlflow.pyfunc.load_model(uri)`` behind the registry boundary."""
+    """``mlflow.pyfunc.load_model`` of ``uri``'s files once their sha256 is checked (:mod:`.integrity`),
+    behind the registry boundary."""
     import mlflow
 
-    return mlflow.pyfunc.load_model(uri)
+    from . import integrity
+
+    return mlflow.pyfunc.load_model(str(integrity.download(uri)))
 
 
 @C.boundary("register the encoders", "check the store and rerun `tans encoders train`")
@@ -115,8 +118,8 @@ def register_encoders(run_id: str, score: float, metric: str, val_datasets: tupl
         current.tags.get(VAL_DATASETS_TAG) == val
     promoted = current is None or promote or (comparable and score > _score(current, SCORE_TAG))
     if promoted:  # the backbone's champion is the champion encoders' own backbone
-        c.set_registered_model_alias(BACKBONE_MODEL, CHAMPION, bb.version)
-        c.set_registered_model_alias(ENCODERS_MODEL, CHAMPION, v.version)
+        C.move_alias(BACKBONE_MODEL, CHAMPION, bb.version)
+        C.move_alias(ENCODERS_MODEL, CHAMPION, v.version)
     return {"encoders_version": int(v.version), "backbone_version": int(bb.version), "champion": promoted,
             "previous_champion": int(current.version) if current is not None else None,
             "champion_comparable": None if current is None else comparable}
@@ -131,11 +134,22 @@ def _score(version, tag: str) -> float:
 
 
 def _register(name: str, run_id: str, artifact_path: str, tags: dict, description: str | None, kind: str):
+    """A version of ``name`` from the model folder ``artifact_path`` of run ``run_id``, tagged with the
+    sha256 of the folder as stored (:mod:`.integrity`: what serving and loading check)."""
+    import tempfile
+
+    import mlflow
+
+    from . import integrity
+
     c = C.client()
     artifacts = c.get_run(run_id).info.artifact_uri  # first: an unknown run registers nothing
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = mlflow.artifacts.download_artifacts(artifact_uri=f"{artifacts}/{artifact_path}", dst_path=tmp)
+        digest = integrity.folder_digest(stored)
     C.ensure_model(name, tags={"tans.kind": kind})
-    return c.create_model_version(name, f"{artifacts}/{artifact_path}", run_id=run_id, tags=tags,
-                                  description=description)
+    return c.create_model_version(name, f"{artifacts}/{artifact_path}", run_id=run_id,
+                                  tags=tags | {integrity.DIGEST_TAG: digest}, description=description)
 
 
 @C.boundary("register the fine-tuned winner", "check the store and run the query again")
@@ -166,7 +180,7 @@ def _settle_champion(name: str, fingerprint: str | None, rounds: int = 5) -> int
         best = max(same, key=lambda v: (_score(v, VAL_ACC_TAG), -int(v.version)))
         current = C.alias_version(name, CHAMPION)
         if current is None or str(current.version) != str(best.version):
-            C.client().set_registered_model_alias(name, CHAMPION, best.version)
+            C.move_alias(name, CHAMPION, best.version)
         seen = numbers
     return int(best.version)
 
@@ -181,10 +195,10 @@ def register_onnx(dataset: str, run_id: str, artifact_path: str, tags: dict, des
     name = onnx_model_name(dataset)
     v = _register(name, run_id, artifact_path, tags, description, "onnx")
     if alias:
-        C.client().set_registered_model_alias(name, alias, v.version)
+        C.move_alias(name, alias, v.version)
     champion = int(v.version)
     if promote:
-        C.client().set_registered_model_alias(name, CHAMPION, v.version)
+        C.move_alias(name, CHAMPION, v.version)
         if follow_champion:
             champion = _follow_finetuned_champion(name, dataset, int(v.version))
     return {"model": name, "version": int(v.version), "model_uri": f"models:/{name}/{v.version}",
@@ -203,5 +217,5 @@ def _follow_finetuned_champion(name: str, dataset: str, mine: int) -> int:
               and "tans.quantization" not in v.tags]
     if not theirs or mine in theirs:
         return mine
-    C.client().set_registered_model_alias(name, CHAMPION, str(max(theirs)))
+    C.move_alias(name, CHAMPION, str(max(theirs)))
     return max(theirs)

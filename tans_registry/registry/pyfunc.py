@@ -91,7 +91,17 @@ def module_from_network(network: dict) -> nn.Module:
                      "check that the group run's zoo/ artifacts exist, or rebuild the group with `tans zoo build`",
                      also=(OSError,)):
             folder = _local_zoo_dir(network["zoo_artifacts"], Path(tmp))
+        _check_weights(folder, network)
         return network_from_dir(folder, int(network["index"]), where=network["zoo_artifacts"])
+
+
+def _check_weights(folder: Path, network: dict) -> None:
+    """The group's weights against the sha256 its network.json recorded at registration (:mod:`.integrity`)."""
+    from . import integrity
+
+    integrity.check(folder, network.get(integrity.ZOO_DIGEST_KEY),
+                    f"the weights of zoo group {network.get('group')!r} ({network.get('zoo_artifacts')})",
+                    names=integrity.ZOO_FILES)
 
 
 def _load_pyfunc(data_path: str) -> ZooNetworkModel:
@@ -108,16 +118,15 @@ def load_modules(model_uris: list[str]) -> list[nn.Module]:
 
 def load_networks(model_uris: list[str]) -> list[tuple[nn.Module, dict]]:
     """:func:`load_modules` with each version's ``network.json`` (preprocessing, classes, lineage)."""
-    import mlflow
-
     from ..zoo.store import networks_from_dir
+    from . import integrity
     from .client import wrapped
 
     networks = []
     with wrapped("download zoo versions", "check the URIs (`tans zoo list`, `mlflow ui`) and that their artifacts exist",
                  also=(OSError,)):
         for uri in model_uris:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+            local = integrity.download(uri)
             networks.append(json.loads((local / DATA_FILE).read_text()))
     out: dict[int, nn.Module] = {}
     by_group: dict[str, list[int]] = {}
@@ -127,6 +136,7 @@ def load_networks(model_uris: list[str]) -> list[tuple[nn.Module, dict]]:
         with tempfile.TemporaryDirectory() as tmp:
             with wrapped("download a zoo group's weights", "rebuild the group with `tans zoo build`", also=(OSError,)):
                 folder = _local_zoo_dir(artifacts, Path(tmp))
+            _check_weights(folder, networks[positions[0]])
             modules = networks_from_dir(folder, [int(networks[p]["index"]) for p in positions], where=artifacts)
         out.update(zip(positions, modules))
     return [(out[p], networks[p]) for p in range(len(networks))]
@@ -137,11 +147,12 @@ def load_network_info(model_uri: str) -> dict:
     spec (``supernet``) added: what rebuilding the network's module tree needs."""
     import mlflow
 
+    from . import integrity
     from .client import wrapped
 
     with wrapped(f"read {model_uri}", "check the URI (`tans zoo list`, `mlflow ui`) and that its artifacts exist",
                  also=(OSError,)):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        local = integrity.download(model_uri)
         network = json.loads((local / DATA_FILE).read_text())
         zoo_json = mlflow.artifacts.load_dict(f"{network['zoo_artifacts'].rstrip('/')}/zoo.json")
     return network | {"supernet": zoo_json["header"]["supernet"], "model_uri": model_uri}
@@ -149,11 +160,10 @@ def load_network_info(model_uri: str) -> dict:
 
 def load_module(model_uri: str) -> nn.Module:
     """The eval-mode ``nn.Module`` of a zoo version, e.g. ``models:/zoo.mnist/3``."""
-    import mlflow
-
+    from . import integrity
     from .client import wrapped
 
     with wrapped(f"download {model_uri}", "check the URI (`tans zoo list`, `mlflow ui`) and that its artifacts exist",
                  also=(OSError,)):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        local = integrity.download(model_uri)
     return module_from_network(json.loads((local / DATA_FILE).read_text()))

@@ -23,10 +23,11 @@ from .. import tracking
 from ..errors import TansError
 from ..zoo.store import finished_group_runs, load_functional_embeddings, read_table
 from . import client as C
+from . import integrity
 from .codec import compact_json, encode_embedding, fit_tag
 from .config import RegisterConfig, RegisterRecord
 from .names import ZOO_PREFIX, zoo_model_name
-from .pyfunc import write_model_dir
+from .pyfunc import _local_zoo_dir, write_model_dir
 
 log = logging.getLogger("tans_registry")
 RAW_ENCODER = "raw"  # tans.encoder_version until `tans index build` writes learned embeddings
@@ -135,11 +136,13 @@ def _register_group(name: str, run, mine: set[int] | None = None) -> tuple[int, 
     created = 0
     if todo:
         f_emb = load_functional_embeddings(run.info.run_id)
+        digests = _folder_digests(run)
         for row in todo:
+            tags = version_tags(header, row, run.info.run_id, f_emb[row["index"]])
+            tags[integrity.DIGEST_TAG] = digests[row["index"]]
             mine.add(int(C.client().create_model_version(
                 name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n{row['index']}",
-                run_id=run.info.run_id, tags=version_tags(header, row, run.info.run_id, f_emb[row["index"]]),
-                description=model_card(header, row, name)).version))
+                run_id=run.info.run_id, tags=tags, description=model_card(header, row, name)).version))
     if mine:
         kept = _dedupe(name, run.info.run_id)
         created = len(mine & kept)  # racing writers: only the versions of this one that survived count
@@ -277,9 +280,11 @@ def _ensure_model_dirs(run, header: dict, rows: list[dict]) -> None:
     if f"{REGISTRY_DIR}/{DIRS_COMPLETE}" in {f.path for f in client.list_artifacts(run.info.run_id, REGISTRY_DIR)}:
         return
     zoo_uri = f"{run.info.artifact_uri}/zoo"
+    with tempfile.TemporaryDirectory() as scratch:  # the group's weights, hashed into every network.json
+        zoo_digest = integrity.folder_digest(_local_zoo_dir(zoo_uri, Path(scratch)), names=integrity.ZOO_FILES)
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
-            write_model_dir(Path(tmp) / f"n{row['index']}", {
+            write_model_dir(Path(tmp) / f"n{row['index']}", {integrity.ZOO_DIGEST_KEY: zoo_digest,
                 "zoo_artifacts": zoo_uri, "run_id": run.info.run_id, "index": row["index"],
                 "arch": row["arch"], "arch_hash": row["arch_hash"], "group": header["group"],
                 "dataset": header["dataset"], "classes": header["classes"], "input_size": header["input_size"],
@@ -289,3 +294,14 @@ def _ensure_model_dirs(run, header: dict, rows: list[dict]) -> None:
         marker = Path(tmp) / DIRS_COMPLETE
         marker.write_text(f"{len(rows)} network folders\n")
         client.log_artifact(run.info.run_id, str(marker), REGISTRY_DIR)
+
+
+def _folder_digests(run) -> dict[int, str]:
+    """sha256 of each network's model folder (``registry/n<index>``) as stored in the group run."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=REGISTRY_DIR,
+                                                         dst_path=tmp))
+        return {int(d.name[1:]): integrity.folder_digest(d) for d in local.iterdir()
+                if d.is_dir() and d.name.startswith("n") and d.name[1:].isdigit()}

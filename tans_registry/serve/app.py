@@ -10,7 +10,9 @@
 
 Images are uint8 pixels ``[N, H, W, 3]`` (the graph does the preprocessing). Concurrent requests are
 batched into one session call. A bad request gets a 4xx with a message, never a crash; the body is
-capped (``max_body_mb``, 413 beyond). Binds loopback unless told otherwise.
+capped (``max_body_mb``, 413 beyond). Binds loopback unless told otherwise; bound to any other address it
+asks every request but ``/v2/health/*`` (the probes) for ``Authorization: Bearer <token>`` (401 without it)
+unless started with ``insecure_no_auth``.
 
 The HTTP layer is the one MLflow's own scoring server runs on: a FastAPI application served by uvicorn
 (``GET /docs``: the OpenAPI page, ``/openapi.json`` its schema). The request's JSON is parsed and the
@@ -31,7 +33,7 @@ import numpy as np
 from fastapi import Request  # at module level: the routes' annotations are resolved in this module's globals
 
 from .. import params as P
-from ..errors import TansError
+from ..errors import ConfigError, TansError
 from .model import Batcher, BadInput, OnnxModel, softmax
 
 log = logging.getLogger("tans_registry")
@@ -49,6 +51,8 @@ class ServeConfig:
     max_batch: int = 64            # images merged into one session call
     max_body_mb: float = 16.0      # larger request bodies get 413
     work_dir: str | None = None
+    token: str | None = None       # the bearer token every request but /v2/health/* must carry (never a CLI value)
+    insecure_no_auth: bool = False  # beyond loopback without a token: explicitly asked for
 
     def __post_init__(self) -> None:
         P.store(self, model_uri=P.as_path(STAGE, "model_uri", self.model_uri, optional=False, flag=False),
@@ -57,9 +61,58 @@ class ServeConfig:
                 device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")),
                 max_batch=P.as_int(STAGE, "max_batch", self.max_batch, 1),
                 max_body_mb=P.as_float(STAGE, "max_body_mb", self.max_body_mb, above=0),
-                work_dir=P.as_path(STAGE, "work_dir", self.work_dir))
+                work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
+                insecure_no_auth=P.as_bool(STAGE, "insecure_no_auth", self.insecure_no_auth))
         if self.port > 65535:
             P.fail(STAGE, "port", "an int from 0 to 65535", self.port)
+        if self.token is not None and len(self.token.strip()) < 16:
+            raise ConfigError("the serving token is shorter than 16 characters: use a long random one (`python -c "
+                              "'import secrets; print(secrets.token_urlsafe(24))'`, or `tans team secrets DIR`)")
+        if self.token is not None:
+            object.__setattr__(self, "token", self.token.strip())
+        if self.token is None and not self.insecure_no_auth and not is_loopback(self.host):
+            raise ConfigError(f"tans serve on {self.host} (not a loopback address) needs a bearer token, so that "
+                              "only clients holding it can use the model: put it in a file and pass --token-file FILE "
+                              "(or set TANS_SERVE_TOKEN_FILE, or TANS_SERVE_TOKEN); --insecure-no-auth serves without "
+                              "one (anyone who reaches the port can call the model)")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+OPEN_PATHS = ("/v2/health/",)  # probes reach these without a token
+
+
+class BearerAuth:
+    """ASGI wrapper: every HTTP request but :data:`OPEN_PATHS` must carry ``Authorization: Bearer <token>``
+    (compared in constant time); 401 with ``WWW-Authenticate: Bearer`` otherwise."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        import hmac
+
+        if scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(got, self.expected):
+                body = json.dumps({"error": "this server needs `Authorization: Bearer <token>` (the token its "
+                                            "operator gave it); none or another was sent"}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class HTTPError(Exception):
@@ -338,6 +391,8 @@ def make_server(cfg: ServeConfig, model: OnnxModel | None = None) -> Server:
         raise TansError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}. Pass another --port (or "
                         "--host)", code="SERVE_ADDRESS") from exc
     app = make_app(model, batcher, int(cfg.max_body_mb * 2 ** 20))
+    if cfg.token is not None:
+        app = BearerAuth(app, cfg.token)
     # Every object alive now (torch, onnxruntime, MLflow: millions) out of the collector's sight: a request
     # body parses into thousands of lists, which set off full collections that walked them all (one request
     # in ~10 of 16 images took 400-500 ms instead of ~35 ms).
