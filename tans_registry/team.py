@@ -73,9 +73,12 @@ def read_secret(folder: str | Path, name: str) -> str:
     if not path.is_file():
         raise ConfigError(f"the secret {path} is missing: create the team's secrets with `tans team secrets "
                           f"{folder}` (or put the value in that file)")
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"the secret {path} is readable by other users: `chmod 600 {path}` and start again")
-    value = path.read_text().strip()
+    if path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):  # Docker secrets are 0444: readable, never writable
+        raise ConfigError(f"the secret {path} is writable by other users: `chmod 600 {path}` and start again")
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret {path} ({exc.strerror}): run as a user that can") from None
     if not value:
         raise ConfigError(f"the secret {path} is empty: delete it and run `tans team secrets {folder}` again")
     return value
@@ -83,12 +86,13 @@ def read_secret(folder: str | Path, name: str) -> str:
 
 def auth_config(path: Path, database_uri: str) -> Path:
     """MLflow's basic-auth configuration: no permission unless granted, the users in ``database_uri``."""
-    path.write_text("[mlflow]\n"
-                    "default_permission = NO_PERMISSIONS\n"
-                    f"database_uri = {database_uri}\n"
-                    "admin_username = admin\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    os.chmod(path, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:  # configparser reads it: a % must be doubled
+        f.write("[mlflow]\n"
+                "default_permission = NO_PERMISSIONS\n"
+                f"database_uri = {database_uri.replace('%', '%%')}\n"
+                "admin_username = admin\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     return path
 
 
@@ -148,6 +152,10 @@ def provision(uri: str, secrets_dir: str | Path) -> Provisioned:
             if role not in {x.name for x in client.list_user_roles(user)}:
                 client.assign_role(user, r.id)
     except MlflowException as exc:
+        if "401" in str(exc) or getattr(exc, "error_code", "") == "UNAUTHENTICATED":
+            raise TrackingError(f"the server at {uri} refused the admin account with the password in "
+                                f"{Path(secrets_dir) / 'admin_password'} (changed since the first start, e.g. in the "
+                                "MLflow UI?): write the admin's current password into that file and start again") from None
         raise TrackingError(f"cannot set up the team accounts on {uri}: {str(exc).splitlines()[0][:300]}") from exc
     finally:
         for k, v in saved.items():
@@ -176,42 +184,50 @@ def run_server(backend_store_uri: str, artifacts_destination: str, secrets_dir: 
 
     from . import tracking
 
+    import tempfile
+
     secrets_dir = Path(secrets_dir)
     env = dict(os.environ)
-    env.update(server_env(secrets_dir, auth_config(secrets_dir / AUTH_CONFIG, auth_database_uri or backend_store_uri)))
-    if (secrets_dir / "postgres_password").is_file() and backend_store_uri.startswith("postgresql") \
-            and "PGPASSWORD" not in os.environ:
-        env["PGPASSWORD"] = read_secret(secrets_dir, "postgres_password")
-    exe = mlflow_exe or str(Path(sys.executable).with_name("mlflow"))
-    cmd = tracking.server_command(backend_store_uri, artifacts_destination, host=host, port=port, mlflow_exe=exe,
-                                  workers=workers, allowed_hosts=list(allowed_hosts) or None) + AUTH_OPTIONS
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-    stopping = []
+    private = Path(tempfile.mkdtemp(prefix="tans-team-"))  # 0700; the secrets folder may be read-only
+    try:
+        env.update(server_env(secrets_dir, auth_config(private / AUTH_CONFIG, auth_database_uri or backend_store_uri)))
+        if (secrets_dir / "postgres_password").is_file() and backend_store_uri.startswith("postgresql") \
+                and "PGPASSWORD" not in os.environ:
+            env["PGPASSWORD"] = read_secret(secrets_dir, "postgres_password")
+        exe = mlflow_exe or str(Path(sys.executable).with_name("mlflow"))
+        cmd = tracking.server_command(backend_store_uri, artifacts_destination, host=host, port=port, mlflow_exe=exe,
+                                      workers=workers, allowed_hosts=list(allowed_hosts) or None) + AUTH_OPTIONS
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        stopping = []
 
-    def stop(signum, _frame):
-        stopping.append(signum)
-        tracking.stop_process_group(proc)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + ready_timeout_s
-    while proc.poll() is None and not stopping:
-        try:
-            with opener.open(f"{local}/health", timeout=5):
-                break
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                tracking.stop_process_group(proc)
-                raise TrackingError(f"`mlflow server` did not answer {local}/health within {ready_timeout_s:.0f} s")
-            time.sleep(0.5)
-    if proc.poll() is None and not stopping:
-        try:
-            done = provision(local, secrets_dir)
-        except Exception:
+        def stop(signum, _frame):
+            stopping.append(signum)
             tracking.stop_process_group(proc)
-            raise
-        log(f"tans team server: ready on {local} (accounts admin, writer, reader; new: "
-            f"{', '.join(done.created_users) or 'none'}; secrets in {secrets_dir})")
-    return proc.wait()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + ready_timeout_s
+        while proc.poll() is None and not stopping:
+            try:
+                with opener.open(f"{local}/health", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    tracking.stop_process_group(proc)
+                    raise TrackingError(f"`mlflow server` did not answer {local}/health within {ready_timeout_s:.0f} s")
+                time.sleep(0.5)
+        if proc.poll() is None and not stopping:
+            try:
+                done = provision(local, secrets_dir)
+            except Exception:
+                tracking.stop_process_group(proc)
+                raise
+            log(f"tans team server: ready on {local} (accounts admin, writer, reader; new: "
+                f"{', '.join(done.created_users) or 'none'}; secrets in {secrets_dir})")
+        return proc.wait()
+    finally:
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)

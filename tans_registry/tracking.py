@@ -177,13 +177,16 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
     parts = urllib.parse.urlsplit(uri)
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
     base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    import time
+
     header = _auth_header(parts)
+    deadline = time.monotonic() + timeout_s  # both requests together
     for path in ("/health", "/api/2.0/mlflow/users/current"):
         req = urllib.request.Request(base + path)
         if header:
             req.add_header("Authorization", header)
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=max(0.5, deadline - time.monotonic())) as resp:
                 resp.read(64)
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):

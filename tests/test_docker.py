@@ -299,7 +299,32 @@ def test_the_compose_server_command_started_for_real_asks_for_an_account_and_acc
         assert _status(api, "mlflow:5000", writer) == 200
         assert _status(api, f"localhost:{port}", writer) == 200
         assert _status(api, "attacker.example:5000", writer) == 403
-        assert _status(f"{base}/health", "mlflow:5000") == 200  # the healthcheck needs no account
+        assert _status(f"{base}/health", "mlflow:5000") == 200  # MLflow's own health route needs no account
+        # the compose healthcheck, pointed at this server and these secrets, passes now that the accounts exist
+        test = _compose()["services"]["mlflow"]["healthcheck"]["test"]
+        code = test[test.index("-c") + 1].replace("127.0.0.1:5000", f"127.0.0.1:{port}")
+        ok = subprocess.run([sys.executable, "-c", code.replace("/run/secrets", str(secrets))], env=env,
+                            capture_output=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        wrong = tmp_path / "wrong"
+        wrong.mkdir()
+        (wrong / "writer_password").write_text("not-the-password")
+        bad = subprocess.run([sys.executable, "-c", code.replace("/run/secrets", str(wrong))], env=env,
+                             capture_output=True, timeout=60)
+        assert bad.returncode != 0
+        # what `tans team server` started: exactly server_command(...) for these values, plus the auth options
+        from tans_registry.team import AUTH_OPTIONS
+
+        pids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        children = [" ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode().strip("\0").split("\0"))
+                    for pid in pids]
+        expected = server_command(local["--backend-store-uri"], local["--artifacts-destination"], host="127.0.0.1",
+                                  port=port, mlflow_exe=str(Path(sys.executable).with_name("mlflow")), workers=1,
+                                  allowed_hosts=cmd[cmd.index("--allowed-hosts") + 1].split(",")) + AUTH_OPTIONS
+        # ps shows the mlflow script through its interpreter: compare what follows the executable
+        assert any(line.split()[-(len(expected) - 1):] == expected[1:] and expected[0] in line for line in children), \
+            (children, expected)
     finally:
         stop_process_group(proc)
 
@@ -384,3 +409,12 @@ def test_every_file_a_dockerfile_copies_exists_and_is_in_the_build_context(kind)
                 if "__pycache__" in rel or rel.endswith(".pyc"):
                     continue
                 assert not _ignored(rel, patterns), f"{ignore.name} leaves {rel} out of the build context"
+
+
+def test_the_tracking_server_is_healthy_only_once_the_writer_can_log_in():
+    """The worker starts when the mlflow service is healthy: the healthcheck logs in as the writer, whose
+    account `tans team server` creates after MLflow's /health already answers."""
+    test = _compose()["services"]["mlflow"]["healthcheck"]["test"]
+    code = test[test.index("-c") + 1]
+    assert "/run/secrets/writer_password" in code and "users/current" in code and "/health'" not in code
+    compile(code, "healthcheck", "exec")

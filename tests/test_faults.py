@@ -61,10 +61,17 @@ def registry_dump(work: Path) -> dict:
         versions = {}
         for v in c.search_model_versions(f"name = '{m.name}'", max_results=1000):
             src = v.source.replace(work.as_uri(), "<wd>").replace(str(work), "<wd>")
-            versions[int(v.version)] = {"tags": dict(v.tags), "source": src, "status": v.status}
+            tags = dict(v.tags)
+            # the digest of the version's files: present, but the files name their own work dir and runs
+            assert len(tags.get("tans.sha256", "")) == 64, (m.name, v.version, tags)
+            tags["tans.sha256"] = "<sha256>"
+            versions[int(v.version)] = {"tags": tags, "source": src, "status": v.status}
             local = Path(v.source.replace("file://", ""))
             assert (local / "MLmodel").is_file(), f"{m.name} v{v.version} points at missing files: {v.source}"
-        out[m.name] = {"tags": dict(m.tags), "aliases": dict(m.aliases), "versions": versions}
+        tags = dict(m.tags)
+        for k in [k for k in tags if k.startswith("tans.alias_log.")]:  # each move's time: of its own run
+            tags[k] = [{f: e[f] for f in ("version", "from", "by")} for e in json.loads(tags[k])]
+        out[m.name] = {"tags": tags, "aliases": dict(m.aliases), "versions": versions}
     return out
 
 

@@ -346,3 +346,12 @@ def test_a_folder_digest_follows_the_bytes_and_names_not_the_place_or_the_time(t
     (tmp_path / "c" / "MLmodel").rename(tmp_path / "c" / "MLmodel2")
     assert folder_digest(tmp_path / "c") != digest
     assert folder_digest(a, names=("MLmodel",)) != digest
+
+
+def test_a_models_uri_that_names_no_registered_version_is_refused_before_any_download():
+    from tans_registry.errors import RegistryError
+    from tans_registry.registry.integrity import download
+
+    for uri in ("models:/zoo.mnist/latest", "models:/zoo.mnist/Production", "models:/m-0123456789abcdef"):
+        with pytest.raises(RegistryError, match="models:/<name>/<version> or models:/<name>@<alias>"):
+            download(uri)

@@ -114,6 +114,28 @@ def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, netw
                             "winner): nothing to export", code="EXPORT_SOURCE")
         module, network = raw.module, raw.network
     dataset = str(network.get("dataset") or "model")
+    client = mlflow.MlflowClient()
+    own_run = run_id is None
+    if own_run:  # first: an account without the edit right is refused before the export's work, not after it
+        exp = tracking.experiment_id("queries", wd)
+        tags = {"tans.kind": "export", "tans.source_model": cfg.model_uri, "tans.dataset": dataset}
+        run_id = client.create_run(exp, run_name=f"export-{dataset}", tags=tags).info.run_id
+    try:
+        return _export(cfg, run_id, own_run, client, module, network, dataset, ds, follow_champion, calibration)
+    except BaseException:
+        if own_run:  # a refused or failed export leaves no run behind (deleted; FAILED where deleting is refused)
+            try:
+                client.delete_run(run_id)
+            except Exception:  # noqa: BLE001  the store may be the very thing that failed
+                try:
+                    client.set_terminated(run_id, status="FAILED")
+                except Exception:  # noqa: BLE001
+                    pass
+        raise
+
+
+def _export(cfg: ExportConfig, run_id: str, own_run: bool, client, module, network: dict, dataset: str, ds,
+            follow_champion: bool, calibration) -> ExportRecord:
     triton_names = []
     if cfg.triton:
         triton_names = [cfg.triton_name or triton.model_name(dataset)]
@@ -136,14 +158,6 @@ def export_model(cfg: ExportConfig, run_id: str | None = None, module=None, netw
                 staging = triton.stage(Path(cfg.triton), graphs, cfg.triton_max_batch, network["classes"],
                                        cfg.model_uri)
             folder = save_onnx_model(onnx_path, Path(tmp) / ARTIFACT, images, len(network["classes"]))
-            client = mlflow.MlflowClient()
-            if run_id is None:
-                exp = tracking.experiment_id("queries", wd)
-                tags = {"tans.kind": "export", "tans.source_model": cfg.model_uri, "tans.dataset": dataset}
-                run_id = client.create_run(exp, run_name=f"export-{dataset}", tags=tags).info.run_id
-                own_run = True
-            else:
-                own_run = False
             client.log_artifacts(run_id, str(folder), ARTIFACT)
             client.log_metric(run_id, "onnx_max_abs_diff", result.max_abs_diff)
             client.log_metric(run_id, "onnx_top1_agreement", result.top1_agreement)

@@ -158,19 +158,24 @@ ALIAS_LOG_KEEP = 10                # entries kept (a registered-model tag holds 
 def move_alias(name: str, alias: str, version) -> None:
     """Point ``name@alias`` at ``version`` (a tracking server asks for the edit right) and record the move
     on the registered model: tag ``tans.alias_log.<alias>`` keeps the last moves, each with the version, the
-    version it came from, the account that moved it and when (UTC). Nothing is recorded for a no-op."""
+    version it came from, the account that moved it and when (UTC). Nothing is recorded for a no-op. The entry
+    is written before the alias moves, so a process killed in between leaves the entry, and its rerun moves
+    the alias without writing it twice. Moves made outside the product (the MLflow UI, MLflow's client) are
+    not recorded; two processes moving one alias at the same instant may keep one entry of the two."""
     import json
     from datetime import datetime, timezone
 
+    version = str(version)
     before = alias_version(name, alias)
-    if before is not None and str(before.version) == str(version):
+    if before is not None and str(before.version) == version:
         return
-    client().set_registered_model_alias(name, alias, str(version))
-    model = client().get_registered_model(name)
+    previous = None if before is None else str(before.version)
     try:
-        log = json.loads(model.tags.get(ALIAS_LOG_TAG + alias, "[]"))
+        log = json.loads(client().get_registered_model(name).tags.get(ALIAS_LOG_TAG + alias, "[]"))
     except ValueError:
         log = []
-    log.append({"version": str(version), "from": None if before is None else str(before.version),
-                "by": tracking.account(), "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
-    client().set_registered_model_tag(name, ALIAS_LOG_TAG + alias, json.dumps(log[-ALIAS_LOG_KEEP:]))
+    if not (log and log[-1].get("version") == version and log[-1].get("from") == previous):
+        log.append({"version": version, "from": previous, "by": tracking.account(),
+                    "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+        client().set_registered_model_tag(name, ALIAS_LOG_TAG + alias, json.dumps(log[-ALIAS_LOG_KEEP:]))
+    client().set_registered_model_alias(name, alias, version)

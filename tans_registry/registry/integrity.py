@@ -67,24 +67,47 @@ def check(folder: str | Path, expected: str | None, what: str, names: tuple[str,
 
 
 def download(uri: str, dst: str | None = None) -> Path:
-    """A local copy of the MLflow model behind ``uri``, checked against its version's ``tans.sha256``:
-    ``models:/name/3`` and ``models:/name@alias`` (the alias resolved once, then that version downloaded);
-    any other URI (``runs:/``, a path) is downloaded unchecked, as nothing was registered for it."""
+    """A local copy of the MLflow model behind ``uri``, checked against its version's ``tans.sha256``
+    (:func:`download_version`)."""
+    return download_version(uri, dst)[0]
+
+
+def download_version(uri: str, dst: str | None = None) -> tuple[Path, str | None]:
+    """``(local copy, version)`` of the model behind ``uri``, its files checked against the version's
+    ``tans.sha256``: ``models:/name/3`` or ``models:/name@alias`` (the alias resolved once, then that version
+    downloaded: the version checked is the version returned). Other ``models:/`` forms (``latest``, stages,
+    logged-model ids) are refused: nothing tells which registered version they are. Any other URI
+    (``runs:/``, a path) is downloaded unchecked, as nothing was registered for it (version None). A version
+    registered before digests were recorded is loaded with a warning."""
+    import logging
+    import tempfile
+
     import mlflow
 
+    from ..errors import RegistryError
     from . import client as C
     from .names import parse_model_uri
 
     parsed = parse_model_uri(uri)
     if parsed is None:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+        if uri.startswith("models:/"):
+            raise RegistryError(f"{uri}: name a registered version as models:/<name>/<version> or "
+                                "models:/<name>@<alias> (e.g. @champion), so that its files can be checked against "
+                                "the sha256 recorded at registration")
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)), None
     name, version, alias = parsed
     mv = C.alias_version(name, alias) if alias is not None else C.client().get_model_version(name, version)
     if mv is None:
-        from ..errors import RegistryError
-
         raise RegistryError(f"{uri}: the model {name} has no alias `{alias}`; `mlflow ui` (or `tans zoo list`) "
                             "shows its versions and aliases")
+    # always a private copy (a local store would otherwise hand back its own folder, which could change
+    # between the check and the load)
+    dst = dst or tempfile.mkdtemp(prefix="tans-model-")
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=dst))
-    check(local, (mv.tags or {}).get(DIGEST_TAG), f"{uri} (version {mv.version} of {name})")
-    return local
+    expected = (mv.tags or {}).get(DIGEST_TAG)
+    if not expected:
+        logging.getLogger("tans_registry").warning(
+            "%s (version %s of %s) was registered without a sha256 (before digests were recorded): its files are "
+            "not checked; register or export it again to have them checked", uri, mv.version, name)
+    check(local, expected, f"{uri} (version {mv.version} of {name})")
+    return local, str(mv.version)

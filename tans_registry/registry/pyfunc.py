@@ -71,10 +71,16 @@ class ZooNetworkModel:
 
 
 def _local_zoo_dir(uri: str, scratch: Path) -> Path:
-    """A local folder with the group's supernet.safetensors, bn.safetensors, zoo.json."""
+    """A private local copy (in ``scratch``) of the group's supernet.safetensors, bn.safetensors, zoo.json: the
+    files checked against their sha256 are the files loaded, even on a local store."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path))
+        import shutil
+
+        src = Path(unquote(parsed.path))
+        for name in ("supernet.safetensors", "bn.safetensors", "zoo.json"):
+            shutil.copyfile(src / name, scratch / name)  # FileNotFoundError (an OSError) when one is missing
+        return scratch
     import mlflow
 
     for name in ("supernet.safetensors", "bn.safetensors", "zoo.json"):

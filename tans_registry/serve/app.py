@@ -27,7 +27,7 @@ import logging
 import signal
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import Request  # at module level: the routes' annotations are resolved in this module's globals
@@ -51,7 +51,8 @@ class ServeConfig:
     max_batch: int = 64            # images merged into one session call
     max_body_mb: float = 16.0      # larger request bodies get 413
     work_dir: str | None = None
-    token: str | None = None       # the bearer token every request but /v2/health/* must carry (never a CLI value)
+    # the bearer token every request but /v2/health/* must carry (never a CLI value; kept out of the repr)
+    token: str | None = field(default=None, repr=False)
     insecure_no_auth: bool = False  # beyond loopback without a token: explicitly asked for
 
     def __post_init__(self) -> None:

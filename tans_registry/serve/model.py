@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import TansError
 from ..export.onnx import INPUT, OUTPUT, read_metadata
-from ..registry import models as registry_models
+from ..registry import client as registry_client
 from ..registry.names import parse_model_uri
 from ..zoo.onnx import session
 
@@ -22,18 +22,27 @@ class BadInput(ValueError):
 
 def onnx_file(model_uri: str) -> Path:
     """The .onnx file behind ``model_uri``: a local .onnx path, or an MLflow model (``models:/...``)."""
+    return _onnx_file(model_uri)[0]
+
+
+def _onnx_file(model_uri: str) -> tuple[Path, str | None]:
+    """``(the .onnx file, the registered version it is of, or None)``."""
+    from ..registry import integrity
+
     path = Path(model_uri)
     if path.suffix == ".onnx" and path.is_file():
-        return path
+        return path, None
     if "://" not in model_uri and not model_uri.startswith("models:/"):
         raise TansError(f"{model_uri} is neither an .onnx file nor a model URI: pass e.g. "
                         "models:/tans-onnx.<dataset>@champion (`tans export` makes one)", code="SERVE_MODEL")
-    folder = registry_models.download_uri(model_uri)
+    with registry_client.wrapped("download a model", "check the URI (`mlflow ui` lists the models and their versions)",
+                                   also=(OSError,)):
+        folder, version = integrity.download_version(model_uri)
     found = sorted(folder.rglob("*.onnx"))
     if not found:
         raise TansError(f"{model_uri} holds no .onnx file: serve an export (models:/tans-onnx.<dataset>@champion; "
                         "`tans export MODEL_URI` makes one)", code="SERVE_MODEL")
-    return found[0]
+    return found[0], version
 
 
 @dataclass
@@ -47,7 +56,7 @@ class OnnxModel:
 
     @classmethod
     def load(cls, model_uri: str, device: str = "auto", name: str | None = None) -> "OnnxModel":
-        path = onnx_file(model_uri)
+        path, version = _onnx_file(model_uri)
         try:
             meta = read_metadata(path)
             sess = session(path, device=device)
@@ -60,9 +69,8 @@ class OnnxModel:
             raise TansError(f"{model_uri} is not an export of this product (its metadata_props lack classes and "
                             "input_size): export it with `tans export`", code="SERVE_MODEL")
         parsed = parse_model_uri(model_uri)
-        ref = registry_models.resolve(model_uri) if parsed else None
         return cls(path=path, name=name or (parsed[0] if parsed else path.stem), classes=list(meta["classes"]),
-                   input_size=int(meta["input_size"]), session=sess, version=ref.version if ref else "1")
+                   input_size=int(meta["input_size"]), session=sess, version=version or "1")
 
     @property
     def providers(self) -> list[str]:
