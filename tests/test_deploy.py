@@ -141,6 +141,34 @@ def test_an_export_checks_parity_keeps_metadata_and_a_broken_graph_is_refused(ti
     assert err.value.code == "EXPORT_PARITY"
 
 
+def test_parity_allows_a_head_s_own_float32_rounding_and_still_refuses_a_broken_graph(tiny_data_dir, tmp_path):
+    """A head folded from a linear probe (large weights and a bias that cancel them) rounds in float32 in either
+    runtime: the bound widens to four times PyTorch's own error against float64, and no further."""
+    import onnx
+
+    from tans_registry.export.onnx import parity, to_onnx
+
+    ds = load_dataset("cells", data_dir=tiny_data_dir)
+    network = {"classes": list(ds.classes), "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 256), torch.nn.ReLU(),
+                                 torch.nn.Linear(256, len(ds.classes))).eval()
+    head = module[3]
+    with torch.no_grad():  # logits = W x + b with W x ~ 1e4 and b cancelling its mean: float32 keeps ~1e-3
+        from tans_registry.zoo.tensors import to_tensor
+
+        mu = module[:3](to_tensor(ds.x_train[:64], network["mean"], network["std"])).mean(0)
+        head.weight.mul_(2e3)
+        head.bias.copy_(-(head.weight @ mu))
+    path = to_onnx(module, network, "models:/zoo.cells/1", tmp_path / "m.onnx")
+    wide = parity(path, module, network, ds.x_train[:64])
+    assert wide.allowed > 1e-4 and wide.ok, wide
+    graph = onnx.load(str(path))
+    _perturb(graph.graph)
+    onnx.save(graph, str(tmp_path / "broken.onnx"))
+    assert not parity(tmp_path / "broken.onnx", module, network, ds.x_train[:64]).ok
+
+
 # ------------------------------------------------------------------------------- the real pipeline
 @pytest.fixture(scope="module")
 def deployed(tiny_data_dir, tmp_path_factory):

@@ -165,4 +165,4 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md (Python API)", "exec"), namespace)  # noqa: S102
     result = namespace["result"]
     assert result.ranking.candidates and result.winner["model_uri"].startswith("models:/tans-finetuned.chinese_mnist/")
-    assert result.onnx.model_uri.startswith("models:/tans-onnx.chinese_mnist/") and result.onnx.max_abs_diff <= 1e-4
+    assert result.onnx.model_uri.startswith("models:/tans-onnx.chinese_mnist/") and result.onnx.max_abs_diff <= result.onnx.allowed_abs_diff <= 1e-2

@@ -65,6 +65,8 @@ class ExportRecord:
     model_uri: str | None = None      # models:/tans-onnx.<dataset>/<version> when registered
     champion: bool = False
     run_id: str | None = None
+    # the parity gate's bound on max_abs_diff: 1e-4, or four times PyTorch's own float32 error where larger
+    allowed_abs_diff: float = 1e-4
     input_name: str = "images"
     output_name: str = "logits"
     # --int8 (None without it): the int8 graph, its registered version (alias int8), the gate's figures

@@ -8,6 +8,7 @@ model on real images (max abs logit difference and top-1 agreement); a failing e
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,14 @@ class Parity:
     max_abs_diff: float
     top1_agreement: float
     n_images: int
+    # the largest difference allowed: PARITY_TOLERANCE, or four times PyTorch's own float32 error (against its float64
+    # run) where the network's float32 arithmetic is coarser than that (a head folded from a linear probe adds
+    # large terms that cancel: its logits carry ~1e-4 of rounding in either runtime)
+    allowed: float = PARITY_TOLERANCE
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= PARITY_TOLERANCE and self.top1_agreement == 1.0
+        return self.max_abs_diff <= self.allowed and self.top1_agreement == 1.0
 
 
 def metadata(network: dict, source_uri: str) -> dict[str, str]:
@@ -105,14 +110,17 @@ def parity(path: Path, module: nn.Module, network: dict, images: np.ndarray) -> 
     sess = session(Path(path), device="cpu")
     got = np.concatenate([sess.run([OUTPUT], {INPUT: images[i:i + 64]})[0] for i in range(0, len(images), 64)])
     module.eval()
-    want = np.concatenate([module(to_tensor(images[i:i + 64], network["mean"], network["std"])).numpy()
-                           for i in range(0, len(images), 64)])
+    batches = [to_tensor(images[i:i + 64], network["mean"], network["std"]) for i in range(0, len(images), 64)]
+    want = np.concatenate([module(x).numpy() for x in batches])
+    exact = copy.deepcopy(module).double()  # the same function in float64: how exact float32 can be here
+    own = float(np.abs(want - np.concatenate([exact(x.double()).numpy() for x in batches])).max())
     return Parity(max_abs_diff=float(np.abs(got - want).max()),
-                  top1_agreement=float((got.argmax(1) == want.argmax(1)).mean()), n_images=len(images))
+                  top1_agreement=float((got.argmax(1) == want.argmax(1)).mean()), n_images=len(images),
+                  allowed=max(PARITY_TOLERANCE, 4.0 * own))
 
 
 def check_parity(result: Parity, source_uri: str) -> None:
     if not result.ok:
         raise TansError(f"the ONNX export of {source_uri} disagrees with PyTorch on {result.n_images} images (max abs "
-                        f"logit difference {result.max_abs_diff:.2e}, allowed {PARITY_TOLERANCE:.0e}; top-1 agreement "
+                        f"logit difference {result.max_abs_diff:.2e}, allowed {result.allowed:.1e}; top-1 agreement "
                         f"{result.top1_agreement:.1%}, required 100%). Nothing was registered", code="EXPORT_PARITY")

@@ -3,8 +3,8 @@ and registered as ``tans-onnx.<dataset>`` (alias ``champion``), its tags pointin
 
 The source is loaded through its own MLflow model (a fine-tuned winner, or a zoo version); the export
 is refused, and nothing registered, unless ``onnx.checker`` passes and onnxruntime agrees with PyTorch
-on at least 64 of the dataset's training images (max abs logit difference <= 1e-4, top-1 agreement
-100%). The MLmodel asks for the CUDA provider, then the CPU one, and names ``onnxruntime-gpu`` (MLflow's
+on at least 64 of the dataset's training images (max abs logit difference <= 1e-4, or four times PyTorch's
+own float32 error against float64 where that is larger; top-1 agreement 100%). The MLmodel asks for the CUDA provider, then the CPU one, and names ``onnxruntime-gpu`` (MLflow's
 default would write ``onnxruntime``).
 
 ``--int8`` adds a static int8 graph (:mod:`.int8`), registered as a further version with alias ``int8``
@@ -161,6 +161,7 @@ def _export(cfg: ExportConfig, run_id: str, own_run: bool, client, module, netwo
             client.log_artifacts(run_id, str(folder), ARTIFACT)
             client.log_metric(run_id, "onnx_max_abs_diff", result.max_abs_diff)
             client.log_metric(run_id, "onnx_top1_agreement", result.top1_agreement)
+            client.log_metric(run_id, "onnx_allowed_abs_diff", result.allowed)
             if int8 is not None:
                 int8_folder = save_onnx_model(int8.path, Path(tmp) / INT8_ARTIFACT, images, len(network["classes"]))
                 client.log_artifacts(run_id, str(int8_folder), INT8_ARTIFACT)
@@ -186,11 +187,12 @@ def _export(cfg: ExportConfig, run_id: str, own_run: bool, client, module, netwo
             tags = {"tans.parent_model": cfg.model_uri, "tans.zoo_parent": str(zoo_parent),
                     "tans.dataset": dataset, "tans.onnx_max_abs_diff": f"{result.max_abs_diff:.3e}",
                     "tans.onnx_top1_agreement": f"{result.top1_agreement:.4f}",
+                    "tans.onnx_allowed_abs_diff": f"{result.allowed:.1e}",
                     "tans.parity_images": str(result.n_images), "tans.query_run": str(network.get("query_run", ""))}
             description = (f"ONNX export of `{cfg.model_uri}`: uint8 images [N, H, W, 3] in (preprocessing inside the "
                            f"graph), logits out; metadata_props hold the classes, input size, mean and std. Verified "
                            f"against PyTorch on {result.n_images} images: max abs logit difference "
-                           f"{result.max_abs_diff:.1e}, top-1 agreement {result.top1_agreement:.0%}.")
+                           f"{result.max_abs_diff:.1e} (allowed {result.allowed:.1e}), top-1 agreement {result.top1_agreement:.0%}.")
             registered = registry_models.register_onnx(dataset, run_id, ARTIFACT, tags, description, cfg.promote,
                                                        follow_champion)
             if int8 is not None:
@@ -201,7 +203,7 @@ def _export(cfg: ExportConfig, run_id: str, own_run: bool, client, module, netwo
         staging = None
     finally:
         triton.discard(staging)
-    return ExportRecord(source_model_uri=cfg.model_uri, path=out_path, max_abs_diff=result.max_abs_diff,
+    return ExportRecord(source_model_uri=cfg.model_uri, path=out_path, max_abs_diff=result.max_abs_diff, allowed_abs_diff=result.allowed,
                         top1_agreement=result.top1_agreement, parity_images=result.n_images,
                         model_uri=registered.get("model_uri"), champion=bool(registered.get("champion")),
                         run_id=run_id, int8_model_uri=registered_int8.get("model_uri"), int8_path=int8_path,
