@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tans_registry import tracking  # noqa: E402
+from tans_registry.zoo.generalist import GROUP as GENERALIST  # noqa: E402
 from tans_registry.zoo.store import finished_group_runs, read_table  # noqa: E402
 from tans_registry.zoo.profiles import TrainConfig  # noqa: E402
 from tans_registry.zoo.train import n_train_steps  # noqa: E402
@@ -45,7 +46,8 @@ def collect(work_dir: str | None) -> list[dict]:
             "networks": len(nets), "best": m.get("best_acc"), "smallest": m.get("smallest_acc"),
             "largest": m.get("largest_acc"), "spread": m.get("acc_spread"), "logreg": m.get("logreg_acc"),
             "seconds": m.get("seconds"), "init": p.get("init"),
-            "steps": n_train_steps(int(p.get("n_train", 0)), int(p.get("n_classes", 0)), tcfg),
+            "steps": 0 if group == GENERALIST else n_train_steps(int(p.get("n_train", 0)), int(p.get("n_classes", 0)), tcfg),
+            "generalist": group == GENERALIST,  # the base supernet's subnets: measured, not trained
             "start": run.info.start_time / 1000.0, "end": run.info.end_time / 1000.0,
             "params_range": [min(n["n_params"] for n in nets), max(n["n_params"] for n in nets)],
         })
@@ -74,7 +76,7 @@ def markdown(rows: list[dict], before: dict[str, float] | None = None) -> str:
                    f"{r['networks']} | "
                    f"{f(r['best'])} | {f(r['smallest'])} | {f(r['largest'])} | {f(r['spread'])} | "
                    f"{f(r['logreg'])} | {beats} | {r['seconds']:.0f} |" + _compared(r, before))
-    groups = [r for r in rows if not r.get("base")]
+    groups = [r for r in rows if not r.get("base") and not r.get("generalist")]
     total = sum(r["seconds"] for r in rows)
     out.append("")
     out.append(f"{len(groups)} groups, {sum(r['networks'] for r in groups)} networks, {total / 60:.1f} min of "

@@ -21,7 +21,8 @@ DEFAULT_WORK_DIR = "."  # MLflow's own default: ./mlflow.db beside ./mlruns
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 CACHE_DIR = "tans-cache"
-EXPERIMENTS = {"zoo": "tans/zoo", "encoders": "tans/encoders", "queries": "tans/queries", "bench": "tans/bench"}
+EXPERIMENTS = {"zoo": "tans/zoo", "encoders": "tans/encoders", "queries": "tans/queries", "bench": "tans/bench",
+               "transfer": "tans/transfer"}
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 PROJECT_RUN_ID: str | None = None  # the enclosing `mlflow run`, when there is one
 

@@ -233,8 +233,8 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
     for name, d in rec["datasets"].items():
         methods = d["methods"]
         assert d["seeds"] == [1, 2] and len(d["per_seed"]) == 2
-        assert {"tans", "tans_predictor", "tans_logme", "logme_all", "random", "best_average", "top_source",
-                "largest", "scratch", "oracle"} <= set(methods)
+        assert {"tans", "tans_predictor", "tans_logme", "tans_hybrid", "logme_all", "random", "best_average",
+                "top_source", "largest", "scratch", "oracle"} <= set(methods)
         oracle = d["oracle"]["full"]
         assert d["upper_bound"]["full"] >= oracle - 1e-12          # the best test bounds the validation pick
         assert 0.0 <= d["floors"]["logreg_pixels"] <= 1.0 and len(d["floors"]["logreg_pixels_seeds"]) == 2
@@ -258,8 +258,9 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
         n = rec["zoo"]["networks"]
         assert methods["logme_all"]["forward_passes"] == n                  # every network once
         assert 1 < methods["tans_logme"]["forward_passes"] <= n + 1
+        assert 1 < methods["tans_hybrid"]["forward_passes"] <= min(n, 25) + 1   # the hybrid shortlist, scored once
         assert d["ground_truth"]["networks"] >= 4
-        assert set(d["weighted_tau"]) == {"tans", "predictor", "logme"}
+        assert set(d["weighted_tau"]) == {"tans", "predictor", "logme", "leep", "nce"}
         assert methods["best_average"]["picks"][0]["weights"] == "base supernet"
         assert methods["scratch"]["picks"][0]["arch_hash"] == methods["tans"]["picks"][0]["arch_hash"]
         assert len({json.dumps(x, sort_keys=True) for x in d["preparation"]}) == 2   # one per seed
@@ -291,6 +292,13 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
     assert parent.data.params["seed"] == "1" and parent.data.params["max_train"] == "50"
     assert parent.data.params["seeds"] == "2" and parent.data.params["bn_policy"] == "query"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"bench.json", "plots"}
+    # every fine-tuned zoo start of every (dataset, seed) is a record of the transfer table (source bench)
+    from tans_registry.transfer.records import read_records
+
+    bench_records = read_records(mlflow.get_experiment_by_name("tans/transfer").experiment_id, "bench")
+    zoo_curves = [r for r in runs if r.data.tags.get("tans.start_kind") == "zoo"]
+    assert len(bench_records) == len(zoo_curves) > 0
+    assert {r["task"] for r in bench_records} == {"faces", "glyphs"} and {r["budget"] for r in bench_records} == {1.0, 2.0}
     # --resume: every (dataset, seed) was finished with these settings: reused, the same figures
     again = CliRunner().invoke(main, [a for a in args if a not in ("--plots", str(plots))] + ["--resume"])
     assert again.exit_code == 0, again.output
@@ -486,13 +494,17 @@ def test_bench_chain_runs_the_whole_chain_on_the_quick_profile_then_resumes_it(t
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)
-    assert set(rec["stage_seconds"]) == {"zoo_build", "zoo_register", "encoders_train", "index_build", "bench"}
+    assert set(rec["stage_seconds"]) == {"zoo_build", "zoo_register", "transfer_table", "encoders_train", "index_build",
+                                         "bench"}
+    # the transfer table: each of the 4 training datasets a task, 6 starts from the other 3 groups, both budgets
+    assert rec["facts"]["transfer_table"] == {"tasks": 4, "records": 48, "written": 48}
     assert all(v > 0 for v in rec["stage_seconds"].values())
     assert rec["facts"]["zoo"]["holdout"] == ["glyphs"] and rec["facts"]["zoo"]["built"] == 4
     assert set(rec["bench"]["datasets"]) == {"glyphs"}
     assert rec["bench"]["datasets"]["glyphs"]["seeds"] == [0, 1]
     again = json.loads(CliRunner().invoke(main, args).stdout)
     assert again["facts"]["zoo"]["built"] == 0 and again["facts"]["registered"] == 0
+    assert again["facts"]["transfer_table"]["written"] == 0
     assert again["stage_seconds"]["encoders_train"] == 0.0 and "kept version" in again["facts"]["encoders"]
     # a data directory with nothing to report on is refused before anything is built
     bare = tmp_path / "bare"

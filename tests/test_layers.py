@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "tans_registry"
 # The layers, lowest first (README "Layout"). A module may import its own layer and the ones before it.
 # The base modules (errors, params, tracking, device, executor) are below everything; the CLI and the package top above.
-LAYERS = ["base", "data", "zoo", "registry", "encoders", "retrieval", "validation", "training",
-          "export", "finetune", "serve", "bench", "cli", "top"]
+LAYERS = ["base", "data", "zoo", "registry", "encoders", "retrieval", "validation", "export", "finetune",
+          "transfer", "training", "serve", "bench", "cli", "top"]
 BASE = {"errors", "params", "tracking", "mlmodel", "device", "executor", "team"}
 # Model Registry calls (MlflowClient and fluent): allowed only under registry/.
 REGISTRY_CALLS = {

@@ -16,7 +16,10 @@ from tans_registry.zoo.config import ZooConfig
 from tans_registry.zoo.store import list_networks, load_network
 from tans_registry.zoo import build as build_mod
 from tans_registry.zoo.measure import accuracy
-from tans_registry.zoo.store import COMPLETE_TAG, load_functional_embeddings
+from tans_registry.zoo.generalist import DATASET as POOLED
+from tans_registry.zoo.generalist import GROUP as GENERALIST
+from tans_registry.zoo.generalist import TEST_PER_DATASET, pooled
+from tans_registry.zoo.store import COMPLETE_TAG, load_functional_embeddings, read_table
 from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
 
 
@@ -151,10 +154,33 @@ def test_groups_warm_start_from_a_shared_base_supernet(tiny_data_dir, tmp_path):
     for g in rec.groups:
         assert client.get_run(g.run_id).data.params["init"] == "base"
     # other per-group settings: the groups are rebuilt, the base is reused
+    # the base's own subnets: a group of their own, the same architectures as every group, measured on the
+    # pooled test images with the joint head
+    gen = rec.generalist
+    assert gen is not None and gen.group == GENERALIST and gen.dataset == POOLED and gen.status == "built"
+    assert gen.n_networks == 3 and 0.0 <= gen.min_accuracy <= gen.best_accuracy <= 1.0 and rec.n_networks == 9
+    run = client.get_run(gen.run_id)
+    assert run.data.tags["tans.base_run"] == base[0].info.run_id and run.data.params["sources"] == "digits,cells"
+    table = read_table(gen.run_id)
+    assert len(table["header"]["classes"]) == 13 and table["header"]["classes"][0].startswith("digits/")
+    archs = {g: [n.arch_hash for n in list_networks(exp_id) if n.group == g] for g in ("digits", "cells", GENERALIST)}
+    assert archs[GENERALIST] == archs["digits"] == archs["cells"]
+    sources = [load_dataset(n, data_dir=tiny_data_dir, seed=0, max_train=1200, max_test=400) for n in ("digits", "cells")]
+    data = pooled(sources, 0)
+    assert data.fingerprint() == run.data.tags["tans.fingerprint"] and data.n_classes == 13
+    assert len(data.x_test) == sum(min(len(s.x_test), TEST_PER_DATASET) for s in sources)
+    net = load_network(gen.run_id, 0)  # the base's weights, the batch norm measured on pooled images
+    assert accuracy(net, data.x_test, data.y_test, DEFAULT_MEAN, DEFAULT_STD) == pytest.approx(table["networks"][0]["accuracy"])
+    # other per-group settings: the groups are rebuilt, the base is reused, the generalist re-cut at 2 networks
     again = build_zoo(tiny(tiny_data_dir, work, base_epochs=1, resume=True, subnets=2))
     assert all(g.status == "built" and g.n_networks == 2 for g in again.groups)
+    assert again.generalist.status == "built" and again.generalist.n_networks == 2
     assert len(client.search_runs([exp_id], "tags.`tans.group` = '__base__'")) == 1
-    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}
+    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells", GENERALIST}
+    # resumed with the same settings: nothing rebuilt; --only-groups can name the generalist alone
+    assert build_zoo(tiny(tiny_data_dir, work, base_epochs=1, resume=True, subnets=2)).generalist.status == "skipped"
+    only = build_zoo(tiny(tiny_data_dir, work, base_epochs=1, subnets=2, only_groups=(GENERALIST,)))
+    assert only.groups == () and only.generalist.status == "built"
 
 
 def test_a_build_is_reproducible_from_its_seed(tiny_data_dir, tmp_path):
@@ -181,9 +207,9 @@ def test_workers_build_groups_in_parallel_processes_from_the_base(tiny_data_dir,
         run = client.get_run(g.run_id)
         assert run.info.status == "FINISHED" and run.data.tags[COMPLETE_TAG] == "true"
         assert run.data.params["init"] == "base"  # the workers loaded the base supernet
-    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells"}
+    assert {n.group for n in list_networks(exp_id)} == {"digits", "cells", GENERALIST}
     again = build_zoo(tiny(tiny_data_dir, work, base_epochs=0.5, workers=2, resume=True))
-    assert [g.status for g in again.groups] == ["skipped", "skipped"]
+    assert [g.status for g in again.groups] == ["skipped", "skipped"] and again.generalist.status == "skipped"
 
 
 _Built = collections.namedtuple("_Built", "group best_accuracy")

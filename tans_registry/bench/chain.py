@@ -1,8 +1,9 @@
 """`tans bench-chain`: the whole benchmark from nothing, one command: the bench zoo (`tans zoo build
---profile bench`), its registration, the encoders, the index, and `tans bench` over the reported datasets
-at ``seeds`` seeds, each stage timed. With ``resume`` a rerun after a kill goes on where it stopped: the
-zoo's finished groups, the registered versions, the cached index and the benchmark's finished (dataset,
-seed) pairs are kept; the encoders (promoted to champion: the benchmark measures the encoders of this zoo) are retrained
+--profile bench`), its registration, the transfer table (`tans zoo transfer`), the encoders (their transfer
+predictor learnt from it), the index, and `tans bench` over the reported datasets at ``seeds`` seeds, each
+stage timed. With ``resume`` a rerun after a kill goes on where it stopped: the
+zoo's finished groups, the registered versions, the transfer table's records, the cached index and the
+benchmark's finished (dataset, seed) pairs are kept; the encoders (promoted to champion: the benchmark measures the encoders of this zoo) are retrained
 unless this chain trained the champion on the same zoo.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ def run_chain(cfg: ChainConfig) -> ChainRecord:
     from ..retrieval.indexing import build_index
     from ..training.config import EncoderTrainConfig
     from ..training.stage import train_encoders
+    from ..transfer.config import TransferConfig
+    from ..transfer.stage import build_table
     from ..zoo.build import build_zoo
     from ..zoo.config import ZooConfig
     from .stage import run_bench
@@ -62,6 +65,9 @@ def run_chain(cfg: ChainConfig) -> ChainRecord:
                     "holdout": list(zoo.holdout)}
     reg = timed("zoo_register", lambda: register_zoo(RegisterConfig(**common)))
     facts["registered"] = reg.created
+    table = timed("transfer_table", lambda: build_table(TransferConfig(  # at the benchmark's budgets
+        epochs=cfg.epochs, resume=cfg.resume, data_dir=cfg.data_dir, workers=cfg.workers, device=cfg.device, **common)))
+    facts["transfer_table"] = {"tasks": len(table.tasks), "records": table.records, "written": table.written}
     wd, _ = tracking.setup(cfg.work_dir)
     # the encoders are kept on --resume only when this chain trained the champion on this very zoo
     runs = store.finished_group_runs(tracking.experiment_id("zoo", wd))

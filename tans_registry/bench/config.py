@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .. import params as P
+from ..finetune.config import QUERY_TEST, QUERY_TRAIN
 
 STAGE = "bench"
 # Every start the benchmark compares, each fine-tuned with the same budget (epochs, images, schedule).
-METHODS = ("tans", "tans_predictor", "tans_logme", "logme_all", "random", "best_average", "top_source", "largest",
-           "scratch", "oracle")
-SCORERS = ("tans", "predictor", "logme")  # whose ranking of the ground truth is measured (weighted tau)
+METHODS = ("tans", "tans_predictor", "tans_logme", "tans_hybrid", "logme_all", "random", "best_average", "top_source",
+           "largest", "scratch", "oracle")
+# whose ranking of the ground truth is measured (weighted tau): retrieval, the predictor, the transferability scores
+SCORERS = ("tans", "predictor", "logme", "leep", "nce")
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class BenchConfig:
     # the 340-network zoo on 2 cores, ~174 min a chain (BENCHMARKS.md); a fine-tuned start costs ~7 s of a pair.
     # The methods' own picks (up to 3 each) are fine-tuned too and join the ground truth: ~19 zoo starts a pair.
     # Test: up to 1,000.
-    max_train: int = 500                       # training images per query dataset (stratified; validation carved out)
-    max_test: int = 1000                       # test images per query dataset (stratified)
+    max_train: int = QUERY_TRAIN               # training images per query dataset (stratified; validation carved out)
+    max_test: int = QUERY_TEST                 # test images per query dataset (stratified)
     ground_truth: int = 6                      # zoo networks fine-tuned at least (spread over retrieval order and size)
     random_draws: int = 2
     max_params: int | None = None              # the constraint every method works under (None: none)
@@ -45,6 +47,10 @@ class BenchConfig:
     ray_address: str | None = None             # the Ray cluster (None: RAY_ADDRESS, else a local one)
     plots: str | None = None                   # also write the PNG plots into this folder (e.g. docs/)
     resume: bool = False                       # reuse (dataset, seed) results finished with the same settings
+    # benchmark the selection datasets instead (training datasets of the zoo, each without its own groups): the
+    # figures the project's defaults are chosen by, never reported as results
+    selection: bool = False
+    head_first: bool = False                   # the fine-tuning recipe: the new head fitted on frozen features first
     work_dir: str | None = None
     data_dir: str | None = None
     progress: bool = True
@@ -67,11 +73,16 @@ class BenchConfig:
                 ray_address=P.as_path(STAGE, "ray_address", self.ray_address),
                 plots=P.as_path(STAGE, "plots", self.plots),
                 resume=P.as_bool(STAGE, "resume", self.resume),
+                selection=P.as_bool(STAGE, "selection", self.selection),
+                head_first=P.as_bool(STAGE, "head_first", self.head_first),
                 work_dir=P.as_path(STAGE, "work_dir", self.work_dir),
                 data_dir=P.as_path(STAGE, "data_dir", self.data_dir),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False))
         if self.ray_address is not None and self.executor != "ray":
             P.fail(STAGE, "ray_address", "used with --executor ray only", self.ray_address)
+        if self.selection and (self.holdout is not None or self.query_data):
+            P.fail(STAGE, "selection", "used alone: the selection datasets replace --holdout and --query-data",
+                   self.selection)
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ class ChainConfig:
 
 @dataclass(frozen=True)
 class ChainRecord:
-    stage_seconds: dict = field(default_factory=dict)  # zoo_build, zoo_register, encoders_train, index_build, bench
+    stage_seconds: dict = field(default_factory=dict)  # zoo_build, zoo_register, transfer_table, encoders_train, index_build, bench
     total_seconds: float = 0.0
     bench: BenchRecord | None = None
     facts: dict = field(default_factory=dict)

@@ -8,8 +8,8 @@ from ..registry.names import model_uri
 from . import metrics as M
 
 
-def figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg) -> dict:
-    """One seed's figures. The oracle is the ground-truth network with the best *validation* accuracy, scored
+def figures(label, ds, methods, results, budgets, retrieval, predicted, transfer, truth, zoo_rows, idx, avg) -> dict:
+    """One seed's figures (``transfer``: each transferability score by row, LogME, LEEP, NCE). The oracle is the ground-truth network with the best *validation* accuracy, scored
     by its test accuracy (top-3 likewise: of a method's first three picks, the one validating best); the best
     test accuracy of the ground truth is kept as an upper bound, named as such."""
     full, one = str(budgets[-1]), str(budgets[0])
@@ -51,7 +51,7 @@ def figures(label, ds, methods, results, budgets, retrieval, predicted, logme, t
     truth_acc = [fine[r] for r in zoo_rows]
     tau = {"tans": M.weighted_tau([retrieval[r] for r in zoo_rows], truth_acc),
            "predictor": None if predicted is None else M.weighted_tau([predicted[r] for r in zoo_rows], truth_acc),
-           "logme": M.weighted_tau([logme[r] for r in zoo_rows], truth_acc)}
+           **{kind: M.weighted_tau([scores[r] for r in zoo_rows], truth_acc) for kind, scores in transfer.items()}}
     return {"dataset": {"name": label, "classes": int(ds.n_classes), "train_images": int(len(ds.x_train)),
                         "test_images": int(len(ds.x_test)), "fingerprint": ds.fingerprint(),
                         "n_train": results["scratch"]["n_train"], "n_val": results["scratch"]["n_val"]},

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-TABLE_METHODS = ("tans", "tans_predictor", "tans_logme", "logme_all", "random", "best_average", "top_source",
-                 "largest", "scratch", "oracle")
+from .config import METHODS
+
+TABLE_METHODS = METHODS
 
 
 def _plt():
@@ -224,14 +225,16 @@ def markdown(datasets: dict, intervals: dict | None = None) -> str:
         lines.append(f"| {meth} | {f(np.mean(reg1) if reg1 else None, '.1f')} / {f(np.mean(reg) if reg else None, '.1f')}"
                      f" | {f(np.mean(probe) if probe else None)} | {'-' if not passes else '/'.join(format(p, 'g') for p in passes)} |")
     lines.append("")
+    extra = [k for k in ("leep", "nce") if any(k in d["weighted_tau"] for d in datasets.values())]
     lines.append("| dataset | classes | train + val / test | ground truth | tau retrieval | tau predictor | tau LogME "
-                 "| scratch epochs | tans epochs to scratch's |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+                 + "".join(f"| tau {k.upper()} " for k in extra) + "| scratch epochs | tans epochs to scratch's |")
+    lines.append("|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|")
     for n, d in datasets.items():
         ds, tau = d["dataset"], d["weighted_tau"]
         lines.append(f"| {n} | {ds['classes']} | {ds['n_train']} + {ds['n_val']} / {ds['test_images']} | "
                      f"{d['ground_truth']['networks']} | {f(tau.get('tans'))} | {f(tau.get('predictor'))} | "
-                     f"{f(tau.get('logme'))} | {f(d['scratch_target']['scratch_epochs'], 'g')} | "
+                     f"{f(tau.get('logme'))} | " + "".join(f"{f(tau.get(k))} | " for k in extra)
+                     + f"{f(d['scratch_target']['scratch_epochs'], 'g')} | "
                      f"{f(d['methods']['tans'].get('epochs_to_scratch'), 'g')} |")
     if intervals:
         lines.append("")

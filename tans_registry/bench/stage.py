@@ -3,7 +3,9 @@ same fine-tuning? Every method picks from the registered zoo under the same cons
 is fine-tuned once per budget (one epoch; the full budget) and reused by every method that picks it.
 
 Methods: ``tans`` (retrieval top-1), ``tans_predictor`` (predictor re-rank), ``tans_logme`` (LogME re-rank of
-the re-ranked pool), ``logme_all`` (LogME of every network: one forward pass each), ``random`` (mean and
+the re-ranked pool), ``tans_hybrid`` (the learned ranking's first networks across groups and the generalist,
+re-ranked by a transferability score), ``logme_all`` (LogME of every network: one forward pass each, which also
+gives every network's LEEP and NCE for their weighted tau), ``random`` (mean and
 spread of draws), ``best_average`` (the architecture with the best mean source accuracy over the zoo's
 groups, cut from the shared base supernet), ``top_source`` (highest source accuracy), ``largest`` (most
 parameters), ``scratch`` (the retrieved architecture, random weights), and the ``oracle``: the best of the
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..data import load_dataset, resolve_data_dir
+from ..data.manifest import SELECTION_DATASETS
 from ..data.stats import image_hashes
 from ..errors import ConfigError, TansError
 from ..device import resolve as resolve_device
@@ -35,8 +38,9 @@ from ..registry.index import load_index
 from ..registry.names import model_uri
 from ..retrieval.config import RankConfig
 from ..retrieval.embed import embed_dataset, load_champion
-from ..retrieval.search import rank_candidates, searchable
+from ..retrieval.search import learned_scores, rank_candidates, searchable
 from ..zoo import store
+from ..zoo.generalist import is_generalist
 from . import metrics as M
 from . import figures as F
 from . import runs as R
@@ -46,8 +50,10 @@ from ..retrieval.starts import BN_POLICY, CALIB_IMAGES, calibration_set, split_t
 from .floors import logreg_pixels
 from .report import plot_dataset, plot_forest, plot_regrets
 from .starts import finetune_start, logme_group
+from ..transfer.feedback import record_bench
 
-RANKED = {"tans": "none", "tans_predictor": "predictor", "tans_logme": "logme"}  # method -> re-ranking
+RANKED = {"tans": "none", "tans_predictor": "predictor", "tans_logme": "logme",  # method -> re-ranking
+          "tans_hybrid": "hybrid"}
 OVERLAP_LIMIT = 0.01  # a query dataset with more of its images than this in the zoo's groups is not new
 
 
@@ -72,20 +78,20 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
     pool = shared_pool(_workers(cfg)[0], Executor(cfg.executor, cfg.ray_address))  # one pool for every map
     with ray, pool, mlflow.start_run(experiment_id=exp, run_name="finetune-bench", tags=tags) as parent, \
             tempfile.TemporaryDirectory() as tmp:
-        settings0 = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device)
+        settings0 = FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, head_first=cfg.head_first)
         mlflow.log_params({k: (",".join(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                            if k not in ("work_dir", "data_dir", "progress", "plots")}
                           | {f"finetune_{k}": v for k, v in asdict(settings0).items() if k not in ("patience", "seed")}
                           | {"zoo_networks": len(idx), "zoo_holdout": ",".join(zoo["holdout"]) or "none",
                              "seeds_used": ",".join(map(str, seeds)), "bn_policy": BN_POLICY,
                              "calib_images": CALIB_IMAGES})
-        for pos, (label, _) in enumerate(queries[seeds[0]]):
+        for pos, (label, _, _) in enumerate(queries[seeds[0]]):
             per_seed = []
             with mlflow.start_run(experiment_id=exp, run_name=f"bench-{label}", nested=True,
                                   tags=tags | {"tans.dataset": label}):
                 for seed in seeds:
                     ds = queries[seed][pos][1]
-                    settings = FinetuneSettings(epochs=cfg.epochs, seed=seed, device=cfg.device)
+                    settings = FinetuneSettings(epochs=cfg.epochs, seed=seed, device=cfg.device, head_first=cfg.head_first)
                     key = R.seed_key(cfg, seed, ds, champ.version, idx, settings, zoo["base_run"])
                     done = R.finished_seed(exp, key) if cfg.resume else None
                     if done is not None:
@@ -100,7 +106,11 @@ def run_bench(cfg: BenchConfig) -> BenchRecord:
                         R.log_curves(exp, seed_run.info.run_id, curves, tags | {"tans.dataset": label,
                                                                               "tans.seed": str(seed)})
                         mlflow.log_text(json.dumps(res, indent=1, default=float), R.SEED_ARTIFACT)
-                        mlflow.set_tag(R.SEED_KEY_TAG, key)  # last: a seed run with its key is complete
+                        mlflow.set_tag(R.SEED_KEY_TAG, key)  # a seed run with its key is complete
+                    # its fine-tunings join the transfer table (written once the seed is complete; the records'
+                    # keys make a rerun's copies one)
+                    record_bench(ds, queries[seed][pos][2], seed, (cfg.max_train, cfg.max_test), curves, idx,
+                                 asdict(settings) | {"patience": 10 ** 6, "keep_probe": False}, cfg.work_dir)
                     per_seed.append(res | {"seed": seed})
                 res = S.aggregate(per_seed)
                 out[label] = res
@@ -165,8 +175,17 @@ def _zoo_facts(wd: Path, indexed_groups: set[str]) -> dict:
             "base_run": base.info.run_id if base is not None else None, "base_start": base_start}
 
 
-def _queries(cfg: BenchConfig, zoo: dict, seed: int) -> list[tuple[str, object]]:
+def _queries(cfg: BenchConfig, zoo: dict, seed: int) -> list[tuple[str, object, str]]:
     """The query datasets, loaded with the benchmark's caps, each checked to be new to the zoo."""
+    if cfg.selection:  # training datasets of the zoo, each without its own groups (_bench_dataset): for choices only
+        missing = [n for n in SELECTION_DATASETS if n not in zoo["datasets"]]
+        if missing:
+            raise ConfigError(f"--selection: the selection dataset(s) {', '.join(missing)} are not training datasets of "
+                              f"this zoo (its datasets: {', '.join(zoo['datasets'])}); build the zoo on a data "
+                              "directory that holds them (../shared/datasets)")
+        data_dir = resolve_data_dir(cfg.data_dir)
+        return [(n, load_dataset(n, data_dir=data_dir, seed=seed, max_train=cfg.max_train, max_test=cfg.max_test), n)
+                for n in SELECTION_DATASETS]
     names = list(cfg.holdout) if cfg.holdout is not None else ([] if cfg.query_data else list(zoo["holdout"]))
     if not names and not cfg.query_data:
         raise ConfigError("nothing to benchmark on: this zoo was built without a holdout (`tans zoo build "
@@ -176,14 +195,14 @@ def _queries(cfg: BenchConfig, zoo: dict, seed: int) -> list[tuple[str, object]]
         raise ConfigError(f"{', '.join(map(repr, clash))}: a training dataset of this zoo, not a new one; hold out "
                           f"datasets the zoo was not built on (it holds out: {', '.join(zoo['holdout']) or 'none'})")
     data_dir = resolve_data_dir(cfg.data_dir)
-    out: list[tuple[str, object]] = []
+    out: list[tuple[str, object, str]] = []
     for spec in names + list(cfg.query_data):
         ds = load_dataset(spec, data_dir=data_dir, seed=seed, max_train=cfg.max_train, max_test=cfg.max_test)
         _check_new(spec, ds, zoo)
         label = ds.name
-        while label in dict(out):
+        while label in {have for have, _, _ in out}:
             label += "+"
-        out.append((label, ds))
+        out.append((label, ds, spec))
     return out
 
 
@@ -205,7 +224,10 @@ def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSet
                    uri: str) -> tuple[dict, list[dict]]:
     """One query dataset at one seed: every method's picks, every start prepared alike, probed and
     fine-tuned at both budgets; the figures, and the fine-tuning curves to log."""
-    rows = np.flatnonzero(idx.mask(max_params=cfg.max_params))
+    # no method's candidate is a network of the query's own dataset: in selection mode its groups (the query is a
+    # training dataset of the zoo); otherwise networks added from it (`tans zoo add`; the build's groups never are)
+    own = (ds.name,)
+    rows = np.flatnonzero(idx.mask(max_params=cfg.max_params, exclude_datasets=list(own) or None))
     if rows.size == 0:
         raise TansError(f"no zoo network has at most {cfg.max_params:,} parameters; loosen --max-params",
                         code="NO_CANDIDATES")
@@ -217,16 +239,18 @@ def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSet
     methods: dict[str, dict] = {}
     for method, rerank in RANKED.items():
         rc = RankConfig(data=str(label), top_k=3, rerank=rerank, max_params=cfg.max_params, seed=seed, log_run=False,
-                        device=cfg.device)
+                        device=cfg.device, exclude_datasets=own)
         cands, passes, secs = rank_candidates(champ, idx, q, rc, ds)
         methods[method] = {"picks": [row_of[(c.model, c.version)] for c in cands],
                            "query_seconds": embed_s + secs["search"] + secs["rerank"], "forward_passes": 1 + passes}
-    hits = idx.search(q, k=int(rows.size), dataset_weight=enc.cfg.dataset_weight, max_params=cfg.max_params)
+    hits = idx.search(q, k=int(rows.size), dataset_weight=enc.cfg.dataset_weight, max_params=cfg.max_params,
+                      exclude_datasets=list(own) or None)
     order = [h["row"] for h in hits]
     retrieval = {h["row"]: h["score"] for h in hits}
     predicted = _predicted(enc, idx, q, order)
     t = time.perf_counter()
-    logme = _logme_all(idx, order, ds, cfg, seed, settings, uri, desc=f"LogME {label} seed {seed}")
+    transfer = _logme_all(idx, order, ds, cfg, seed, settings, uri, desc=f"LogME {label} seed {seed}")
+    logme = transfer["logme"]
     methods["logme_all"] = {"picks": sorted(order, key=lambda r: -logme[r])[:3],
                             "query_seconds": time.perf_counter() - t, "forward_passes": len(order)}
     rng = np.random.default_rng([seed, 11])
@@ -253,7 +277,7 @@ def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSet
     results = _finetune_all(starts, ds, settings, budgets, uri, cfg, desc=f"fine-tune {label} seed {seed}")
     tr, _ = split_train_val(ds.y_train, settings.val_fraction, seed)
     floor = logreg_pixels(ds.x_train[tr], ds.y_train[tr], ds.x_test, ds.y_test, seed=seed)
-    figures = F.figures(label, ds, methods, results, budgets, retrieval, predicted, logme, truth, zoo_rows, idx, avg)
+    figures = F.figures(label, ds, methods, results, budgets, retrieval, predicted, transfer, truth, zoo_rows, idx, avg)
     figures["floors"] = {"logreg_pixels": floor["test_accuracy"], "logreg_seconds": floor["seconds"]}
     curves = [{"start": k, "kind": st["kind"], "uri": st.get("uri"), "budget": float(b),
                "history": results[k]["budgets"][str(b)]["history"],
@@ -266,19 +290,16 @@ def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSet
 
 
 def _predicted(enc, idx, q: np.ndarray, order: list[int]) -> dict[int, float] | None:
-    if enc.predictor is None:
-        return None
-    with torch.no_grad():
-        qt = torch.from_numpy(q).float()[None].expand(len(order), -1)
-        out = enc.predictor(qt, torch.from_numpy(idx.model_emb[order]).float(),
-                            torch.from_numpy(idx.topology[order]).float()).numpy()
-    return dict(zip(order, out.tolist()))
+    """The learned ranking's scores (the transfer predictor's, else the accuracy predictor's) of ``order``."""
+    out = learned_scores(enc, idx, q, order)
+    return None if out is None else dict(zip(order, out.tolist()))
 
 
 def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, seed: int, settings: FinetuneSettings, uri: str,
-               desc: str) -> dict[int, float]:
-    """LogME of every network, one group per job (one supernet in memory per worker), in parallel; each
-    network prepared as its fine-tuning starts (batch norm on the same calibration images)."""
+               desc: str) -> dict[str, dict[int, float]]:
+    """LogME (and LEEP and NCE, from the same forward pass) of every network, by score and row, one group per
+    job (one supernet in memory per worker), in parallel; each network prepared as its fine-tuning starts
+    (batch norm on the same calibration images)."""
     x_calib = calibration_set(ds.x_train, ds.y_train, settings.val_fraction, seed)
     by_group: dict[str, list[int]] = {}
     for r in order:
@@ -287,10 +308,11 @@ def _logme_all(idx, order: list[int], ds, cfg: BenchConfig, seed: int, settings:
     jobs = [{"uris": [model_uri(str(idx.names[r]), int(idx.versions[r])) for r in rs], "dataset": ds,
              "seed": seed, "tracking_uri": uri, "threads": threads, "device": cfg.device, "x_calib": x_calib}
             for rs in by_group.values()]
-    out: dict[int, float] = {}
+    out: dict[str, dict[int, float]] = {}
     with tqdm(total=len(order), desc=desc, unit="net", leave=False, disable=not cfg.progress) as bar:
         for rs, scores in zip(by_group.values(), _map(logme_group, jobs, workers, cfg)):
-            out.update(zip(rs, scores))
+            for kind, values in scores.items():
+                out.setdefault(kind, {}).update(zip(rs, values))
             bar.update(len(rs))
     return out
 
@@ -331,7 +353,11 @@ def _best_average(idx, rows: np.ndarray, zoo: dict) -> dict | None:
         return None
     stats: dict[str, list[float]] = {}
     for r in rows:
+        if is_generalist(str(idx.groups[r])):  # the groups' mean: the generalist's own networks are not a group's
+            continue
         stats.setdefault(str(idx.arch_hashes[r]), []).append(float(idx.accuracy[r]))
+    if not stats:  # every candidate is the generalist's (a tight --max-params): no group's mean to take
+        return None
     best = max(stats, key=lambda h: (len(stats[h]), float(np.mean(stats[h]))))
     row = next(int(r) for r in rows if str(idx.arch_hashes[r]) == best)
     return {"kind": "base", **zoo["base_start"], "arch": json.loads(str(idx.archs[row])), "arch_hash": best,

@@ -47,14 +47,24 @@ from .options import INT, LIMIT, OrDefault, as_json_option, common_options, defa
 @click.option("--resume", is_flag=True,
               help="Reuse each (dataset, seed) already benchmarked to the end with the same settings, encoders and "
                    "zoo (a killed benchmark loses at most the dataset seed in progress).")
+@click.option("--selection", is_flag=True,
+              help="Benchmark the selection datasets instead (training datasets of the zoo, mnist and pacs_sketch, "
+                   "each with its own groups left out of every method's candidates): the figures the defaults are "
+                   "chosen by, never reported as results. Not with --holdout or --query-data.")
+@click.option("--head-first", is_flag=True,
+              help="Fine-tune every start head-first: its new head fitted on its frozen features (the linear probe) "
+                   "before everything is trained.")
 @as_json_option
 def bench(work_dir, data_dir, holdout, query_data, epochs, max_train, max_test, ground_truth, random_draws,
-          max_params, workers, executor, ray_address, device, plots, seed, seeds, resume, as_json):
+          max_params, workers, executor, ray_address, device, plots, seed, seeds, resume, selection, head_first,
+          as_json):
     """Does the retrieved network win after fine-tuning, on datasets nothing was trained or tuned on?
 
     On a built work directory (zoo registered, encoders trained, index built), for each query dataset and
     each of --seeds seeds: every method picks a start under the same constraint (tans: retrieval top-1;
-    tans_predictor; tans_logme: LogME re-rank of the re-ranked pool; logme_all: LogME of every network;
+    tans_predictor; tans_logme: LogME re-rank of the re-ranked pool; tans_hybrid: the learned ranking's
+    first networks across groups and the generalist, re-ranked by a transferability score; logme_all: LogME
+    (and LEEP, NCE) of every network;
     random; best_average: the best mean-accuracy architecture cut from the shared base supernet; top_source:
     highest source accuracy; largest; scratch: the retrieved architecture, random weights). Every start is
     prepared alike (batch norm re-estimated on the same query training images, a new head from the same
@@ -79,7 +89,8 @@ def bench(work_dir, data_dir, holdout, query_data, epochs, max_train, max_test, 
         hold = None
     else:
         hold = () if holdout.strip().lower() == "none" else (split(holdout) or ())
-    rec = run_bench(BenchConfig(holdout=hold, query_data=tuple(q for q in query_data if q.strip()), plots=plots, resume=resume, work_dir=work_dir,
+    rec = run_bench(BenchConfig(holdout=hold, query_data=tuple(q for q in query_data if q.strip()), plots=plots, resume=resume,
+                                selection=selection, head_first=head_first, work_dir=work_dir,
                                 data_dir=data_dir, max_params=max_params, executor=executor, ray_address=ray_address, device=device,
                                 **given(epochs=epochs, max_train=max_train, max_test=max_test,
                                         ground_truth=ground_truth, random_draws=random_draws, workers=workers,
@@ -109,7 +120,7 @@ def bench(work_dir, data_dir, holdout, query_data, epochs, max_train, max_test, 
 def bench_chain(work_dir, data_dir, profile, seeds, epochs, resume, workers, executor, ray_address, device, plots,
                 as_json):
     """The whole benchmark from nothing, in one command: `tans zoo build --profile bench`, `tans zoo register`,
-    `tans encoders train`, `tans index build`, then `tans bench` over the reported datasets (a data
+    `tans zoo transfer`, `tans encoders train`, `tans index build`, then `tans bench` over the reported datasets (a data
     directory's MANIFEST.json role `report`, else the profile's holdout) at --seeds seeds. Prints each
     stage's seconds and the benchmark's table; one `bench-chain` run in `tans/bench` records them.
 

@@ -96,6 +96,11 @@ def encoders_train(work_dir, data_dir, steps, seed, val_datasets, pooling, loss,
         click.echo(f"{name:<18}{f('val_recall_at_1', 7)}{f('val_recall_at_5', 7)}{f('val_xtask_recall_at_1', 11)}"
                    f"{f('val_xtask_recall_at_5', 11)}{f('val_xgood_recall_at_5', 11)}{f('val_weighted_tau', 8)}"
                    f"{f('val_regret_top1', 8, '.1f')}")
+    if rec.transfer:
+        t = rec.transfer
+        taus = ", ".join(f"{k} {v:.3f}" for k, v in t["selection_tau"].items()) or "none"
+        click.echo(f"transfer predictor: {t['variant']} ({t['why']}; selection tau: {taus}), learnt from {t['records']} "
+                   f"records of {t['tasks']} tasks ({t['skipped']} records left out: task data or start not found)")
     if rec.encoders_version is not None:
         click.echo(f"registered tans-encoders v{rec.encoders_version}"
                    + (" as champion" if rec.champion else

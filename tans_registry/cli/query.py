@@ -6,7 +6,7 @@ import json
 import click
 
 from ..finetune.config import FinetuneSettings, QueryConfig
-from ..retrieval.config import RERANK
+from ..retrieval.config import HYBRID_K, HYBRID_MIN_GROUPS, HYBRID_SCORE, RERANK
 from .options import (FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common_options, default, device_option, executor_options,
                       from_command_line, given)
 
@@ -29,7 +29,10 @@ from .options import (FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common
 @click.option("--rerank", type=OrDefault(click.Choice(RERANK)), default=default(QueryConfig, "rerank"),
               show_default=True,
               help="Re-rank the shortlist by the predicted accuracy, by LogME (forward passes of the re-ranked "
-                   "networks over the dataset's images), or keep the retrieval order.")
+                   "networks over the dataset's images), or keep the retrieval order. hybrid: the predictor's first "
+                   f"{HYBRID_K} networks over the whole zoo, spanning {HYBRID_MIN_GROUPS} groups or more and holding "
+                   f"the generalist's best, re-ranked by {HYBRID_SCORE} (one forward pass of each; --shortlist and "
+                   "--rerank-groups do not apply).")
 @click.option("--shortlist", type=OrDefault(INT), default=None,
               help="Networks retrieved for re-ranking [default: the value the champion encoders were validated with].")
 @click.option("--rerank-groups", type=OrDefault(INT), default=None,
@@ -42,6 +45,10 @@ from .options import (FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common
                    "and export it to ONNX as tans-onnx.<dataset>.")
 @click.option("--epochs", type=OrDefault(float), default=default(FinetuneSettings, "epochs"), show_default=True,
               help="Fine-tuning epochs per candidate (early stopping on a validation split may end it sooner).")
+@click.option("--head-first/--no-head-first", default=default(FinetuneSettings, "head_first"), show_default=True,
+              help="Fit each candidate's new head on its frozen features first (a logistic regression, the linear "
+                   "probe), then fine-tune everything from there. Either way the probe itself is kept instead of "
+                   "the fine-tuned network when it validates better (the output says which).")
 @click.option("--finetune-workers", type=OrDefault(INT), default=None,
               help="Candidates fine-tuned at once, each in its own process [default: min(N, cores)].")
 @executor_options
@@ -52,8 +59,8 @@ from .options import (FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common
               help="Seed of the image sample, a folder's split, and the fine-tuning.")
 @as_json_option
 def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms, exclude, rerank, shortlist,
-          rerank_groups, k_per_class, finetune, epochs, finetune_workers, executor, ray_address, device, export,
-          seed, as_json):
+          rerank_groups, k_per_class, finetune, epochs, head_first, finetune_workers, executor, ray_address, device,
+          export, seed, as_json):
     """Rank the zoo's networks as starting points for DATA; fine-tune the best; deploy the winner.
 
     DATA is a dataset name from the data directory, a .npz archive in the shared format, or a folder
@@ -64,17 +71,18 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms
     lineage and exported to ONNX, checked against PyTorch. All of it is recorded on a run in
     `tans/queries`. Needs `tans encoders train` and `tans index build`.
     """
-    from ..finetune.pipeline import query as run_query
+    from ..transfer.feedback import query as run_query  # the query, its fine-tunings appended to the transfer table
 
     if not from_command_line("finetune") and top_k is not None:
         finetune = min(finetune, top_k)  # the default fine-tunes at most what is ranked
     if finetune == 0:
-        extra = [f"--{n.replace('_', '-')}" for n in ("epochs", "finetune_workers", "executor", "ray_address", "export")
-                 if from_command_line(n)]
+        extra = [f"--{n.replace('_', '-')}" for n in ("epochs", "head_first", "finetune_workers", "executor",
+                                                        "ray_address", "export") if from_command_line(n)]
         if extra:
             raise click.UsageError(f"{', '.join(extra)} apply to fine-tuning, and --finetune is 0: drop them, or "
                                    "fine-tune (--finetune N)")
-    settings = FinetuneSettings(device=device, **given(epochs=epochs, seed=seed, workers=finetune_workers))
+    settings = FinetuneSettings(device=device, head_first=head_first,
+                                **given(epochs=epochs, seed=seed, workers=finetune_workers))
     rec = run_query(QueryConfig(data=data, max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms,
                                 exclude_datasets=tuple(exclude), shortlist=shortlist, rerank_groups=rerank_groups,
                                 k_per_class=k_per_class, work_dir=work_dir, data_dir=data_dir, settings=settings,
@@ -83,24 +91,30 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms
     if as_json:
         click.echo(json.dumps(out))
         return
+    from ..zoo.generalist import GROUP as GENERALIST
+
     r = rec.ranking
     d = r.dataset
     click.echo(f"{d['name']}: {d['classes']} classes, {d['train_images']} training images; "
                f"{r.zoo_networks} zoo networks, encoders v{r.encoder_version}, re-rank: {r.rerank}")
-    score = "LogME" if r.rerank == "logme" else "predicted"
+    score = {"logme": "LogME", "hybrid": str(r.score_kind).upper() if r.score_kind != "logme" else "LogME"}.get(
+        r.rerank, "transfer" if r.score_kind == "transfer" else "predicted")
     click.echo(f"{'rank':>4}  {'model':<30}{'ver':>5}  {'source dataset':<22}{'source acc':>11}{score:>10}"
                f"{'params':>11}{'MFLOPs':>8}{'ms':>7}")
     for c in r.candidates:
-        s = c.logme if r.rerank == "logme" else c.predicted_accuracy
+        s = {"logme": c.logme, "hybrid": c.transfer_score}.get(
+            r.rerank, c.transfer_score if r.score_kind == "transfer" else c.predicted_accuracy)
         s = f"{s:>10.3f}" if s is not None else f"{'-':>10}"
         lat = f"{c.latency_ms:>7.2f}" if c.latency_ms is not None else f"{'-':>7}"
-        click.echo(f"{c.rank:>4}  {c.model:<30}{c.version:>5}  {c.group:<22}{c.accuracy:>11.3f}{s}"
+        src = "generalist (pooled)" if c.group == GENERALIST else c.group
+        click.echo(f"{c.rank:>4}  {c.model:<30}{c.version:>5}  {src:<22}{c.accuracy:>11.3f}{s}"
                    f"{c.n_params:>11,}{c.flops / 1e6:>8.1f}{lat}")
     if rec.finetuned:
         click.echo(f"fine-tuned the top {len(rec.finetuned)} ({rec.timings.get('finetune', 0):.0f} s):")
         for f in rec.finetuned:
+            kept = "; kept: the linear probe (validated better)" if f.kept == "probe" else ""
             click.echo(f"  #{f.rank} {f.parent}: validation {f.val_accuracy:.3f}, test {f.test_accuracy:.3f}, "
-                       f"{f.epochs:g} epochs{' (stopped early)' if f.stopped_early else ''}")
+                       f"{f.epochs:g} epochs{' (stopped early)' if f.stopped_early else ''}{kept}")
         w = rec.winner
         click.echo(f"winner: {w['model_uri']} (from #{w['rank']}, validation {w['val_accuracy']:.3f}, test "
                    f"{w['test_accuracy']:.3f}){' -> champion' if w['champion'] else ' (champion unchanged)'}")

@@ -1,10 +1,11 @@
-"""`tans zoo build|register|list`."""
+"""`tans zoo build|register|list|transfer|add`."""
 from __future__ import annotations
 
 import json
 
 import click
 
+from ..transfer.config import TransferConfig
 from ..zoo.config import ZooConfig
 from ..zoo.profiles import PROFILES
 from .options import (INT, OrDefault, as_json_option, common_options, default, device_option, executor_options, given, split,
@@ -42,7 +43,8 @@ def zoo() -> None:
 @click.option("--resume", is_flag=True, help="Skip groups already built with the same settings.")
 @click.option("--only-groups", default=None,
               help="Comma-separated group names (e.g. gtsrb-t1,gtsrb-t2): build just these groups of the "
-                   "build (the base supernet too, if it is missing); with --resume the rest follow later.")
+                   "build (the base supernet too, if it is missing; `__generalist__` names the base supernet's own "
+                   "group); with --resume the rest follow later.")
 @click.option("--holdout", type=OrDefault(click.STRING), default=None,
               help="Comma-separated datasets of the data directory kept out of the whole build (base supernet "
                    "included): the reported datasets `tans bench` measures on; `none` holds none out "
@@ -56,8 +58,10 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
               ray_address, device, resume, only_groups, holdout, seed, as_json):
     """Train one OFA supernet per group, cut out subnets, measure them, record them in MLflow.
 
-    Each group is a run of the experiment `tans/zoo`. A killed build loses at most the group in
-    progress: run again with --resume.
+    Each group is a run of the experiment `tans/zoo`. With a base supernet (--base-epochs > 0), its own
+    subnets form one more group, `__generalist__` (dataset `__pooled__`): measured on the pooled test
+    images and registered like any group, so every ranking can return them. A killed build loses at
+    most the group in progress: run again with --resume.
     """
     from ..zoo.build import build_zoo
 
@@ -71,10 +75,11 @@ def zoo_build(work_dir, data_dir, profile, datasets, subnets, groups, epochs, ba
     if as_json:
         click.echo(json.dumps(rec.to_dict()))
         return
-    click.echo(f"zoo: {rec.n_networks} networks in {len(rec.groups)} groups -> {rec.tracking_uri}"
+    extra = " and the generalist" if rec.generalist else ""
+    click.echo(f"zoo: {rec.n_networks} networks in {len(rec.groups)} groups{extra} -> {rec.tracking_uri}"
                f" (held out: {', '.join(rec.holdout) or 'none'})")
     click.echo(f"{'group':<28}{'status':>8}{'nets':>6}{'best acc':>10}{'min acc':>9}{'logreg':>8}{'sec':>7}")
-    for g in rec.groups:
+    for g in rec.groups + ((rec.generalist,) if rec.generalist else ()):
         lr = f"{g.logreg_accuracy:.3f}" if g.logreg_accuracy is not None else "-"
         click.echo(f"{g.group:<28}{g.status:>8}{g.n_networks:>6}{g.best_accuracy:>10.3f}"
                    f"{g.min_accuracy:>9.3f}{lr:>8}{g.seconds:>7.0f}")
@@ -126,3 +131,73 @@ def zoo_list(work_dir, dataset, max_params, as_json):
         click.echo(f"{n.group:<28}{n.index:>4}{n.arch_hash:>12}{n.accuracy:>10.3f}{n.n_params:>11,}"
                    f"{n.flops / 1e6:>9.1f}")
     click.echo(f"{len(nets)} networks", err=True)
+
+
+@zoo.command("transfer")
+@common_options
+@click.option("--starts", type=OrDefault(INT), default=default(TransferConfig, "starts"), show_default=True,
+              help="Networks fine-tuned per task: one of the generalist's (where the zoo has it), the rest from the "
+                   "other datasets' groups, one group after another in a seeded order.")
+@click.option("--datasets", default=None,
+              help="Comma-separated training datasets of the zoo to take as tasks [default: all of them].")
+@click.option("--epochs", type=OrDefault(float), default=default(TransferConfig, "epochs"), show_default=True,
+              help="The full budget; the one-epoch budget is run too (the benchmark's two budgets).")
+@click.option("--max-train", type=OrDefault(INT), default=default(TransferConfig, "max_train"), show_default=True,
+              help="Training images per task (stratified; a fifth carved out for validation), as the benchmark.")
+@click.option("--max-test", type=OrDefault(INT), default=default(TransferConfig, "max_test"), show_default=True,
+              help="Test images per task (stratified).")
+@click.option("--workers", type=OrDefault(INT), default=None,
+              help="Starts fine-tuned at once, each in its own process [default: one per core].")
+@device_option
+@click.option("--resume", is_flag=True, help="Keep the records already written for the same task, start and settings.")
+@click.option("--seed", type=OrDefault(INT), default=default(TransferConfig, "seed"), show_default=True,
+              help="Seed of each task's sample, its validation split, the heads and the choice of starts.")
+@as_json_option
+def zoo_transfer(work_dir, data_dir, starts, datasets, epochs, max_train, max_test, workers, device, resume, seed,
+                 as_json):
+    """Fine-tune zoo networks on the zoo's other datasets and keep every result (the transfer table).
+
+    Each training dataset of the zoo is a task, loaded as `tans bench` loads a query; networks of the other
+    datasets' groups and of the generalist (never the task's own dataset's groups) are prepared, probed and
+    fine-tuned at the benchmark's two budgets. Each (task, start, budget) is a run of the experiment
+    `tans/transfer` (tags `tans.task*`, `tans.start*`, `tans.budget`; its validation accuracy by epoch as a
+    metric): what `tans encoders train` learns fine-tuned accuracy from. A killed run loses only the starts
+    in flight: run again with --resume.
+    """
+    from ..transfer.stage import build_table
+
+    rec = build_table(TransferConfig(**given(starts=starts, epochs=epochs, max_train=max_train, max_test=max_test,
+                                             workers=workers, seed=seed),
+                                     datasets=split(datasets), resume=resume, device=device, work_dir=work_dir,
+                                     data_dir=data_dir))
+    if as_json:
+        click.echo(json.dumps(rec.to_dict()))
+        return
+    click.echo(f"transfer table: {rec.records} records of {len(rec.tasks)} tasks ({rec.written} written, {rec.kept} "
+               f"kept) in {rec.seconds / 60:.1f} min -> experiment tans/transfer ({rec.experiment_id})")
+
+
+@zoo.command("add")
+@store_options
+@click.argument("model_uri")
+@as_json_option
+def zoo_add(work_dir, model_uri, as_json):
+    """Add a fine-tuned winner to the zoo as a standalone candidate, so that later, similar queries can find it.
+
+    MODEL_URI is a version `tans query --finetune N` registered: models:/tans-finetuned.<dataset>/<version> or
+    models:/tans-finetuned.<dataset>@champion. It is checked against its recorded sha256, measured as every zoo
+    network is, and registered as a version of zoo.added.<dataset> (its own weights; tag tans.added_from).
+    Run `tans index build` to search it. Adding the same version again changes nothing.
+    """
+    from ..transfer.add import add_to_zoo
+    from ..transfer.config import AddConfig
+
+    rec = add_to_zoo(AddConfig(model_uri=model_uri, work_dir=work_dir))
+    if as_json:
+        click.echo(json.dumps(rec.to_dict()))
+        return
+    if not rec.created:
+        click.echo(f"{rec.added_from} is in the zoo already: {rec.model_uri}")
+        return
+    click.echo(f"added {rec.added_from} to the zoo as {rec.model_uri} (test accuracy {rec.accuracy:.3f} on "
+               f"{rec.dataset}, {rec.n_params:,} parameters); run `tans index build` to search it")

@@ -13,6 +13,10 @@ from ..errors import DataError
 
 MANIFEST = "MANIFEST.json"
 ROLES = ("train", "report")
+# The selection datasets: training datasets of the shared directory on which the project's choices are made
+# (the batch-norm policy, the transfer predictor's loss and inputs, the re-ranking policy, the recipe) and
+# whose figures are never reported as results. Fixed on 2026-12-04 with the batch-norm policy's choice.
+SELECTION_DATASETS = ("mnist", "pacs_sketch")
 
 
 def dataset_roles(data_dir: str | Path) -> dict[str, str] | None:

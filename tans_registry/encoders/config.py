@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from .. import params as P
 
 POOLINGS = ("mean", "attention")
+TRANSFER_LOSSES = ("", "pairwise", "mse")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,13 @@ class EncoderConfig:
     shortlist: int = 100
     rerank_groups: int = 1
     k_per_class: int = 20         # images per class in a dataset's query set (MetaD2A: 20), in training and queries
+    # The transfer predictor (encoders.models.TransferPredictor), learnt from the transfer table's fine-tuned
+    # accuracies after the contrastive training: "" for none (no records), else its loss ("pairwise": a logistic
+    # loss on the order of every pair of starts of one task; "mse": squared error on each task's centred
+    # accuracies) and whether it sees where a network comes from (its source dataset's embedding and source
+    # accuracy). Chosen by `tans encoders train` on the selection datasets' records (training/transfer_fit.py).
+    transfer_loss: str = ""
+    transfer_source: bool = True
 
     def __post_init__(self) -> None:
         st = "encoders train"
@@ -44,7 +52,9 @@ class EncoderConfig:
                 dataset_weight=P.as_float(st, "dataset_weight", self.dataset_weight, minimum=0),
                 shortlist=P.as_int(st, "shortlist", self.shortlist, 1),
                 rerank_groups=P.as_int(st, "rerank_groups", self.rerank_groups, 0),
-                k_per_class=P.as_int(st, "k_per_class", self.k_per_class, 1))
+                k_per_class=P.as_int(st, "k_per_class", self.k_per_class, 1),
+                transfer_loss=P.as_choice(st, "transfer_loss", self.transfer_loss, TRANSFER_LOSSES, flag=False),
+                transfer_source=P.as_bool(st, "transfer_source", self.transfer_source, flag=False))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -112,8 +112,31 @@ class Predictor(nn.Module):
         return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1))).squeeze(-1)
 
 
+class TransferPredictor(nn.Module):
+    """A ranking score of how well a network fine-tunes on a query dataset, learnt from the transfer table.
+
+    Its inputs tell two networks of one architecture apart: the query embedding, the network's model embedding,
+    its normalised topology, its size (log10 parameters) and, with ``transfer_source``, its source dataset's
+    embedding and its source accuracy. The score orders networks for one query (its scale is the loss's, not
+    an accuracy)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.use_source = cfg.transfer_source
+        d_in = 2 * cfg.embed_dim + TOPOLOGY_DIM + 1 + (cfg.embed_dim + 1 if cfg.transfer_source else 0)
+        self.mlp = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+
+    def forward(self, q, m, topology, log_params, source=None, source_accuracy=None) -> torch.Tensor:
+        parts = [q, m, F.normalize(topology.float(), dim=-1), (log_params.float() - 6.0)[:, None]]
+        if self.use_source:
+            if source is None or source_accuracy is None:
+                raise ValueError("this transfer predictor sees the source dataset and accuracy; pass them")
+            parts += [source, source_accuracy.float()[:, None]]
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
 class TansEncoders(nn.Module):
-    """Query encoder + model encoder (+ predictor), rebuilt from their config alone."""
+    """Query encoder + model encoder (+ predictor, + transfer predictor), rebuilt from their config alone."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -121,6 +144,7 @@ class TansEncoders(nn.Module):
         self.query = QueryEncoder(cfg)
         self.model = ModelEncoder(cfg)
         self.predictor = Predictor(cfg) if cfg.use_predictor else None
+        self.transfer = TransferPredictor(cfg) if cfg.transfer_loss else None
 
     def save(self, folder: Path) -> Path:
         from safetensors.torch import save_file

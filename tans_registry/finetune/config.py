@@ -11,6 +11,11 @@ from .. import params as P
 from ..retrieval.config import VAL_FRACTION, RankConfig
 
 STAGE = "query"
+# A query dataset as the fine-tuning benchmark and the transfer table both see one: at most QUERY_TRAIN training
+# images (stratified; the validation fifth carved out of them) and QUERY_TEST test images. Set for cost on
+# 2026-12-04 (BENCHMARKS.md, the benchmark's unit costs), before any figure.
+QUERY_TRAIN = 500
+QUERY_TEST = 1000
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,10 @@ class FinetuneSettings:
     patience: int = 2              # epochs without a better validation accuracy before stopping
     val_fraction: float = VAL_FRACTION  # of the training images (stratified, seeded); the test split is never used to choose
     crop_pad: int = 2              # random translation, as the zoo's training
+    # head-first: the new head fitted on the start's frozen features (the linear probe), then everything trained
+    head_first: bool = False
+    # the probe itself (the frozen start with the probe's head) is kept when it validates better than every epoch
+    keep_probe: bool = True
     seed: int = 0
     workers: int | None = None     # candidates fine-tuned at once (processes); None: min(candidates, cores)
     device: str = "auto"           # auto: CUDA when a device answers, else CPU
@@ -44,6 +53,8 @@ class FinetuneSettings:
                 patience=P.as_int(STAGE, "patience", self.patience, 1, flag=False),
                 val_fraction=P.as_float(STAGE, "val_fraction", self.val_fraction, above=0, maximum=0.5, flag=False),
                 crop_pad=P.as_int(STAGE, "crop_pad", self.crop_pad, 0, flag=False),
+                head_first=P.as_bool(STAGE, "head_first", self.head_first),
+                keep_probe=P.as_bool(STAGE, "keep_probe", self.keep_probe, flag=False),
                 seed=P.as_int(STAGE, "seed", self.seed, 0, flag=False),
                 workers=P.as_int(STAGE, "workers", self.workers, 1, optional=True, flag="--finetune-workers"),
                 device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")))
@@ -92,6 +103,7 @@ class CandidateResult:
     steps: int
     seconds: float
     history: tuple = ()            # validation accuracy after each epoch
+    kept: str = "finetuned"        # "probe": the frozen start with the probe's head validated better than every epoch
     run_id: str | None = None      # its run in tans/queries (a child of the query run)
     model_uri: str | None = None   # its fine-tuned MLflow model (runs:/<run>/finetuned; the winner's is registered)
 

@@ -16,8 +16,10 @@ from ..executor import Executor
 from .stage import finetune_top
 
 
-def query(cfg: QueryConfig) -> QueryRecord:
-    """Rank, then (``cfg.finetune`` > 0) fine-tune the top candidates, register the winner and export it."""
+def query(cfg: QueryConfig, on_finetuned=None) -> QueryRecord:
+    """Rank, then (``cfg.finetune`` > 0) fine-tune the top candidates, register the winner and export it.
+    ``on_finetuned(ds, ranking, results)``, when given, is called once the candidates are fine-tuned (before the
+    export): the transfer table appends them (:func:`tans_registry.transfer.feedback.query`)."""
     import mlflow
 
     t0 = time.time()
@@ -39,6 +41,8 @@ def query(cfg: QueryConfig) -> QueryRecord:
                                    {"data": cfg.data, "data_dir": cfg.data_dir, "seed": cfg.seed}, ranking.run_id, wd,
                                    Executor(cfg.executor, cfg.ray_address))
     timings["finetune"] = time.time() - t1
+    if on_finetuned is not None:
+        on_finetuned(ds, ranking, results)
     module, network = winner.pop("module"), winner.pop("network")
     if ranking.run_id:  # before the export: a failed export leaves the fine-tuned winner recorded
         client.set_tag(ranking.run_id, "tans.finetuned_model", winner["model_uri"])

@@ -129,7 +129,7 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
 
     client = mlflow.MlflowClient()
     exp = tracking.experiment_id("queries", work_dir)
-    tags = {"tans.kind": "finetune", "tans.zoo_parent": c.model_uri, "tans.rank": str(c.rank)}
+    tags = {"tans.kind": "finetune", "tans.zoo_parent": c.model_uri, "tans.rank": str(c.rank), "tans.kept": out["kept"]}
     tags["tans.device"] = str(out.get("device", "cpu"))
     if out.get("ray_task"):  # where it ran: the Ray task, as the cluster's logs name it
         tags["tans.ray_task"] = out["ray_task"]
@@ -143,6 +143,8 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
         client.log_metric(rid, "val_accuracy", acc, step=epoch)
     for k in ("val_accuracy", "test_accuracy", "epochs", "steps", "seconds", "best_epoch"):
         client.log_metric(rid, f"final_{k}", float(out[k]))
+    if out.get("probe_val_accuracy") is not None:
+        client.log_metric(rid, "probe_val_accuracy", float(out["probe_val_accuracy"]))
     client.log_metric(rid, "n_train", out["n_train"])
     client.log_metric(rid, "n_val", out["n_val"])
     with tempfile.TemporaryDirectory() as tmp:  # every candidate's model stays loadable (runs:/<run>/finetuned)
@@ -152,7 +154,7 @@ def _log_candidate(c, out: dict, settings: FinetuneSettings, query_run: str | No
     return CandidateResult(rank=c.rank, parent=c.model_uri, val_accuracy=out["val_accuracy"],
                            test_accuracy=out["test_accuracy"], epochs=round(out["epochs"], 3),
                            best_epoch=out["best_epoch"], stopped_early=out["stopped_early"], steps=out["steps"],
-                           seconds=round(out["seconds"], 2), history=tuple(out["history"]), run_id=rid,
+                           seconds=round(out["seconds"], 2), history=tuple(out["history"]), kept=out["kept"], run_id=rid,
                            model_uri=f"runs:/{rid}/{ARTIFACT}")
 
 
@@ -161,11 +163,15 @@ def _register_winner(c, result: CandidateResult, network: dict, module, ds, sett
     tags = {"tans.zoo_parent": c.model_uri, "tans.query_run": query_run or "", "tans.dataset": ds.name,
             "tans.fingerprint": ds.fingerprint(), "tans.settings": json.dumps(asdict(settings), separators=(",", ":")),
             "tans.test_accuracy": f"{result.test_accuracy:.6f}", "tans.arch_hash": network["arch_hash"],
-            "tans.finetune_run": result.run_id}
+            "tans.finetune_run": result.run_id, "tans.kept": result.kept}
+    if result.kept == "probe":
+        how = ("kept as the linear probe (its frozen features with a logistic-regression head), which validated "
+               f"better than every one of the {result.epochs:g} fine-tuned epochs")
+    else:
+        how = f"after {result.epochs:g} epochs{' (stopped early)' if result.stopped_early else ''}"
     description = (f"Fine-tuned winner for `{ds.name}` ({ds.n_classes} classes), started from `{c.model_uri}` "
                    f"(rank {c.rank} of query run `{query_run}`): validation accuracy {result.val_accuracy:.4f}, test "
-                   f"accuracy {result.test_accuracy:.4f} after {result.epochs:g} epochs"
-                   f"{' (stopped early)' if result.stopped_early else ''}.")
+                   f"accuracy {result.test_accuracy:.4f}, {how}.")
     reg = registry_models.register_finetuned(ds.name, result.run_id, ARTIFACT, result.val_accuracy, tags, description)
     return reg | {"rank": c.rank, "parent": c.model_uri, "val_accuracy": result.val_accuracy,
                   "test_accuracy": result.test_accuracy, "module": module,

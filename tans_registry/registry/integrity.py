@@ -16,6 +16,13 @@ from ..errors import TansError
 DIGEST_TAG = "tans.sha256"
 ZOO_DIGEST_KEY = "zoo_sha256"      # in a zoo version's network.json: its group's weights
 ZOO_FILES = ("supernet.safetensors", "bn.safetensors", "zoo.json")
+# a standalone zoo network (`tans zoo add`: a fine-tuned winner joined to the zoo): its own weights, no supernet
+STANDALONE_FILES = ("network.safetensors", "zoo.json")
+
+
+def weight_files(network: dict) -> tuple[str, ...]:
+    """The files of a zoo version's ``zoo_artifacts`` folder that hold its weights (and are hashed)."""
+    return STANDALONE_FILES if network.get("standalone") else ZOO_FILES
 _CHUNK = 1 << 20
 # written by MLflow into every download of a models:/ URI (the name and version it came from), never stored
 # with the version's artifacts: not part of what was registered

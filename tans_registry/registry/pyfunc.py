@@ -70,34 +70,56 @@ class ZooNetworkModel:
         return {"logits": logits.numpy(), "probabilities": torch.softmax(logits, dim=1).numpy()}
 
 
-def _local_zoo_dir(uri: str, scratch: Path) -> Path:
-    """A private local copy (in ``scratch``) of the group's supernet.safetensors, bn.safetensors, zoo.json: the
-    files checked against their sha256 are the files loaded, even on a local store."""
+def _local_zoo_dir(uri: str, scratch: Path, names: tuple[str, ...] | None = None) -> Path:
+    """A private local copy (in ``scratch``) of the group's weight files (``names``; by default its
+    supernet.safetensors, bn.safetensors, zoo.json): the files checked against their sha256 are the files loaded,
+    even on a local store."""
+    from .integrity import ZOO_FILES
+
+    names = names or ZOO_FILES
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         import shutil
 
         src = Path(unquote(parsed.path))
-        for name in ("supernet.safetensors", "bn.safetensors", "zoo.json"):
+        for name in names:
             shutil.copyfile(src / name, scratch / name)  # FileNotFoundError (an OSError) when one is missing
         return scratch
     import mlflow
 
-    for name in ("supernet.safetensors", "bn.safetensors", "zoo.json"):
+    for name in names:
         mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{name}", dst_path=str(scratch))
     return scratch
+
+
+def standalone_module(folder: Path) -> nn.Module:
+    """The module of a standalone zoo network (`tans zoo add`) from a local copy of its files: the supernet spec
+    and arch of its zoo.json, its own weights (network.safetensors, loaded strictly)."""
+    from safetensors.torch import load_file
+
+    from ..zoo.space import SupernetSpec, build_supernet, extract_subnet, validate_arch
+
+    table = json.loads((folder / "zoo.json").read_text())
+    spec = SupernetSpec.from_dict(table["header"]["supernet"])
+    module = extract_subnet(build_supernet(spec), validate_arch(table["networks"][0]["arch"], spec))
+    module.load_state_dict(load_file(str(folder / "network.safetensors")), strict=True)
+    return module.eval()
 
 
 def module_from_network(network: dict) -> nn.Module:
     from ..zoo.store import network_from_dir
     from .client import wrapped
 
+    from .integrity import weight_files
+
     with tempfile.TemporaryDirectory() as tmp:
         with wrapped(f"download the weights of zoo network {network.get('index')} of group {network.get('group')!r}",
                      "check that the group run's zoo/ artifacts exist, or rebuild the group with `tans zoo build`",
                      also=(OSError,)):
-            folder = _local_zoo_dir(network["zoo_artifacts"], Path(tmp))
+            folder = _local_zoo_dir(network["zoo_artifacts"], Path(tmp), weight_files(network))
         _check_weights(folder, network)
+        if network.get("standalone"):
+            return standalone_module(folder)
         return network_from_dir(folder, int(network["index"]), where=network["zoo_artifacts"])
 
 
@@ -107,7 +129,7 @@ def _check_weights(folder: Path, network: dict) -> None:
 
     integrity.check(folder, network.get(integrity.ZOO_DIGEST_KEY),
                     f"the weights of zoo group {network.get('group')!r} ({network.get('zoo_artifacts')})",
-                    names=integrity.ZOO_FILES)
+                    names=integrity.weight_files(network))
 
 
 def _load_pyfunc(data_path: str) -> ZooNetworkModel:
@@ -139,11 +161,15 @@ def load_networks(model_uris: list[str]) -> list[tuple[nn.Module, dict]]:
     for pos, net in enumerate(networks):
         by_group.setdefault(net["zoo_artifacts"], []).append(pos)
     for artifacts, positions in by_group.items():
+        first = networks[positions[0]]
         with tempfile.TemporaryDirectory() as tmp:
             with wrapped("download a zoo group's weights", "rebuild the group with `tans zoo build`", also=(OSError,)):
-                folder = _local_zoo_dir(artifacts, Path(tmp))
-            _check_weights(folder, networks[positions[0]])
-            modules = networks_from_dir(folder, [int(networks[p]["index"]) for p in positions], where=artifacts)
+                folder = _local_zoo_dir(artifacts, Path(tmp), integrity.weight_files(first))
+            _check_weights(folder, first)
+            if first.get("standalone"):  # one network a folder (`tans zoo add`)
+                modules = [standalone_module(folder) for _ in positions]
+            else:
+                modules = networks_from_dir(folder, [int(networks[p]["index"]) for p in positions], where=artifacts)
         out.update(zip(positions, modules))
     return [(out[p], networks[p]) for p in range(len(networks))]
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..errors import TansError
+from ..zoo.generalist import is_generalist
 from ..zoo.store import finished_group_runs, load_functional_embeddings, read_table
 from . import client as C
 from . import integrity
@@ -76,14 +77,16 @@ def model_card(header: dict, row: dict, name: str) -> str:
         f"| architecture | OFA MobileNetV3, depths {d}, arch hash `{row['arch_hash']}` |\n"
         f"| input | {header['input_size']}x{header['input_size']} RGB uint8, normalised with mean "
         f"{header['mean']} std {header['std']} |\n"
-        f"| supernet run | `{header['supernet_run']}` |\n\n"
+        + (f"| added from | `{header.get('added_from')}` (its own weights) |\n" if header.get("standalone") else "")
+        + f"| supernet run | `{header['supernet_run']}` |\n\n"
         "Load it:\n\n"
         "```python\n"
         f"out = mlflow.pyfunc.load_model('models:/{name}/<version>').predict(images)  # uint8 [N,H,W,3]\n"
         "# out['logits'], out['probabilities']: [N, classes] each, columns in the order of the classes above\n"
         f"module = tans_registry.load_module('models:/{name}/<version>')               # nn.Module\n"
         "```\n"
-        "Weights are stored once per group (safetensors) and cut out on load; no pickle."
+        + ("Its own weights (safetensors); no pickle." if header.get("standalone") else
+           "Weights are stored once per group (safetensors) and cut out on load; no pickle.")
     )
 
 
@@ -264,13 +267,64 @@ def _mark_done(name: str, run_id: str, n: int) -> None:
     C.client().set_registered_model_tag(name, DONE_TAG, run_id)
 
 
+def added_version(group: str, added_from: str) -> int | None:
+    """The version of ``group``'s zoo model added from ``added_from`` (`tans zoo add`), or None."""
+    name = zoo_model_name(group)
+    if C.get_model(name) is None:
+        return None
+    return next((int(v.version) for v in C.versions(name) if v.tags.get("tans.added_from") == added_from), None)
+
+
+def register_standalone(run, header: dict, row: dict, f_emb: np.ndarray, added_from: str) -> tuple[str, int, bool]:
+    """Register the standalone network logged in ``run`` (`tans zoo add`: its ``zoo/`` holds network.safetensors,
+    zoo.json and embeddings.safetensors) as a version of its group's model; ``added_from``: the fine-tuned version
+    it is. Idempotent: a version already added from ``added_from`` is returned as it is. Returns (model name,
+    version, created now). The version is created last, in one call: a failure before leaves nothing registered."""
+    name = zoo_model_name(header["group"])
+    if C.get_model(name) is not None:
+        for v in C.versions(name):
+            if v.tags.get("tans.added_from") == added_from:
+                return name, int(v.version), False
+    else:
+        _create_model(name, header)
+    run_id = run.info.run_id
+    zoo_uri = f"{run.info.artifact_uri}/zoo"
+    with tempfile.TemporaryDirectory() as scratch:
+        zoo_digest = integrity.folder_digest(_local_zoo_dir(zoo_uri, Path(scratch), integrity.STANDALONE_FILES),
+                                             names=integrity.STANDALONE_FILES)
+    client = C.client()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_dir(Path(tmp) / "n0", {integrity.ZOO_DIGEST_KEY: zoo_digest, "zoo_artifacts": zoo_uri, "run_id": run_id,
+                                           "index": 0, "standalone": True, "arch": row["arch"], "arch_hash": row["arch_hash"],
+                                           "group": header["group"], "dataset": header["dataset"],
+                                           "classes": header["classes"], "input_size": header["input_size"],
+                                           "mean": header["mean"], "std": header["std"], "accuracy": row["accuracy"],
+                                           "n_params": row["n_params"], "flops": row["flops"], "data": header.get("data"),
+                                           "fingerprint": header.get("fingerprint"), "added_from": added_from})
+        client.log_artifacts(run_id, tmp, REGISTRY_DIR)
+    tags = version_tags(header, row, run_id, f_emb) | {integrity.DIGEST_TAG: _folder_digests(run)[0],
+                                                       "tans.added_from": added_from, "tans.standalone": "true"}
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n0", run_id=run_id,
+                                          tags=tags, description=model_card(header, row, name))
+    return name, int(version.version), True
+
+
 def _create_model(name: str, header: dict) -> None:
+    if header.get("standalone"):
+        about = (f"Networks fine-tuned on `{header['dataset']}` by `tans query` and added to the zoo (`tans zoo add`): "
+                 "standalone candidates, each with its own weights")
+    elif is_generalist(header["group"]):
+        about = (f"The generalist: subnets of the shared base supernet, trained on the training datasets pooled "
+                 f"({', '.join(header.get('sources', []))}; {len(header['classes'])} classes, one joint head), "
+                 "the start every group's supernet began from. Source accuracy is on the pooled test images.")
+    else:
+        about = (f"Zoo networks of group `{header['group']}` (source dataset `{header['dataset']}`, "
+                 f"{len(header['classes'])} classes)")
+    what = "one version per network" if header.get("standalone") else \
+        "one version per OFA MobileNetV3 subnet cut out of the group's supernet"
     C.ensure_model(
         name, tags={"tans.kind": "zoo", "tans.group": header["group"], "tans.dataset": header["dataset"]},
-        description=(f"Zoo networks of group `{header['group']}` (source dataset `{header['dataset']}`, "
-                     f"{len(header['classes'])} classes): one version per OFA MobileNetV3 subnet cut out "
-                     "of the group's supernet. Version tags `tans.*` hold accuracy, size, architecture "
-                     "and embeddings."))
+        description=(f"{about}: {what}. Version tags `tans.*` hold accuracy, size, architecture and embeddings."))
 
 
 def _ensure_model_dirs(run, header: dict, rows: list[dict]) -> None:

@@ -10,7 +10,15 @@ from dataclasses import asdict, dataclass, field
 
 from .. import params as P
 
-RERANK = ("predictor", "logme", "none")
+RERANK = ("predictor", "logme", "hybrid", "none")
+# The hybrid policy: the learned ranking's (the predictor's, else retrieval's) first HYBRID_K networks, spanning
+# at least HYBRID_MIN_GROUPS groups and holding the generalist's best-ranked network, re-ranked by the
+# transferability score HYBRID_SCORE (one forward pass of each over the query's images). K and the group
+# spread are the issue's bounds (K at most 25, 3 groups); the score is chosen on the selection datasets
+# (scripts/choose_defaults.py), LogME until that has run.
+HYBRID_K = 25
+HYBRID_MIN_GROUPS = 3
+HYBRID_SCORE = "logme"
 # The share of a query's training images kept for validation (fine-tuning's default; every start's batch
 # norm is re-estimated on the rest, so LogME needs it too).
 VAL_FRACTION = 0.2
@@ -51,7 +59,9 @@ class RankConfig:
     max_flops: int | None = None             # None: no limit
     max_latency_ms: float | None = None      # ONNX Runtime batch-1 latency on this machine; None: no limit
     exclude_datasets: tuple[str, ...] = ()   # e.g. the query's own source dataset, in a benchmark
-    rerank: str = "predictor"                # "logme": LogME of the shortlist's features; "none": retrieval order
+    rerank: str = "predictor"                # "logme": LogME of the shortlist's features; "hybrid": a learned
+    #                                          shortlist across groups re-ranked by a transferability score;
+    #                                          "none": retrieval order
     shortlist: int | None = None             # retrieved networks re-ranked; None: the encoders' setting
     rerank_groups: int | None = None         # ... of the first N groups among them; None: the encoders' setting
     k_per_class: int | None = None           # images per class embedded; None: as the encoders were trained
@@ -82,6 +92,11 @@ class RankConfig:
                 data_dir=P.as_path(st, "data_dir", self.data_dir),
                 log_run=P.as_bool(st, "log_run", self.log_run, flag=False),
                 device=P.as_choice(st, "device", self.device, ("auto", "cpu", "cuda")))
+        if self.rerank == "hybrid":  # its shortlist is its own (HYBRID_K across HYBRID_MIN_GROUPS groups)
+            for name in ("shortlist", "rerank_groups"):
+                if getattr(self, name) is not None:
+                    P.fail(st, name, f"left out with --rerank hybrid (its shortlist is the learned ranking's first "
+                           f"{HYBRID_K} across {HYBRID_MIN_GROUPS} groups or more)", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,9 @@ class Candidate:
     model_uri: str             # models:/zoo.<group>/<version>
     predicted_accuracy: float | None = None   # set when the predictor re-ranked it
     logme: float | None = None                # set when LogME re-ranked it
+    transfer_score: float | None = None       # set when the hybrid policy or the transfer predictor re-ranked it
+    #                                           (RankRecord.score_kind: logme, leep, nce; "transfer": the predictor's
+    #                                           ranking score, not an accuracy)
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,7 @@ class RankRecord:
     seconds: dict              # load, embed, search, rerank
     run_id: str | None = None  # the query's run in tans/queries
     rerank_forward_passes: int = 0   # LogME: networks run over the dataset's images
+    score_kind: str | None = None    # the hybrid policy's score (logme, leep, nce), "transfer" (the transfer predictor)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -88,6 +88,12 @@ def embed_zoo(progress: bool = True) -> dict:
         topo = torch.tensor([topology(json.loads(v.tags["tans.arch"]))], dtype=torch.float32)
         func = torch.from_numpy(funcs[run_id][idx: idx + 1])
         m = enc.model(topo, func if enc.cfg.use_functional else None)[0].numpy()
+        if v.tags.get("tans.standalone") == "true":  # `tans zoo add`: its dataset, loaded again from where it was read
+            key = f"{group}/{v.tags.get('tans.network_id')}"
+            if key not in dataset_emb:
+                dataset_emb[key] = encode_embedding(_standalone_dataset_embedding(champ, v))
+            updates.append((v, encode_embedding(m), dataset_emb[key]))
+            continue
         if group not in dataset_emb:
             if group in features:
                 dataset_emb[group] = encode_embedding(enc.query(torch.from_numpy(features[group])[None])[0].numpy())
@@ -97,3 +103,28 @@ def embed_zoo(progress: bool = True) -> dict:
         updates.append((v, encode_embedding(m), dataset_emb[group]))
     touched = write_embeddings(updates, champ.version, progress=progress)
     return {"encoder_version": champ.version, "updated": len(updates), "models": touched}
+
+
+def _standalone_dataset_embedding(champ: Champion, v) -> np.ndarray | list:
+    """A standalone zoo version's dataset embedding: its dataset (network.json ``data``: the spec, data
+    directory and seed the query read it with) loaded again and checked against its fingerprint, embedded as a
+    query is; ``[]`` (no dataset term) with a warning when it cannot be found."""
+    from ..data import load_dataset
+    from ..registry.names import model_uri
+    from ..registry.pyfunc import DATA_FILE
+    from ..registry import integrity
+
+    uri = model_uri(v.name, v.version)
+    try:
+        network = json.loads((integrity.download(uri) / DATA_FILE).read_text())
+        data = network.get("data") or {}
+        ds = load_dataset(data["spec"], data_dir=data.get("data_dir"), seed=int(data.get("seed") or 0))
+    except Exception as exc:  # noqa: BLE001 - its dataset is gone: no dataset term, not a failed index
+        log.warning("%s: its dataset cannot be loaded again (%s); it is searched without a dataset embedding", uri,
+                    str(exc).splitlines()[0][:120])
+        return []
+    if ds.fingerprint() != network.get("fingerprint"):
+        log.warning("%s: its dataset changed since it was fine-tuned (fingerprint); it is searched without a dataset "
+                    "embedding", uri)
+        return []
+    return embed_dataset(champ, ds, champ.encoders.cfg.k_per_class, int(data.get("seed") or 0))

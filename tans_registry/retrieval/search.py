@@ -29,11 +29,13 @@ from ..errors import TansError
 from ..registry.index import ZooIndex, load_index
 from ..registry.names import model_uri
 from ..registry.pyfunc import load_networks
+from ..zoo.generalist import is_generalist
 from ..zoo.measure import penultimate
 from ..zoo.tensors import to_tensor
-from .config import VAL_FRACTION, Candidate, RankConfig, RankRecord
+from .config import HYBRID_K, HYBRID_MIN_GROUPS, HYBRID_SCORE, VAL_FRACTION, Candidate, RankConfig, RankRecord
 from .embed import Champion, embed_dataset, load_champion
 from .logme import logme
+from .transferability import SCORES, hybrid_shortlist, leep, nce
 from .rerank import RerankPolicy, rerank_list
 from .starts import calibration_set, prepare
 
@@ -45,25 +47,61 @@ LOGME_IMAGES = 256
 
 
 @torch.no_grad()
-def logme_scores(uris: list[str], ds, seed: int, device: str | None = "auto", x_calib: np.ndarray | None = None,
-                 val_fraction: float = VAL_FRACTION) -> np.ndarray:
-    """LogME of each network (by model URI) on the dataset's training images, each network prepared as
-    fine-tuning starts from it (:func:`.starts.prepare`: batch norm re-estimated on ``x_calib``, by default
-    the :func:`.starts.calibration_set` of ``ds`` for ``seed``) and preprocessed its own way: one forward
-    pass each for the statistics and one for LogME, on ``device``."""
+def transfer_scores(uris: list[str], ds, seed: int, device: str | None = "auto", x_calib: np.ndarray | None = None,
+                    val_fraction: float = VAL_FRACTION, kinds: tuple[str, ...] = ("logme",)) -> dict[str, np.ndarray]:
+    """Transferability of each network (by model URI) to the dataset, by each score of ``kinds`` (LogME of its
+    penultimate features; LEEP and NCE of its own source head: :mod:`.transferability`), on up to
+    ``LOGME_IMAGES`` training images (stratified). Each network is prepared as fine-tuning starts from it
+    (:func:`.starts.prepare`: batch norm re-estimated on ``x_calib``, by default the
+    :func:`.starts.calibration_set` of ``ds`` for ``seed``) and preprocessed its own way: one forward pass
+    each for the statistics and one for the scores, on ``device``."""
+    unknown = [k for k in kinds if k not in SCORES]
+    if unknown:
+        raise ValueError(f"unknown transferability score(s) {unknown}; choose from {', '.join(SCORES)}")
     dev = resolve_device(device)
     k = max(1, LOGME_IMAGES // ds.n_classes)
     pick = sample_per_class(ds, k, seed)
     images, y = ds.x_train[pick], ds.y_train[pick]
     if x_calib is None:
         x_calib = calibration_set(ds.x_train, ds.y_train, val_fraction, seed)
-    out = []
+    out: dict[str, list[float]] = {kind: [] for kind in kinds}
     for module, network in load_networks(uris):
         module, _ = prepare(module, network["mean"], network["std"], ds.n_classes, x_calib, seed, dev, head=False)
         x = to_tensor(images, network["mean"], network["std"]).to(dev)
-        feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
-        out.append(logme(feats, y))
-    return np.asarray(out)
+        feats = torch.cat([penultimate(module, x[i:i + 256]) for i in range(0, len(x), 256)])
+        if "logme" in out:
+            out["logme"].append(logme(feats.cpu().numpy(), y))
+        if "leep" in out or "nce" in out:  # the source head, kept (prepare(head=False)), on the same features
+            probs = torch.softmax(module.classifier(feats).double(), dim=1).cpu().numpy()
+            if "leep" in out:
+                out["leep"].append(leep(probs, y))
+            if "nce" in out:
+                out["nce"].append(nce(probs.argmax(1), y))
+    return {kind: np.asarray(v) for kind, v in out.items()}
+
+
+def logme_scores(uris: list[str], ds, seed: int, device: str | None = "auto", x_calib: np.ndarray | None = None,
+                 val_fraction: float = VAL_FRACTION) -> np.ndarray:
+    """LogME of each network: :func:`transfer_scores` with ``kinds=("logme",)``."""
+    return transfer_scores(uris, ds, seed, device, x_calib, val_fraction)["logme"]
+
+
+@torch.no_grad()
+def learned_scores(enc, idx: ZooIndex, q: np.ndarray, rows) -> np.ndarray | None:
+    """The learned ranking's score of index ``rows`` for the query embedding ``q``: the transfer predictor's
+    (learnt from fine-tuned accuracies) where the encoders have one, else the accuracy predictor's; None with
+    neither."""
+    rows = np.asarray(rows, dtype=np.int64)
+    qt = torch.from_numpy(np.asarray(q, dtype=np.float32))[None].expand(len(rows), -1)
+    m = torch.from_numpy(idx.model_emb[rows]).float()
+    topo = torch.from_numpy(idx.topology[rows]).float()
+    if enc.transfer is not None:
+        source = torch.nn.functional.normalize(torch.from_numpy(idx.dataset_emb[rows]).float(), dim=-1)
+        return enc.transfer(qt, m, topo, torch.from_numpy(np.log10(np.maximum(idx.n_params[rows], 1)).astype(np.float32)),
+                            source, torch.from_numpy(idx.accuracy[rows]).float()).numpy()
+    if enc.predictor is None:
+        return None
+    return enc.predictor(qt, m, topo).numpy()
 
 
 @torch.no_grad()
@@ -74,21 +112,33 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
     t0 = time.perf_counter()
     enc = champ.encoders
     policy = RerankPolicy.of(enc.cfg, cfg.shortlist, cfg.rerank_groups)
-    method = cfg.rerank if (cfg.rerank != "predictor" or enc.predictor is not None) else "none"
-    hits = idx.search(q, k=policy.shortlist if method != "none" else cfg.top_k, dataset_weight=enc.cfg.dataset_weight,
+    method = cfg.rerank if (cfg.rerank != "predictor" or enc.predictor is not None or enc.transfer is not None) else "none"
+    k = {"none": cfg.top_k, "hybrid": len(idx)}.get(method, policy.shortlist)
+    hits = idx.search(q, k=k, dataset_weight=enc.cfg.dataset_weight,
                       max_params=cfg.max_params, max_flops=cfg.max_flops, max_latency_ms=cfg.max_latency_ms,
                       exclude_datasets=list(cfg.exclude_datasets) or None)
     scores: dict[int, float] = {}
     passes = 0
     t1 = time.perf_counter()
-    if method == "predictor" and hits:
-        def predict(positions: np.ndarray) -> np.ndarray:
-            rows = [hits[p]["row"] for p in positions]
-            qt = torch.from_numpy(q).float()[None].expand(len(rows), -1)
-            return enc.predictor(qt, torch.from_numpy(idx.model_emb[rows]).float(),
-                                 torch.from_numpy(idx.topology[rows]).float()).numpy()
 
+    def predict(positions: np.ndarray) -> np.ndarray:
+        return learned_scores(enc, idx, q, [hits[p]["row"] for p in positions])
+
+    if method == "predictor" and hits:
         order, scores = rerank_list([h["group"] for h in hits], predict, policy)
+    elif method == "hybrid" and hits:
+        learned = np.arange(len(hits))
+        if enc.predictor is not None or enc.transfer is not None:  # the learned ranking (retrieval's without one)
+            learned = np.argsort(-predict(learned), kind="stable")
+        groups = [hits[p]["group"] for p in learned]
+        generalist = [int(p) for p, g in zip(learned, groups) if is_generalist(g)][:1]
+        short = hybrid_shortlist(learned.tolist(), groups, HYBRID_K, HYBRID_MIN_GROUPS, must_include=generalist)
+        passes = len(short)
+        values = transfer_scores([model_uri(hits[p]["model"], hits[p]["version"]) for p in short], ds, cfg.seed,
+                                 cfg.device, kinds=(HYBRID_SCORE,))[HYBRID_SCORE]
+        scores = dict(zip(short, values.tolist()))
+        first = [short[i] for i in np.argsort(-values, kind="stable")]
+        order = np.array(first + [int(p) for p in learned if int(p) not in scores], dtype=np.int64)
     elif method == "logme" and hits:
         def predict(positions: np.ndarray) -> np.ndarray:
             nonlocal passes
@@ -108,8 +158,10 @@ def rank_candidates(champ: Champion, idx: ZooIndex, q: np.ndarray, cfg: RankConf
                              dataset=h["dataset"], accuracy=h["accuracy"], n_params=h["n_params"], flops=h["flops"],
                              arch_hash=h["arch_hash"], arch=h["arch"], latency_ms=h["latency_ms"], score=h["score"],
                              model_uri=model_uri(h["model"], h["version"]),
-                             predicted_accuracy=s if method == "predictor" else None,
-                             logme=s if method == "logme" else None))
+                             predicted_accuracy=s if method == "predictor" and enc.transfer is None else None,
+                             logme=s if method == "logme" or (method == "hybrid" and HYBRID_SCORE == "logme") else None,
+                             transfer_score=s if method == "hybrid" or (method == "predictor" and enc.transfer is not None)
+                             else None))
     return out, passes, seconds
 
 
@@ -152,7 +204,8 @@ def rank_dataset(cfg: RankConfig):
     if not candidates:
         raise TansError(_no_fit_message(idx, cfg), code="NO_CANDIDATES")
     policy = RerankPolicy.of(champ.encoders.cfg, cfg.shortlist, cfg.rerank_groups)
-    method = cfg.rerank if (cfg.rerank != "predictor" or champ.encoders.predictor is not None) else "none"
+    method = cfg.rerank if (cfg.rerank != "predictor" or champ.encoders.predictor is not None
+                            or champ.encoders.transfer is not None) else "none"
     record = RankRecord(
         dataset={"name": ds.name, "fingerprint": ds.fingerprint(), "classes": ds.n_classes,
                  "train_images": int(len(ds.x_train)), "skipped_images": int(ds.n_skipped)},
@@ -160,7 +213,10 @@ def rank_dataset(cfg: RankConfig):
         constraints={"max_params": cfg.max_params, "max_flops": cfg.max_flops, "max_latency_ms": cfg.max_latency_ms,
                      "exclude_datasets": list(cfg.exclude_datasets),
                      "latency_hardware": json.loads(idx.hardware) if cfg.max_latency_ms is not None else None},
-        rerank=method, shortlist=policy.shortlist, rerank_groups=policy.groups, k_per_class=k,
+        rerank=method, shortlist=HYBRID_K if method == "hybrid" else policy.shortlist,
+        rerank_groups=HYBRID_MIN_GROUPS if method == "hybrid" else policy.groups, k_per_class=k,
+        score_kind=HYBRID_SCORE if method == "hybrid" else
+        ("transfer" if method == "predictor" and champ.encoders.transfer is not None else None),
         candidates=tuple(candidates), rerank_forward_passes=passes,
         seconds={"load": t_embed - t0, "embed": t_search - t_embed} | seconds)
     if cfg.log_run:

@@ -54,6 +54,10 @@ class EncoderTrainConfig:
     progress: bool = True
     device: str = "auto"             # where the backbone trains (auto: CUDA when present); the encoders' own
                                      # small networks on cached features train on the CPU
+    # The transfer predictor learns from these sources of the transfer table (`tans zoo transfer`'s "table",
+    # `tans query`'s "query"; "bench", the reported datasets' records, only for an ablation); () for none.
+    transfer_sources: tuple[str, ...] = ("table", "query")
+    transfer_exclude: tuple[str, ...] = ()  # task datasets whose records are left out (ablations)
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, EncoderConfig):
@@ -81,7 +85,12 @@ class EncoderTrainConfig:
                 register=P.as_bool(STAGE, "register", self.register, flag=False),
                 promote=P.as_bool(STAGE, "promote", self.promote),
                 progress=P.as_bool(STAGE, "progress", self.progress, flag=False),
-                device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")))
+                device=P.as_choice(STAGE, "device", self.device, ("auto", "cpu", "cuda")),
+                transfer_sources=P.as_names(STAGE, "transfer_sources", self.transfer_sources) or (),
+                transfer_exclude=P.as_names(STAGE, "transfer_exclude", self.transfer_exclude) or ())
+        unknown = [s for s in self.transfer_sources if s not in ("table", "query", "bench")]
+        if unknown:
+            P.fail(STAGE, "transfer_sources", "among table, query, bench", ",".join(unknown))
         if self.snapshot and self.register:
             from ..errors import ConfigError
 
@@ -118,6 +127,7 @@ class EncoderTrainRecord:
     previous_champion: int | None = None
     champion_comparable: bool | None = None  # whether the previous champion was scored the same way
     best_average: dict = field(default_factory=dict)  # the architecture best on average (ranking only)
+    transfer: dict = field(default_factory=dict)  # the transfer predictor: its variant, why, records, figures
 
     def to_dict(self) -> dict:
         return asdict(self)

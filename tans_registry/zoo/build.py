@@ -28,15 +28,16 @@ from ..device import resolve as resolve_device
 from ..errors import ConfigError
 from . import store
 from .config import GroupResult, ZooBuildRecord, ZooConfig
-from .measure import accuracy, count_flops, functional_embedding, n_params, recalibrate_bn
+from .cut import PROBE_SEED, measure_all as _measure_all, spec_of as _spec  # noqa: F401 (PROBE_SEED: read here)
+from .generalist import GROUP as GENERALIST
+from .generalist import build_generalist
 from .profiles import ZooProfile, get_profile
-from .space import SupernetSpec, arch_hash, bn_state, build_supernet, extract_subnet, sample_archs, topology
+from .space import build_supernet
 from .tensors import DEFAULT_MEAN, DEFAULT_STD
 from .train import n_train_steps, train_supernet
 from .workers import build_in_ray, build_in_workers
 
 log = logging.getLogger("tans_registry")
-PROBE_SEED = 777  # seed of the probe batch behind every functional embedding (TANS's seed)
 HOLDOUT_TAG = store.HOLDOUT_TAG
 
 
@@ -93,7 +94,7 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
         raise ConfigError(f"group(s) {', '.join(small)} hold fewer than 2 training images: a supernet cannot train on "
                           "them. Use fewer --groups, or datasets with more images")
     if cfg.only_groups:
-        names = [g.name for g in groups]
+        names = [g.name for g in groups] + ([GENERALIST] if profile.base_epochs > 0 else [])
         unknown = [n for n in cfg.only_groups if n not in names]
         if unknown:
             raise ConfigError(f"--only-groups: no group named {', '.join(map(repr, unknown))} in this build; "
@@ -101,8 +102,11 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
         groups = [g for g in groups if g.name in cfg.only_groups]
     done = store.finished_group_runs(exp_id) if cfg.resume else {}
     base_state, base_hash, base_run = None, None, None
+    generalist = None
     if profile.base_epochs > 0:
         base_state, base_hash, base_run = _base_supernet(profile, cfg, sources, exp_id, done)
+        if not cfg.only_groups or GENERALIST in cfg.only_groups:
+            generalist = build_generalist(profile, cfg, sources, exp_id, done, base_state, base_hash, base_run)
 
     results: dict[str, GroupResult] = {}
     todo: list[tuple[ImageDataset, str]] = []
@@ -133,7 +137,7 @@ def build_zoo(cfg: ZooConfig) -> ZooBuildRecord:
     finally:
         bar.close()
     return ZooBuildRecord(profile=profile.name, tracking_uri=tracking.redact(uri), experiment_id=exp_id,
-                          groups=tuple(results[g.name] for g in groups), holdout=profile.holdout)
+                          groups=tuple(results[g.name] for g in groups), holdout=profile.holdout, generalist=generalist)
 
 
 def source_names(profile: ZooProfile, data_dir: Path) -> list[str]:
@@ -176,10 +180,6 @@ def _config_hash(profile: ZooProfile, group: ImageDataset, seed: int, base: str 
     blob = json.dumps({"profile": settings, "data": group.fingerprint(), "seed": seed,
                        "base": base}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _spec(profile: ZooProfile, n_classes: int) -> SupernetSpec:
-    return SupernetSpec(n_classes=n_classes, width_mult=profile.width_mult)
 
 
 def _base_supernet(profile, cfg, sources, exp_id, done) -> tuple[dict, str, str]:
@@ -285,24 +285,6 @@ def build_group(group: ImageDataset, profile: ZooProfile, cfg: ZooConfig, exp_id
         mlflow.set_tag(store.COMPLETE_TAG, "true")
     return GroupResult(group.name, dataset, run.info.run_id, "built", len(rows), max(accs), min(accs),
                        time.time() - t0, logreg)
-
-
-def _measure_all(net, spec, group, profile, cfg):
-    rows, bn, embs = [], {}, []
-    archs = sample_archs(spec, profile.subnets, seed=cfg.seed)
-    # archives are often ordered by class: calibrate on a seeded random sample, not the first rows
-    pick = np.random.default_rng(cfg.seed).permutation(len(group.x_train))[: profile.calib_images]
-    calib = group.x_train[np.sort(pick)]
-    for i, arch in enumerate(tqdm(archs, desc=f"measure {group.name}", unit="net", leave=False,
-                                  disable=not cfg.progress)):
-        sub = extract_subnet(net, arch)
-        recalibrate_bn(sub, calib, DEFAULT_MEAN, DEFAULT_STD)
-        rows.append({"index": i, "arch_hash": arch_hash(arch), "arch": arch, "topology": topology(arch),
-                     "accuracy": accuracy(sub, group.x_test, group.y_test, DEFAULT_MEAN, DEFAULT_STD),
-                     "n_params": n_params(sub), "flops": count_flops(sub, profile.input_size)})
-        bn.update({f"n{i}/{k}": v for k, v in bn_state(sub).items()})
-        embs.append(functional_embedding(sub, profile.input_size, PROBE_SEED))
-    return rows, bn, np.stack(embs)
 
 
 def _logreg_baseline(group: ImageDataset) -> float:

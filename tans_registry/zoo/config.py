@@ -83,10 +83,11 @@ class ZooBuildRecord:
     experiment_id: str
     groups: tuple[GroupResult, ...] = ()
     holdout: tuple[str, ...] = ()   # the reported datasets this build kept out
+    generalist: GroupResult | None = None  # the base supernet's subnets as a group (builds with a base)
 
     @property
     def n_networks(self) -> int:
-        return sum(g.n_networks for g in self.groups)
+        return sum(g.n_networks for g in self.groups) + (self.generalist.n_networks if self.generalist else 0)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"n_networks": self.n_networks}

@@ -17,6 +17,8 @@ import numpy as np
 from ..data import ImageDataset, class_subset_tasks, load_dataset
 from ..data.stats import pixel_descriptor
 from ..errors import TansError
+from .generalist import GROUP as GENERALIST
+from .generalist import pooled
 from .store import finished_group_runs, load_functional_embeddings, read_table
 
 log = logging.getLogger("tans_registry")
@@ -38,6 +40,9 @@ class MetaGroup:
 
 
 _DATA_PARAMS = ("input_size", "seed", "max_train", "max_test")
+# runs of the zoo experiment that are not meta-training groups: the base supernet (no networks) and the
+# generalist (its networks are the base's; its images every training dataset's, the validation ones included)
+NOT_META = ("__base__", GENERALIST)
 
 
 def _derive(dataset: str, params: dict, names: set[str], data_dir: str | None):
@@ -63,7 +68,7 @@ def _verified(candidates: dict, group: str, fingerprint: str | None, data_dir: s
 
 def load_meta_groups(exp_id: str, data_dir: str | None) -> list[MetaGroup]:
     """Every complete zoo group, with its data re-derived and verified."""
-    runs = {g: r for g, r in finished_group_runs(exp_id).items() if g != "__base__"}
+    runs = {g: r for g, r in finished_group_runs(exp_id).items() if g not in NOT_META}
     if not runs:
         raise TansError("the zoo is empty: build it with `tans zoo build` first", code="ZOO_EMPTY")
     by_dataset: dict[str, list] = {}
@@ -172,7 +177,29 @@ def dataset_params(exp_id: str) -> dict[str, dict]:
     """The data parameters of each dataset's group runs (for :func:`save_meta_snapshot`)."""
     out = {}
     for group, run in finished_group_runs(exp_id).items():
-        if group != "__base__":
+        if group not in NOT_META:
             out.setdefault(run.data.tags.get("tans.dataset", group),
                            {k: run.data.params[k] for k in _DATA_PARAMS if k in run.data.params})
     return out
+
+
+def load_generalist_data(exp_id: str, groups: list[MetaGroup]) -> ImageDataset | None:
+    """The generalist group's pooled images, re-derived from ``groups``' source datasets (capped as in the build)
+    and checked against the fingerprint its run recorded; None when the zoo has no generalist, or (with a
+    warning) when a source is missing from ``groups`` or the data no longer match."""
+    run = finished_group_runs(exp_id).get(GENERALIST)
+    if run is None:
+        return None
+    names = [n for n in run.data.params.get("sources", "").split(",") if n]
+    by_dataset = {g.dataset: g.source if g.source is not None else g.data for g in groups}
+    missing = [n for n in names if n not in by_dataset]
+    if not names or missing:
+        log.warning("the generalist's source datasets %s are not all among the zoo's groups; it gets no dataset "
+                    "embedding", ", ".join(missing) or "(none recorded)")
+        return None
+    data = pooled([by_dataset[n] for n in names], int(float(run.data.params.get("seed", 0))))
+    if data.fingerprint() != run.data.tags.get("tans.fingerprint"):
+        log.warning("the generalist's pooled data no longer match its build's fingerprint; it gets no dataset "
+                    "embedding (rebuild the zoo with --resume)")
+        return None
+    return data
