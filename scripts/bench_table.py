@@ -1,15 +1,18 @@
-"""BENCHMARKS.md's fine-tuning table and issue 13's goals, from `tans bench` output.
+"""BENCHMARKS.md's fine-tuning tables and the goals, from `tans bench` output.
 
-    .venv/bin/python scripts/bench_table.py bench.json [more.json ...]
+    .venv/bin/python scripts/bench_table.py bench.json [more.json ...] [--method tans_hybrid]
 
-Each file is what `tans bench --json` prints (its ``datasets`` are merged, later files winning on a
-repeated name) or one dataset's ``bench-<name>.json`` artifact of a run in `tans/bench` (figures of one
-dataset, named by its ``dataset.name``): so runs of one dataset each can be put together into one table.
+Each file is what `tans bench --json` or `tans bench-chain --json` prints (its ``datasets`` are merged, later
+files winning on a repeated name; a ``.gz`` file is read as gzip) or one dataset's ``bench-<name>.json``
+artifact of a run in `tans/bench` (figures of one dataset, named by its ``dataset.name``): so runs of one
+dataset each can be put together into one table. The goals are those of ``--method`` (default: the method
+of `tans query`'s default re-ranking policy).
 """
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
-import sys
 from pathlib import Path
 
 from tans_registry.bench.report import markdown
@@ -19,7 +22,9 @@ def merged(paths: list[str]) -> tuple[dict, dict | None]:
     out: dict[str, dict] = {}
     intervals = None
     for p in paths:
-        doc = json.loads(Path(p).read_text())
+        raw = Path(p).read_bytes()
+        doc = json.loads(gzip.decompress(raw) if p.endswith(".gz") else raw)
+        doc = doc.get("bench", doc) if isinstance(doc.get("bench"), dict) else doc  # `tans bench-chain --json`
         if "datasets" in doc:
             out.update(doc["datasets"])
             intervals = doc.get("intervals") or intervals
@@ -31,6 +36,8 @@ def merged(paths: list[str]) -> tuple[dict, dict | None]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    print(markdown(*merged(sys.argv[1:])))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", help="`tans bench --json` or `tans bench-chain --json` outputs, or artifacts")
+    ap.add_argument("--method", default=None, help="whose goals to report (default: `tans query`'s default policy)")
+    args = ap.parse_args()
+    print(markdown(*merged(args.files), method=args.method))

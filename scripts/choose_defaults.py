@@ -50,9 +50,13 @@ def taus(doc: dict, scorer: str) -> list[float]:
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__)
-    plain, head = (json.loads(Path(p).read_text()) for p in sys.argv[1:])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("plain", help="`tans bench --selection --json` output")
+    ap.add_argument("head_first", help="`tans bench --selection --head-first --json` output, same seeds")
+    args = ap.parse_args()
+    plain, head = (json.loads(Path(p).read_text()) for p in (args.plain, args.head_first))
     if not all(set(d["datasets"]) for d in (plain, head)):
         raise SystemExit("both files need datasets: run `tans bench --selection --json`")
     print("1. re-ranking policy (mean test accuracy, full budget, over (dataset, seed) pairs):")

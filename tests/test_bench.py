@@ -79,11 +79,11 @@ def test_mean_regret_and_the_best_average_architecture_by_hand():
     assert rep["val_weighted_tau"] == pytest.approx(M.weighted_tau([0.8, 0.55, 0.7], [0.6, 0.8, 0.7]))
 
 
-def _figures(tans, rnd, avg, regret, tau, passes, epochs, scratch_epochs):
+def _figures(tans, rnd, avg, regret, tau, passes, epochs, scratch_epochs, answer=None, logreg=0.3):
     """One dataset's figures, as `tans bench --json` writes them, with only what the goals read."""
     return {"methods": {"tans": {"test_acc": tans, "test_acc_one_epoch": tans - 0.1, "regret_top1": regret,
                                  "regret_top1_one_epoch": regret + 1, "forward_passes": passes[0],
-                                 "epochs_to_scratch": epochs},
+                                 "epochs_to_scratch": epochs, "answer_test_acc": tans if answer is None else answer},
                         "random": {"test_acc": rnd, "test_acc_one_epoch": rnd - 0.1, "test_acc_std": 0.01,
                                    "regret_top1": 3.0, "regret_top1_one_epoch": 4.0, "forward_passes": 0},
                         "best_average": {"test_acc": avg, "test_acc_one_epoch": avg - 0.1, "regret_top1": 2.0,
@@ -92,6 +92,7 @@ def _figures(tans, rnd, avg, regret, tau, passes, epochs, scratch_epochs):
                                       "regret_top1_one_epoch": 2.0, "forward_passes": passes[1]}},
             "weighted_tau": {"tans": tau[0], "predictor": None, "logme": tau[1]},
             "scratch_target": {"val_accuracy": 0.5, "scratch_epochs": scratch_epochs},
+            "floors": {"logreg_pixels": logreg},
             "dataset": {"name": "x", "classes": 3, "n_train": 80, "n_val": 20, "test_images": 50},
             "ground_truth": {"networks": 20}}
 
@@ -106,24 +107,39 @@ def test_the_goals_and_the_table_by_hand(tmp_path):
     ds = {"a": _figures(0.90, 0.80, 0.85, 1.0, (0.2, 0.4), (1, 2250), 1, 5),
           "b": _figures(0.70, 0.75, 0.60, 4.0, (0.5, 0.1), (1, 2250), 2, 5),   # loses to random
           "c": _figures(0.80, 0.70, 0.79, 0.0, (0.3, 0.2), (2, 150), 1, 3),   # only 75x fewer passes
-          "d": _figures(0.60, 0.50, 0.55, 2.0, (0.1, 0.3), (1, 2250), None, 5)}  # never reaches scratch's
-    g = {x["goal"]: x for x in goals(ds)}
-    assert g["beats_random_and_best_average"]["met"] and g["beats_random_and_best_average"]["value"] == "3 of 4"
+          "d": _figures(0.60, 0.50, 0.55, 2.0, (0.1, 0.3), (1, 2250), None, 5, answer=0.65, logreg=0.7)}
+    # (d never reaches scratch's accuracy, and its answer, the probe kept, is below logistic regression)
+    g = {x["goal"]: x for x in goals(ds, method="tans")}
+    assert all(x["method"] == "tans" for x in g.values())
+    assert g["beats_random_and_best_average"]["met"] and g["beats_random_and_best_average"]["value"] == "3 of 4 (need 3)"
+    assert g["interval_vs_best_average"]["met"] is None        # no intervals given
+    iv = {"tans_minus_best_average": {"mean": -1.0, "low": -3.0, "high": 0.5, "n": 8}}
+    assert {x["goal"]: x for x in goals(ds, iv, method="tans")}["interval_vs_best_average"]["met"] is True
+    iv["tans_minus_best_average"]["high"] = -0.1
+    assert {x["goal"]: x for x in goals(ds, iv, method="tans")}["interval_vs_best_average"]["met"] is False
+    assert g["answer_vs_logreg"]["met"] is False and g["answer_vs_logreg"]["value"] == "3 of 4; below: d 0.650 < 0.700"
     assert g["mean_regret"]["met"] is True and g["mean_regret"]["value"] == "1.75 points"  # (1 + 4 + 0 + 2) / 4
     assert g["tau_vs_logme"]["met"] is True and g["tau_vs_logme"]["value"].startswith("0.275 vs 0.250 (2 of 4")
     assert g["forward_passes"]["met"] is False and g["forward_passes"]["value"] == "75x fewer (least)"
     assert g["epochs_vs_scratch"]["met"] is False              # d never reaches scratch's accuracy
     ds["b"]["methods"]["tans"]["test_acc"] = 0.74
     ds.pop("d")
-    g = {x["goal"]: x for x in goals(ds)}
+    g = {x["goal"]: x for x in goals(ds, method="tans")}
+    assert g["answer_vs_logreg"]["met"] is True
     assert g["beats_random_and_best_average"]["met"] is False  # 2 of 3 < ceil(0.75 * 3)
     assert g["epochs_vs_scratch"]["met"] is False              # b: 2 epochs vs scratch's 5 is more than a third
     ds["b"]["methods"]["tans"]["epochs_to_scratch"] = 1
-    assert {x["goal"]: x for x in goals(ds)}["epochs_vs_scratch"]["met"] is True
+    assert {x["goal"]: x for x in goals(ds, method="tans")}["epochs_vs_scratch"]["met"] is True
+    # the default policy's method when none is named: `tans query`'s --rerank default
+    from tans_registry.bench.report import POLICY_METHOD, default_method
+    from tans_registry.finetune.config import QueryConfig
+
+    assert default_method() == POLICY_METHOD[QueryConfig(data="x").rerank]
+    assert all(x["method"] == default_method() for x in goals(ds))
     table = markdown(ds)
     assert "| dataset | tans | logme_all | random | best_average | best test (upper bound) | logreg pixels |" in table
-    assert "| a | 0.900 | 0.500 | 0.800 ±0.010 | 0.850 | - | - |" in table        # full budget
-    assert "| b | 0.600 | 0.400 | 0.650 | 0.500 | - | - |" in table               # one epoch
+    assert "| a | 0.900 | 0.500 | 0.800 ±0.010 | 0.850 | - | 0.300 |" in table    # full budget
+    assert "| b | 0.600 | 0.400 | 0.650 | 0.500 | - | 0.300 |" in table           # one epoch
     assert "| tans | 2.7 / 1.7 | - | 1/2 |" in table   # regrets (2 + 5 + 1) / 3 at one epoch, (1 + 4 + 0) / 3 full
     # the script merges a --json output and a one-dataset artifact into the same table
     (tmp_path / "ab.json").write_text(json.dumps({"datasets": {"a": ds["a"], "b": ds["b"]}}))
@@ -132,6 +148,45 @@ def test_the_goals_and_the_table_by_hand(tmp_path):
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "ab.json"), str(tmp_path / "bench-c.json")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == table
+
+
+def test_the_products_answer_keeps_the_probe_where_it_validates_better_and_the_best_validating_pick():
+    from tans_registry.bench.figures import answer
+
+    def res(pv, pt, fv, ft):
+        return {"probe": {"val_accuracy": pv, "test_accuracy": pt},
+                "budgets": {"5.0": {"val_accuracy": fv, "test_accuracy": ft}}}
+
+    results = {"a": res(0.6, 0.55, 0.7, 0.72),   # fine-tuned kept (0.7 > 0.6)
+               "b": res(0.8, 0.81, 0.8, 0.90),   # a tie keeps the probe, as the query does: 0.81
+               "c": res(0.5, 0.40, 0.6, 0.65),
+               "d": res(0.99, 0.99, 0.1, 0.1)}   # a fourth pick is never fine-tuned by the query
+    assert answer(["a", "b", "c", "d"], results, "5.0") == 0.81
+    assert answer(["a", "c"], results, "5.0") == 0.72
+    assert answer(["a", "c"], results, "5.0", draws=True) == pytest.approx((0.72 + 0.65) / 2)
+    results["a"]["probe"].pop("val_accuracy")      # a record from before the probe's validation was measured
+    assert answer(["a", "b"], results, "5.0") is None
+
+
+def test_the_hybrid_ranking_for_its_tau_is_the_shortlist_by_its_score_then_the_learned_order():
+    from types import SimpleNamespace
+
+    from tans_registry.bench.stage import _hybrid_scores
+    from tans_registry.retrieval.config import HYBRID_K, HYBRID_SCORE
+
+    n = HYBRID_K + 10
+    groups = np.array([f"g{r % 4}" for r in range(n - 1)] + ["__generalist__"])
+    idx = SimpleNamespace(groups=groups)
+    order = list(range(n))                                    # retrieval's order
+    predicted = {r: float(n - r) for r in order}              # the learned ranking agrees with it
+    values = {r: float(r % 7) for r in order}                 # the transferability score
+    scores = _hybrid_scores(idx, order, predicted, {HYBRID_SCORE: values})
+    ranking = sorted(order, key=lambda r: -scores[r])
+    short = ranking[:HYBRID_K]
+    assert n - 1 in short                                     # the generalist's best is always shortlisted
+    assert [values[r] for r in short] == sorted((values[r] for r in short), reverse=True)
+    rest = ranking[HYBRID_K:]
+    assert rest == sorted(rest) and not set(rest) & set(short)  # then the learned order
 
 
 def test_logme_equals_the_closed_form_mean_over_classes():
@@ -260,7 +315,12 @@ def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_p
         assert 1 < methods["tans_logme"]["forward_passes"] <= n + 1
         assert 1 < methods["tans_hybrid"]["forward_passes"] <= min(n, 25) + 1   # the hybrid shortlist, scored once
         assert d["ground_truth"]["networks"] >= 4
-        assert set(d["weighted_tau"]) == {"tans", "predictor", "logme", "leep", "nce"}
+        assert set(d["weighted_tau"]) == {"tans", "predictor", "hybrid", "logme", "leep", "nce"}
+        # the product's answer (of the first three picks, each its probe or its fine-tuned network), every seed
+        for name in ("tans", "tans_predictor", "tans_hybrid"):
+            answers = [s["methods"][name]["answer_test_acc"] for s in d["per_seed"]]
+            assert all(0.0 <= a <= 1.0 for a in answers)
+            assert methods[name]["answer_test_acc"] == pytest.approx(np.mean(answers))
         assert methods["best_average"]["picks"][0]["weights"] == "base supernet"
         assert methods["scratch"]["picks"][0]["arch_hash"] == methods["tans"]["picks"][0]["arch_hash"]
         assert len({json.dumps(x, sort_keys=True) for x in d["preparation"]}) == 2   # one per seed
@@ -496,7 +556,8 @@ def test_bench_chain_runs_the_whole_chain_on_the_quick_profile_then_resumes_it(t
     rec = json.loads(res.stdout)
     assert set(rec["stage_seconds"]) == {"zoo_build", "zoo_register", "transfer_table", "encoders_train", "index_build",
                                          "bench"}
-    # the transfer table: each of the 4 training datasets a task, 6 starts from the other 3 groups, both budgets
+    # the transfer table: each of the 4 training datasets a task, 6 starts (the quick profile's generalist's and 5
+    # of the other 3 groups'), both budgets
     assert rec["facts"]["transfer_table"] == {"tasks": 4, "records": 48, "written": 48}
     assert all(v > 0 for v in rec["stage_seconds"].values())
     assert rec["facts"]["zoo"]["holdout"] == ["glyphs"] and rec["facts"]["zoo"]["built"] == 4

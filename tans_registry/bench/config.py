@@ -14,7 +14,7 @@ STAGE = "bench"
 METHODS = ("tans", "tans_predictor", "tans_logme", "tans_hybrid", "logme_all", "random", "best_average", "top_source",
            "largest", "scratch", "oracle")
 # whose ranking of the ground truth is measured (weighted tau): retrieval, the predictor, the transferability scores
-SCORERS = ("tans", "predictor", "logme", "leep", "nce")
+SCORERS = ("tans", "predictor", "hybrid", "logme", "leep", "nce")
 
 
 @dataclass(frozen=True)

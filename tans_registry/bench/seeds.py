@@ -12,12 +12,12 @@ import numpy as np
 from . import metrics as M
 
 MEAN_FIELDS = ("test_acc", "test_acc_one_epoch", "probe_test_acc", "regret_top1", "regret_top1_one_epoch",
-               "regret_top3", "regret_top3_one_epoch", "query_seconds", "test_acc_std", "test_acc_one_epoch_std")
+               "regret_top3", "regret_top3_one_epoch", "query_seconds", "test_acc_std", "test_acc_one_epoch_std", "answer_test_acc")
 SEED_FIELDS = ("test_acc", "test_acc_one_epoch", "probe_test_acc", "regret_top1", "regret_top1_one_epoch",
-               "regret_top3")
+               "regret_top3", "answer_test_acc")
 # The paired differences the benchmark's decisions rest on (points, a ranked method minus the other), both budgets:
 # retrieval's top-1 (the first benchmark's "tans"), the predictor's re-rank (`tans query`'s default) and the hybrid.
-PAIRS = tuple((a, b) for a in ("tans", "tans_predictor", "tans_hybrid") for b in ("best_average", "random"))
+PAIRS = tuple((a, b) for a in ("tans", "tans_predictor", "tans_logme", "tans_hybrid") for b in ("best_average", "random"))
 
 
 def _mean(values: list) -> float | None:

@@ -36,9 +36,10 @@ from ..executor import Executor, parallel_map, ray_session, shared_pool, task_de
 from ..finetune.config import FinetuneSettings
 from ..registry.index import load_index
 from ..registry.names import model_uri
-from ..retrieval.config import RankConfig
+from ..retrieval.config import HYBRID_K, HYBRID_MIN_GROUPS, HYBRID_SCORE, RankConfig
 from ..retrieval.embed import embed_dataset, load_champion
 from ..retrieval.search import learned_scores, rank_candidates, searchable
+from ..retrieval.transferability import hybrid_shortlist
 from ..zoo import store
 from ..zoo.generalist import is_generalist
 from . import metrics as M
@@ -277,7 +278,8 @@ def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSet
     results = _finetune_all(starts, ds, settings, budgets, uri, cfg, desc=f"fine-tune {label} seed {seed}")
     tr, _ = split_train_val(ds.y_train, settings.val_fraction, seed)
     floor = logreg_pixels(ds.x_train[tr], ds.y_train[tr], ds.x_test, ds.y_test, seed=seed)
-    figures = F.figures(label, ds, methods, results, budgets, retrieval, predicted, transfer, truth, zoo_rows, idx, avg)
+    scorers = transfer | {"hybrid": _hybrid_scores(idx, order, predicted, transfer)}
+    figures = F.figures(label, ds, methods, results, budgets, retrieval, predicted, scorers, truth, zoo_rows, idx, avg)
     figures["floors"] = {"logreg_pixels": floor["test_accuracy"], "logreg_seconds": floor["seconds"]}
     curves = [{"start": k, "kind": st["kind"], "uri": st.get("uri"), "budget": float(b),
                "history": results[k]["budgets"][str(b)]["history"],
@@ -287,6 +289,23 @@ def _bench_dataset(label, ds, cfg: BenchConfig, seed: int, settings: FinetuneSet
                "seconds": results[k]["budgets"][str(b)]["seconds"], "prep": results[k]["preparation"]}
               for k, st in starts.items() for b in budgets]
     return figures, curves
+
+
+def _hybrid_scores(idx, order: list[int], predicted: dict[int, float] | None,
+                   transfer: dict[str, dict[int, float]]) -> dict[int, float]:
+    """The hybrid policy's ranking of every row of ``order`` (retrieval's order), as scores (higher first), for
+    its weighted tau: what `--rerank hybrid` ranks (retrieval/search.py), over the whole zoo. The shortlist (the
+    learned ranking's first HYBRID_K across HYBRID_MIN_GROUPS groups, the generalist's best kept) ordered by
+    HYBRID_SCORE, then the other rows in the learned order."""
+    learned = sorted(order, key=lambda r: -predicted[r]) if predicted is not None else list(order)  # stable
+    groups = [str(idx.groups[r]) for r in learned]
+    generalist = [r for r, g in zip(learned, groups) if is_generalist(g)][:1]
+    short = hybrid_shortlist(learned, groups, HYBRID_K, HYBRID_MIN_GROUPS, must_include=generalist)
+    values = transfer[HYBRID_SCORE]
+    chosen = set(short)
+    # NaN last, as np.argsort puts it in the query's re-ranking
+    ranking = sorted(short, key=lambda r: (bool(np.isnan(values[r])), -values[r])) + [r for r in learned if r not in chosen]
+    return {r: float(len(ranking) - i) for i, r in enumerate(ranking)}
 
 
 def _predicted(enc, idx, q: np.ndarray, order: list[int]) -> dict[int, float] | None:

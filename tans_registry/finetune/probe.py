@@ -38,29 +38,43 @@ def fit_logreg(a_train: np.ndarray, y_train: np.ndarray, seed: int):
     return scaler, clf
 
 
-def fit_score(a_train, y_train, a_test, y_test, seed: int) -> dict:
-    """Fit on float features [N, D] and score on the test features; a training set with a single class cannot
-    fit a classifier and scores the majority (that one) class's accuracy on the test set. Returns
-    {"test_accuracy", "seconds" (scaling + fit), "n_train", "features", "n_iter"} (n_iter None for one class)."""
+def fit_score(a_train, y_train, a_test, y_test, seed: int, a_val=None, y_val=None) -> dict:
+    """Fit on float features [N, D] and score on the test features (and on ``a_val`` when given: what a query
+    compares with its fine-tuned network); a training set with a single class cannot fit a classifier and scores
+    the majority (that one) class's accuracy. Returns {"test_accuracy", "seconds" (scaling + fit), "n_train",
+    "features", "n_iter"} (n_iter None for one class), with "val_accuracy" when ``a_val`` is given."""
     y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
     out = {"n_train": int(len(y_train)), "features": int(a_train.shape[1])}
     start = time.perf_counter()
     fitted = fit_logreg(a_train, y_train, seed)
     if fitted is None:                                     # majority class = the only class seen
         classes = np.unique(y_train)
-        acc = float(np.mean(y_test == classes[0])) if len(classes) and len(y_test) else 0.0
-        return {"test_accuracy": acc, "seconds": time.perf_counter() - start, "n_iter": None, **out}
-    seconds = time.perf_counter() - start
-    scaler, clf = fitted
-    acc = float(np.mean(clf.predict(scaler.transform(a_test)) == y_test)) if len(y_test) else 0.0
-    return {"test_accuracy": acc, "seconds": seconds, "n_iter": int(np.max(clf.n_iter_)), **out}
+
+        def predict(a):
+            return np.full(len(a), classes[0] if len(classes) else -1)
+        seconds, n_iter = time.perf_counter() - start, None
+    else:
+        seconds = time.perf_counter() - start
+        scaler, clf = fitted
+
+        def predict(a):
+            return clf.predict(scaler.transform(a))
+        n_iter = int(np.max(clf.n_iter_))
+    out |= {"test_accuracy": float(np.mean(predict(a_test) == y_test)) if len(y_test) else 0.0, "seconds": seconds,
+            "n_iter": n_iter}
+    if a_val is not None:
+        y_val = np.asarray(y_val).reshape(-1)
+        out["val_accuracy"] = float(np.mean(predict(a_val) == y_val)) if len(y_val) else 0.0
+    return out
 
 
-def linear_probe(f_train, y_train, f_test, y_test, seed: int = 0) -> dict:
+def linear_probe(f_train, y_train, f_test, y_test, seed: int = 0, f_val=None, y_val=None) -> dict:
     """:func:`fit_score` on given frozen features [N, D] (flattened): the benchmark's linear probe."""
-    f_train = np.asarray(f_train, dtype=np.float64)
-    f_test = np.asarray(f_test, dtype=np.float64)
-    return fit_score(f_train.reshape(len(f_train), -1), y_train, f_test.reshape(len(f_test), -1), y_test, seed)
+    def flat(f):
+        f = np.asarray(f, dtype=np.float64)
+        return f.reshape(len(f), -1) if f.size else f.reshape(len(f), 0)
+    return fit_score(flat(f_train), y_train, flat(f_test), y_test, seed,
+                     a_val=None if f_val is None else flat(f_val), y_val=y_val)
 
 
 def features(module, x: np.ndarray, mean, std, batch_size: int = 256) -> np.ndarray:

@@ -45,8 +45,8 @@ def finetune_start(job: dict) -> dict:
     bn, x_source = job.get("bn", BN_POLICY), job.get("x_source")
     module, mean, std, prep = prepared_start(job["start"], n_classes, calib, s["seed"], device, bn=bn, x_source=x_source)
     f_train = features(module, x, mean, std)
-    probe = linear_probe(f_train, y, features(module, job["x_test"], mean, std), job["y_test"],
-                         seed=s["seed"]) | {"seconds_with_features": time.time() - t0}
+    probe = linear_probe(f_train, y, features(module, job["x_test"], mean, std), job["y_test"], seed=s["seed"],
+                         f_val=features(module, xv, mean, std), y_val=yv) | {"seconds_with_features": time.time() - t0}
     if job.get("logme"):  # the LogME of the prepared start's training features (scripts/bn_policy.py)
         probe["logme"] = logme(f_train, y)
     out = {}
