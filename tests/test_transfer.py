@@ -3,6 +3,7 @@ records in `tans/transfer` written as starts finish and kept on --resume; a quer
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -92,6 +93,18 @@ def test_a_query_appends_its_finetunings_to_the_table(work, tiny_data_dir):
     assert mine[0]["task_encoder"] == res["query"]["encoder_version"]
     assert decode_embedding(mine[0]["task_embedding"]).shape[0] > 0
     assert mine[0]["task_fingerprint"] == res["query"]["fingerprint"]
+    # encoder training reads it with the table's records (the predictor learns from every record)
+    build_table(TransferConfig(starts=2, epochs=1, max_train=60, max_test=30, workers=1, work_dir=str(work),
+                               data_dir=str(tiny_data_dir), progress=False, resume=True))  # kept when written above
+    table = read_records(exp, "table")
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("tans-encoders", "champion").version
+    rec = train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=2, eval_every=2,
+                                            val_datasets=("cells",), backbone_epochs=0.5, work_dir=str(work),
+                                            data_dir=str(tiny_data_dir), progress=False))
+    params = mlflow.get_run(rec.run_id).data.params
+    assert table and int(params["transfer_records"]) == len(table) + 1, params
+    client.set_registered_model_alias("tans-encoders", "champion", champion)  # the index stays the champion's
 
 
 def test_a_finetuned_winner_joins_the_zoo_and_is_searched(work, tiny_data_dir):
@@ -138,3 +151,16 @@ def test_a_finetuned_winner_joins_the_zoo_and_is_searched(work, tiny_data_dir):
     zoo_version = f"models:/{idx.names[0]}/{idx.versions[0]}" if idx.names[0] != name else f"models:/{idx.names[1]}/{idx.versions[1]}"
     refused = CliRunner().invoke(main, ["zoo", "add", zoo_version, "--work-dir", str(work)])
     assert refused.exit_code == 1 and "is a zoo version already" in refused.output
+    # a fine-tuned version of another input size (its network.json says 64) is refused, naming it; nothing changes
+    local = Path(mlflow.artifacts.download_artifacts(winner))
+    meta = next(local.rglob("network.json"))
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"input_size": 64}))
+    with mlflow.start_run(experiment_id=tracking.experiment_id("queries", work)) as run:
+        mlflow.log_artifacts(str(local), "finetuned")
+    other = C.client().create_model_version(winner.split("/")[1], f"{run.info.artifact_uri}/finetuned", run.info.run_id)
+    before = ({m.name: len(C.versions(m.name)) for m in C.client().search_registered_models()},
+              len(mlflow.search_runs(experiment_ids=[tracking.experiment_id("zoo", work)], output_format="list")))
+    refused = CliRunner().invoke(main, ["zoo", "add", f"models:/{other.name}/{other.version}", "--work-dir", str(work)])
+    assert refused.exit_code == 1 and "takes 64x64 images, the zoo's networks 32x32" in refused.output, refused.output
+    assert before == ({m.name: len(C.versions(m.name)) for m in C.client().search_registered_models()},
+                      len(mlflow.search_runs(experiment_ids=[tracking.experiment_id("zoo", work)], output_format="list")))

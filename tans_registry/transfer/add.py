@@ -56,6 +56,7 @@ def add_to_zoo(cfg: AddConfig) -> AddRecord:
                               f"network/{WEIGHTS_FILE}); an ONNX export cannot join the zoo: add the fine-tuned "
                               f"version it came from ({FINETUNED_PREFIX}<dataset>)")
         network = json.loads((folder / DATA_FILE).read_text())
+        _check_classifier(cfg.model_uri, network, wd)
         added_from = f"models:/{parsed[0]}/{version}"
         dataset = str(network["dataset"])
         have = added_version(ADDED_PREFIX + dataset, added_from)
@@ -97,3 +98,25 @@ def add_to_zoo(cfg: AddConfig) -> AddRecord:
             raise
     return AddRecord(model_uri=f"models:/{name}/{number}", added_from=added_from, created=created, dataset=dataset,
                      accuracy=row["accuracy"], n_params=int(row["n_params"]), run_id=run.info.run_id)
+
+
+def _check_classifier(model_uri: str, network: dict, wd) -> None:
+    """A network the zoo can hold: an image classifier (an architecture, classes, preprocessing) of the zoo's
+    input size. Raises :class:`ConfigError` naming what is wrong (nothing is written before this check)."""
+    from ..zoo.store import finished_group_runs
+
+    missing = [k for k in ("arch", "classes", "input_size", "mean", "std", "supernet", "dataset", "test_accuracy")
+               if k not in network]
+    classes = network.get("classes")
+    if missing or not isinstance(classes, list) or len(classes) < 2:
+        raise ConfigError(f"{model_uri} is not a classifier `tans zoo add` can hold: its network.json lacks "
+                          f"{', '.join(missing) or 'two classes or more'}; add a fine-tuned winner of `tans query`")
+    sizes = {str(r.data.params.get("input_size")) for r in finished_group_runs(tracking.experiment_id("zoo", wd)).values()
+             if r.data.params.get("input_size")}
+    if not sizes:
+        raise ConfigError(f"this work directory holds no zoo to add {model_uri} to: build one first (`tans zoo build`)")
+    if str(network["input_size"]) not in sizes:
+        theirs = " or ".join(f"{s}x{s}" for s in sorted(sizes))
+        raise ConfigError(f"{model_uri} takes {network['input_size']}x{network['input_size']} images, the zoo's networks "
+                          f"{theirs}: a query embeds and searches the zoo at one input size; fine-tune a start of this "
+                          "zoo (`tans query --finetune N`) and add that")
