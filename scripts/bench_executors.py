@@ -26,6 +26,7 @@ def _build(work: Path, args, extra: list[str]) -> float:
     cmd = [sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--profile", args.profile,
            "--work-dir", str(work), "--seed", str(args.seed), "--json", *extra]
     for flag, value in (("--groups", args.groups), ("--subnets", args.subnets), ("--epochs", args.epochs),
+                        ("--base-epochs", args.base_epochs),
                         ("--datasets", args.datasets), ("--data-dir", args.data_dir)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=None)
     ap.add_argument("--subnets", type=int, default=None)
     ap.add_argument("--epochs", type=float, default=None)
+    ap.add_argument("--base-epochs", type=float, default=0.0,
+                    help="the base supernet's epochs (default 0: the groups alone, as BENCHMARKS.md's figures were "
+                         "measured before the quick profile had a base)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")

@@ -159,7 +159,7 @@ def source_runs(work_dir: Path) -> list:
 def build_tiny_zoo(work_dir: Path, args) -> None:
     data = tiny_data(work_dir / "tiny-data", args.max_train, args.max_test)
     cmd = TANS + ["zoo", "build", "--profile", "quick", "--datasets", "digits,cells", "--groups", str(args.groups),
-                  "--subnets", str(args.subnets), "--epochs", str(args.epochs), "--data-dir", str(data),
+                  "--base-epochs", "0", "--subnets", str(args.subnets), "--epochs", str(args.epochs), "--data-dir", str(data),
                   "--work-dir", str(work_dir), "--resume"]
     log.info("building a tiny zoo (setup, not timed): %s", " ".join(cmd[2:]))
     t0 = time.monotonic()

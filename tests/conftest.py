@@ -64,7 +64,7 @@ def tiny_pipeline(work, data_dir, index: bool = False):
     from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, ZooConfig, build_index,
                                build_zoo, register_zoo, train_encoders)
 
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
+    build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
                         data_dir=str(data_dir), work_dir=str(work), progress=False))
     register_zoo(RegisterConfig(work_dir=str(work), progress=False))
     rec = train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=6, eval_every=3,

@@ -67,7 +67,7 @@ def test_bad_tracking_uri_is_a_clean_error(tmp_path, monkeypatch):
 
 def test_zoo_build_json_then_list(tiny_data_dir, tmp_path):
     work = str(tmp_path / "w")
-    res = run("zoo", "build", "--datasets", "cells", "--subnets", "2", "--epochs", "1",
+    res = run("zoo", "build", "--datasets", "cells", "--subnets", "2", "--epochs", "1", "--base-epochs", "0",
               "--data-dir", str(tiny_data_dir), "--work-dir", work, "--json")
     assert res.exit_code == 0, res.stderr
     rec = json.loads(res.stdout)  # exactly one JSON document
@@ -101,7 +101,7 @@ def test_sigterm_leaves_no_worker_behind(tiny_data_dir, tmp_path, workers):
 
     work = tmp_path / "w"
     proc = subprocess.Popen([sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--datasets", "digits,cells",
-                             "--epochs", "500", "--workers", str(workers), "--work-dir", str(work),
+                             "--epochs", "500", "--base-epochs", "0", "--workers", str(workers), "--work-dir", str(work),
                              "--data-dir", str(tiny_data_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

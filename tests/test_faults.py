@@ -102,7 +102,7 @@ def built_zoo(tmp_path_factory, tiny_data_dir):
     from tans_registry import ZooConfig, build_zoo
 
     work = tmp_path_factory.mktemp("faults") / "zoo"
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
+    build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
                         data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
     return work
 
@@ -159,7 +159,7 @@ def _build_into(uri: str, data_dir: Path, work: Path) -> None:
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=3,
+        build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=3, epochs=1, groups=3,
                             data_dir=str(data_dir), work_dir=str(work), progress=False))
     finally:
         if old is None:
@@ -308,7 +308,7 @@ def test_a_password_in_the_store_uri_never_reaches_output_tags_params_or_artifac
     assert secret in uri
     env = _env(MLFLOW_TRACKING_URI=uri)
     outputs = []
-    for args in (["zoo", "build", "--profile", "quick", "--datasets", "cells", "--subnets", "2", "--epochs", "1",
+    for args in (["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "cells", "--subnets", "2", "--epochs", "1",
                   "--data-dir", str(tiny_data_dir), "--work-dir", str(tmp_path), "--json"],
                  ["zoo", "register", "--work-dir", str(tmp_path), "--json"],
                  ["-v", "zoo", "list", "--work-dir", str(tmp_path), "--json"]):
@@ -520,7 +520,7 @@ def test_queries_answer_while_new_networks_await_embedding_and_a_garbled_version
     for f in tiny_data_dir.glob("*.npz"):
         shutil.copy(f, extra / f.name)
     shutil.copy(tiny_data_dir / "cells.npz", extra / "blood.npz")
-    _ok(TANS + ["zoo", "build", "--profile", "quick", "--datasets", "blood", "--subnets", "8", "--epochs", "1",
+    _ok(TANS + ["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "blood", "--subnets", "8", "--epochs", "1",
                 "--data-dir", str(extra), "--work-dir", str(work)])
     query = TANS + ["query", "digits", "--finetune", "0", "--top-k", "20", "--work-dir", str(work), "--json", *data]
     register = subprocess.Popen(TANS + ["zoo", "register", "--work-dir", str(work)], env=_env(),
@@ -708,7 +708,7 @@ def test_a_real_tracking_server_that_stops_is_a_clear_error_within_seconds(tiny_
             except OSError:
                 time.sleep(0.5)
         env = _env(MLFLOW_TRACKING_URI=uri)
-        build = subprocess.run(TANS + ["zoo", "build", "--profile", "quick", "--datasets", "cells", "--subnets", "2",
+        build = subprocess.run(TANS + ["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "cells", "--subnets", "2",
                                        "--epochs", "1", "--data-dir", str(tiny_data_dir), "--work-dir",
                                        str(tmp_path / "w")], env=env, capture_output=True, text=True, timeout=600)
         assert build.returncode == 0, build.stderr[-2000:]

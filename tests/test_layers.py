@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "tans_registry"
-# The layers, lowest first (README "Layout"). A module may import its own layer and the ones before it.
+# The layers, lowest first (docs/architecture.md "Layout"). A module may import its own layer and the ones before it.
 # The base modules (errors, params, tracking, device, executor) are below everything; the CLI and the package top above.
 LAYERS = ["base", "data", "zoo", "registry", "encoders", "retrieval", "validation", "export", "finetune",
           "transfer", "training", "serve", "bench", "cli", "top"]

@@ -93,7 +93,8 @@ def test_the_embedded_default_is_mlflows_own_store(tmp_path, monkeypatch, tiny_d
 
     monkeypatch.delenv("TANS_WORK_DIR")
     monkeypatch.chdir(tmp_path)
-    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir), progress=False))
+    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, base_epochs=0, data_dir=str(tiny_data_dir),
+                        progress=False))
     register_zoo(RegisterConfig(progress=False))
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlruns" / "tans-zoo").is_dir()
     assert tracking.setup()[1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -130,7 +131,8 @@ def test_an_entry_point_runs_through_mlflow_run_with_no_variable_and_no_venv_on_
     (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
     monkeypatch.chdir(project)
     monkeypatch.delenv("TANS_WORK_DIR")
-    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir), progress=False))
+    build_zoo(ZooConfig(datasets=("cells",), subnets=2, epochs=1, base_epochs=0, data_dir=str(tiny_data_dir),
+                        progress=False))
     out = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", "register_zoo",
                           "--env-manager", "local"], cwd=project, env=_env_without_venv(), capture_output=True,
                          text=True, timeout=600)

@@ -33,7 +33,7 @@ def _networks(work):
 
 
 def _build(work, data_dir, *extra):
-    cmd = [sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--profile", "quick", "--datasets", "digits,cells",
+    cmd = [sys.executable, "-m", "tans_registry.cli", "zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "digits,cells",
            "--subnets", "3", "--epochs", "1", "--groups", "4", "--data-dir", str(data_dir), "--work-dir", str(work),
            "--json", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"RAY_ADDRESS": ""}, timeout=600)
@@ -73,7 +73,7 @@ def test_bad_executor_values_are_refused(tiny_data_dir, tmp_path):
     r = CliRunner().invoke(main, ["zoo", "build", "--executor", "spark", "--work-dir", str(tmp_path)])
     assert r.exit_code == 2 and "spark" in r.output
     # an address nothing listens on: one clear line, nothing built
-    r = CliRunner().invoke(main, ["zoo", "build", "--profile", "quick", "--datasets", "digits", "--subnets", "2",
+    r = CliRunner().invoke(main, ["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "digits", "--subnets", "2",
                                   "--epochs", "1", "--groups", "2", "--data-dir", str(tiny_data_dir), "--work-dir",
                                   str(tmp_path), "--executor", "ray", "--ray-address", "127.0.0.1:1"])
     assert r.exit_code == 1 and "cannot reach Ray at 127.0.0.1:1" in r.output and "ray start --head" in r.output
@@ -122,7 +122,7 @@ def test_cuda_is_refused_where_no_device_answers(tiny_data_dir, tmp_path):
     if torch.cuda.is_available():
         assert str(resolve("cuda")) == "cuda"
         return
-    for cmd in (["zoo", "build", "--profile", "quick", "--datasets", "digits", "--data-dir", str(tiny_data_dir)],
+    for cmd in (["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "digits", "--data-dir", str(tiny_data_dir)],
                 ["query", "digits", "--data-dir", str(tiny_data_dir)],
                 ["bench", "--query-data", str(tiny_data_dir / "digits.npz")],
                 ["encoders", "train", "--data-dir", str(tiny_data_dir)]):

@@ -56,7 +56,7 @@ def registered(tiny_data_dir, tmp_path_factory):
         shutil.copy(f, data / f.name)
     shutil.copy(tiny_data_dir / "cells.npz", data / f"{WEIRD}.npz")
     work = tmp_path_factory.mktemp("reg-work")
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells", WEIRD), subnets=3, epochs=1,
+    build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells", WEIRD), subnets=3, epochs=1,
                         data_dir=str(data), work_dir=str(work), progress=False))
     first = register_zoo(str(work), progress=False)
     return work, first, data
@@ -245,7 +245,7 @@ def test_version_tags_fit_postgres_for_many_classes():
 def test_register_and_index_on_postgresql(tiny_data_dir, tmp_path, monkeypatch, pg_database):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_database)
     work = tmp_path / "w"
-    build_zoo(ZooConfig(profile="quick", datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir),
+    build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("cells",), subnets=2, epochs=1, data_dir=str(tiny_data_dir),
                         work_dir=str(work), progress=False))
     assert register_zoo(str(work), progress=False).created == 2
     assert register_zoo(str(work), progress=False).created == 0
@@ -268,7 +268,7 @@ def test_a_rebuilt_group_supersedes_its_old_versions(tiny_data_dir, tmp_path):
     from tans_registry.zoo.meta import load_meta_groups
 
     work = tmp_path / "w"
-    cfg = dict(profile="quick", datasets=("digits", "cells"), subnets=2, epochs=1, data_dir=str(tiny_data_dir),
+    cfg = dict(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=2, epochs=1, data_dir=str(tiny_data_dir),
                work_dir=str(work), progress=False)
     first = build_zoo(ZooConfig(**cfg))
     assert register_zoo(work).created == 4

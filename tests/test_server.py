@@ -132,7 +132,7 @@ def test_the_whole_pipeline_runs_against_a_tracking_server_on_postgresql_with_se
                 return json.loads(res.stdout.strip().splitlines()[-1])
 
         # 3 groups (two class-subset tasks of digits, cells whole) x 3 networks
-        tans("zoo", "build", "--profile", "quick", "--datasets", "digits,cells", "--subnets", "3", "--epochs", "1",
+        tans("zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "digits,cells", "--subnets", "3", "--epochs", "1",
              "--groups", str(GROUPS), *data)
         reg = tans("zoo", "register")
         assert reg["tracking_uri"] == uri and reg["created"] == N_VERSIONS and len(reg["models"]) == GROUPS, reg

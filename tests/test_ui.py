@@ -306,7 +306,7 @@ def test_mlflow_ui_shows_the_zoo_registry(tiny_data_dir, tmp_path, request):
     # 1. a tiny zoo, built and registered by the product
     work = tmp_path / "work"
     t0 = time.perf_counter()
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=N_SUBNETS, epochs=1,
+    build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=N_SUBNETS, epochs=1,
                         data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
     rec = register_zoo(RegisterConfig(work_dir=str(work), progress=False))
     assert rec.models == {name: N_SUBNETS for name in GROUPS}

@@ -24,7 +24,7 @@ from tans_registry.zoo.tensors import DEFAULT_MEAN, DEFAULT_STD
 
 
 def tiny(data_dir, work_dir, datasets=("digits", "cells"), **kw):
-    kw = {"subnets": 3, "epochs": 1, **kw}
+    kw = {"subnets": 3, "epochs": 1, "base_epochs": 0, **kw}
     return ZooConfig(profile="quick", datasets=datasets, data_dir=str(data_dir), work_dir=str(work_dir),
                      progress=False, **kw)
 

@@ -61,7 +61,9 @@ class ZooProfile:
 
 
 PROFILES: dict[str, ZooProfile] = {
-    # Minutes on 2 CPU cores: 4 demo datasets x 10 networks, a short sandwich training each.
+    # Minutes on 2 CPU cores: 4 demo datasets x 10 networks, a short sandwich training each, every group's
+    # supernet started from a small base supernet (2 epochs on the 4 datasets pooled, ~150 steps) whose own
+    # subnets are the zoo's generalist group: the main job's query can return the generalist too.
     "quick": ZooProfile(
         name="quick",
         datasets=("mnist", "sign_language_digits", "bccd_cells", "pneumoniamnist"),
@@ -71,6 +73,7 @@ PROFILES: dict[str, ZooProfile] = {
         max_test=400,
         calib_images=300,
         train=TrainConfig(epochs=4.0, eval_images=200),
+        base_epochs=2.0,
     ),
     # Every dataset of the data directory but the reported ones (MANIFEST.json role report, else the holdout
     # below): the shared directory's 17 training datasets, 2 groups each (bccd_cells whole), 10 networks a
