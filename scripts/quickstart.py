@@ -13,7 +13,9 @@ def quickstart_commands(readme: str) -> list[str]:
     block = re.search(r"```bash\n(.*?)```", section.group(1), re.S)
     if not block:
         raise SystemExit("the Quickstart section has no ```bash block")
-    return [line.strip() for line in block.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
+    # a line ending in a backslash continues on the next, as in bash
+    text = re.sub(r"\\\n\s*", " ", block.group(1))
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 if __name__ == "__main__":
