@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .. import params as P
-from ..finetune.config import QUERY_TEST, QUERY_TRAIN
+from ..finetune.config import QUERY_TEST, QUERY_TRAIN, FinetuneSettings
 
 STAGE = "bench"
 # Every start the benchmark compares, each fine-tuned with the same budget (epochs, images, schedule).
@@ -50,7 +50,8 @@ class BenchConfig:
     # benchmark the selection datasets instead (training datasets of the zoo, each without its own groups): the
     # figures the project's defaults are chosen by, never reported as results
     selection: bool = False
-    head_first: bool = False                   # the fine-tuning recipe: the new head fitted on frozen features first
+    # the fine-tuning recipe (the new head fitted on frozen features first, or not): the product's by default
+    head_first: bool = FinetuneSettings.__dataclass_fields__["head_first"].default
     work_dir: str | None = None
     data_dir: str | None = None
     progress: bool = True

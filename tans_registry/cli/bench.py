@@ -51,9 +51,9 @@ from .options import INT, LIMIT, OrDefault, as_json_option, common_options, defa
               help="Benchmark the selection datasets instead (training datasets of the zoo, mnist and pacs_sketch, "
                    "each with its own groups left out of every method's candidates): the figures the defaults are "
                    "chosen by, never reported as results. Not with --holdout or --query-data.")
-@click.option("--head-first", is_flag=True,
+@click.option("--head-first/--no-head-first", default=default(BenchConfig, "head_first"), show_default=True,
               help="Fine-tune every start head-first: its new head fitted on its frozen features (the linear probe) "
-                   "before everything is trained.")
+                   "before everything is trained. The default is the product's recipe, as `tans query` fine-tunes.")
 @as_json_option
 def bench(work_dir, data_dir, holdout, query_data, epochs, max_train, max_test, ground_truth, random_draws,
           max_params, workers, executor, ray_address, device, plots, seed, seeds, resume, selection, head_first,
