@@ -154,7 +154,7 @@ def test_the_products_answer_keeps_the_probe_where_it_validates_better_and_the_b
     from tans_registry.bench.figures import answer
 
     def res(pv, pt, fv, ft):
-        return {"probe": {"val_accuracy": pv, "test_accuracy": pt},
+        return {"probe": {"val_accuracy": pv, "test_accuracy": pt, "n_iter": 20},
                 "budgets": {"5.0": {"val_accuracy": fv, "test_accuracy": ft}}}
 
     results = {"a": res(0.6, 0.55, 0.7, 0.72),   # fine-tuned kept (0.7 > 0.6)
@@ -164,6 +164,8 @@ def test_the_products_answer_keeps_the_probe_where_it_validates_better_and_the_b
     assert answer(["a", "b", "c", "d"], results, "5.0") == 0.81
     assert answer(["a", "c"], results, "5.0") == 0.72
     assert answer(["a", "c"], results, "5.0", draws=True) == pytest.approx((0.72 + 0.65) / 2)
+    results["b"]["probe"]["n_iter"] = None          # a training part of one class: no probe to keep
+    assert answer(["a", "b", "c"], results, "5.0") == 0.90
     results["a"]["probe"].pop("val_accuracy")      # a record from before the probe's validation was measured
     assert answer(["a", "b"], results, "5.0") is None
 

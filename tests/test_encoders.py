@@ -327,7 +327,7 @@ def test_query_ranks_candidates_under_constraints_and_logs_the_run(trained, tiny
 
     work, _ = trained
     client = _ready_index(work)
-    every = run_query(QueryConfig(data="cells", top_k=12, rerank_groups=0, work_dir=str(work),
+    every = run_query(QueryConfig(data="cells", top_k=12, rerank="predictor", rerank_groups=0, work_dir=str(work),
                                   data_dir=str(tiny_data_dir)))
     assert len(every["candidates"]) == 12 and every["dataset"]["classes"] == 3
     # the policy and the query-set size the champion was trained and validated with
@@ -359,7 +359,8 @@ def test_query_reranks_within_the_first_groups_retrieved(trained, tiny_data_dir)
     plain = run_query(QueryConfig(data="digits", top_k=12, rerank="none", log_run=False, work_dir=str(work),
                                   data_dir=str(tiny_data_dir)))
     first = plain["candidates"][0]["group"]
-    one = run_query(QueryConfig(data="digits", top_k=12, rerank_groups=1, log_run=False, work_dir=str(work),
+    one = run_query(QueryConfig(data="digits", top_k=12, rerank="predictor", rerank_groups=1, log_run=False,
+                                work_dir=str(work),
                                 data_dir=str(tiny_data_dir)))
     assert one["rerank_groups"] == 1
     head = [c for c in one["candidates"] if c["predicted_accuracy"] is not None]
