@@ -97,12 +97,13 @@ def query(work_dir, data_dir, data, top_k, max_params, max_flops, max_latency_ms
     d = r.dataset
     click.echo(f"{d['name']}: {d['classes']} classes, {d['train_images']} training images; "
                f"{r.zoo_networks} zoo networks, encoders v{r.encoder_version}, re-rank: {r.rerank}")
-    score = {"logme": "LogME", "hybrid": str(r.score_kind).upper() if r.score_kind != "logme" else "LogME"}.get(
+    score = {"logme": "LogME", "hybrid": str(r.score_kind).upper() if r.score_kind != "logme" else "LogME",
+             "none": "retrieval"}.get(
         r.rerank, "transfer" if r.score_kind == "transfer" else "predicted")
     click.echo(f"{'rank':>4}  {'model':<30}{'ver':>5}  {'source dataset':<22}{'source acc':>11}{score:>10}"
                f"{'params':>11}{'MFLOPs':>8}{'ms':>7}")
     for c in r.candidates:
-        s = {"logme": c.logme, "hybrid": c.transfer_score}.get(
+        s = {"logme": c.logme, "hybrid": c.transfer_score, "none": c.score}.get(
             r.rerank, c.transfer_score if r.score_kind == "transfer" else c.predicted_accuracy)
         s = f"{s:>10.3f}" if s is not None else f"{'-':>10}"
         lat = f"{c.latency_ms:>7.2f}" if c.latency_ms is not None else f"{'-':>7}"
