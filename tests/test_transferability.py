@@ -39,6 +39,23 @@ def test_hybrid_shortlist_spans_groups_keeps_order_and_the_generalist():
     assert picked.count("a") == 3 and len(set(picked)) >= 3  # a capped at ceil(9 / 3)
     with_gen = hybrid_shortlist(rows, groups, k=9, min_groups=3, must_include=[128])
     assert 128 in with_gen and len(with_gen) == 9
+    assert {groups[rows.index(r)] for r in with_gen} >= {"a", "b", "c", "gen"}  # no group's only place given up
+    # the only place of the third group is last: another group's place makes room for the generalist
+    rows2, groups2 = list(range(10)), ["a"] * 4 + ["b"] * 4 + ["c", "gen"]
+    assert hybrid_shortlist(rows2, groups2, k=5, min_groups=3) == [0, 1, 4, 5, 8]
+    assert hybrid_shortlist(rows2, groups2, k=5, min_groups=3, must_include=[9]) == [0, 1, 4, 8, 9]
     # fewer groups than asked: the places left go down the ranking
     assert hybrid_shortlist(rows[:10], ["a"] * 10, k=5, min_groups=3) == rows[:5]
     assert hybrid_shortlist(rows, groups, k=0, min_groups=3) == []
+
+
+def test_a_shortlist_option_is_refused_where_nothing_uses_it():
+    from tans_registry.errors import ParamError
+    from tans_registry.retrieval.config import RankConfig
+
+    for rerank in ("none", "hybrid"):
+        for name in ("shortlist", "rerank_groups"):
+            with pytest.raises(ParamError, match=f"--{name.replace('_', '-')}.*left out with --rerank {rerank}"):
+                RankConfig(data="digits", rerank=rerank, **{name: 5})
+    assert RankConfig(data="digits", rerank="predictor", shortlist=5, rerank_groups=2).shortlist == 5
+    assert RankConfig(data="digits", rerank="logme", shortlist=5).shortlist == 5

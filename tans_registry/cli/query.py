@@ -31,10 +31,10 @@ from .options import (FLOAT_LIMIT, INT, LIMIT, OrDefault, as_json_option, common
               help="Re-rank the shortlist by the predicted accuracy, by LogME (forward passes of the re-ranked "
                    "networks over the dataset's images), or keep the retrieval order. hybrid: the predictor's first "
                    f"{HYBRID_K} networks over the whole zoo, spanning {HYBRID_MIN_GROUPS} groups or more and holding "
-                   f"the generalist's best, re-ranked by {HYBRID_SCORE} (one forward pass of each; --shortlist and "
-                   "--rerank-groups do not apply).")
+                   f"the generalist's best, re-ranked by {HYBRID_SCORE} (one forward pass of each). --shortlist and "
+                   "--rerank-groups apply to predictor and logme only.")
 @click.option("--shortlist", type=OrDefault(INT), default=None,
-              help="Networks retrieved for re-ranking [default: the value the champion encoders were validated with].")
+              help="Networks retrieved for re-ranking by predictor or logme [default: the value the champion encoders were validated with].")
 @click.option("--rerank-groups", type=OrDefault(INT), default=None,
               help="Re-rank only the shortlisted networks of the first N groups in retrieval order (0: the whole "
                    "shortlist) [default: the value the champion encoders were validated with].")

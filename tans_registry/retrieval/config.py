@@ -101,6 +101,12 @@ class RankConfig:
                 if getattr(self, name) is not None:
                     P.fail(st, name, f"left out with --rerank hybrid (its shortlist is the learned ranking's first "
                            f"{HYBRID_K} across {HYBRID_MIN_GROUPS} groups or more)", getattr(self, name))
+        if self.rerank == "none":  # nothing is re-ranked: a shortlist would be ignored
+            for name in ("shortlist", "rerank_groups"):
+                if getattr(self, name) is not None:
+                    P.fail(st, name, "left out with --rerank none (nothing is re-ranked: the first --top-k of "
+                           "retrieval's order are the answer); pass --rerank predictor or logme to re-rank a shortlist",
+                           getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -213,8 +213,8 @@ def rank_dataset(cfg: RankConfig):
         constraints={"max_params": cfg.max_params, "max_flops": cfg.max_flops, "max_latency_ms": cfg.max_latency_ms,
                      "exclude_datasets": list(cfg.exclude_datasets),
                      "latency_hardware": json.loads(idx.hardware) if cfg.max_latency_ms is not None else None},
-        rerank=method, shortlist=HYBRID_K if method == "hybrid" else policy.shortlist,
-        rerank_groups=HYBRID_MIN_GROUPS if method == "hybrid" else policy.groups, k_per_class=k,
+        rerank=method, shortlist={"hybrid": HYBRID_K, "none": cfg.top_k}.get(method, policy.shortlist),
+        rerank_groups={"hybrid": HYBRID_MIN_GROUPS, "none": 0}.get(method, policy.groups), k_per_class=k,
         score_kind=HYBRID_SCORE if method == "hybrid" else
         ("transfer" if method == "predictor" and champ.encoders.transfer is not None else None),
         candidates=tuple(candidates), rerank_forward_passes=passes,

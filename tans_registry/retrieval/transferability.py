@@ -56,7 +56,8 @@ def hybrid_shortlist(rows_in_order: Sequence[int], groups: Sequence[str], k: int
     ``groups[i]`` the group of its i-th row) such that they span at least ``min_groups`` groups where the
     ranking has that many: each group holds at most ``ceil(k / min_groups)`` places until every row has been
     seen, then the places left go down the ranking. ``must_include`` (e.g. the generalist's best-ranked
-    network) is kept, taking the last place if it did not make it. Returns rows, in ranking order."""
+    network) is kept, taking the place of the last-ranked row whose group holds another place if it did not make
+it (so the groups spanned stay spanned). Returns rows, in ranking order."""
     rows, groups = list(rows_in_order), list(groups)
     k = min(int(k), len(rows))
     if k <= 0:
@@ -76,8 +77,16 @@ def hybrid_shortlist(rows_in_order: Sequence[int], groups: Sequence[str], k: int
         if pos not in taken:
             taken.append(pos)
     chosen = [rows[p] for p in sorted(taken)]
+    group_of = dict(zip(rows, groups))
     for row in must_include:
         if row in rows and row not in chosen:
-            chosen = chosen[:-1] + [row] if len(chosen) == k else chosen + [row]
+            if len(chosen) == k:  # make room: the last-ranked row whose group keeps another place (the spread stays)
+                counts: dict[str, int] = {}
+                for r in chosen:
+                    counts[group_of[r]] = counts.get(group_of[r], 0) + 1
+                drop = next((r for r in reversed(chosen) if counts[group_of[r]] > 1 and r not in must_include),
+                            chosen[-1])
+                chosen.remove(drop)
+            chosen.append(row)
     order = {r: i for i, r in enumerate(rows)}
     return sorted(chosen, key=order.__getitem__)
