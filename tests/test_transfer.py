@@ -109,7 +109,7 @@ def test_a_query_appends_its_finetunings_to_the_table(work, tiny_data_dir):
     client.set_registered_model_alias("tans-encoders", "champion", champion)  # the index stays the champion's
 
 
-def test_a_finetuned_winner_joins_the_zoo_and_is_searched(work, tiny_data_dir):
+def test_a_finetuned_winner_joins_the_zoo_and_is_searched(work, tiny_data_dir, monkeypatch):
     """`tans zoo add`: the query's registered winner becomes a standalone zoo version (its own weights), loads
     as the same network, is embedded and indexed (its dataset embedding from its dataset), scored by LogME like
     any version; adding it again changes nothing; a zoo version is refused."""
@@ -124,6 +124,23 @@ def test_a_finetuned_winner_joins_the_zoo_and_is_searched(work, tiny_data_dir):
                              catch_exceptions=False)
     assert out.exit_code == 0, out.output
     winner = json.loads(out.stdout)["winner"]["model_uri"]
+    # the registry failing at the last step (the version) leaves nothing: no empty model, no run
+    import mlflow.pyfunc  # (binds this function's `mlflow`, imported again below)
+    from mlflow.exceptions import MlflowException
+
+    tracking.setup(work)
+    zoo_runs = lambda: len(mlflow.search_runs(experiment_ids=[tracking.experiment_id("zoo", work)],  # noqa: E731
+                                              output_format="list"))
+    runs_before = zoo_runs()
+
+    def refuse(*_a, **_k):
+        raise MlflowException("the registry went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(mlflow.MlflowClient, "create_model_version", refuse)
+        failed = CliRunner().invoke(main, ["zoo", "add", winner, "--work-dir", str(work)])
+    assert failed.exit_code != 0 and "the registry went away" in failed.output + repr(failed.exception), failed.output
+    assert C.get_model("zoo.added.cells") is None and zoo_runs() == runs_before
     res = CliRunner().invoke(main, ["zoo", "add", winner, "--work-dir", str(work), "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout)

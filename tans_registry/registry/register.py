@@ -279,14 +279,26 @@ def register_standalone(run, header: dict, row: dict, f_emb: np.ndarray, added_f
     """Register the standalone network logged in ``run`` (`tans zoo add`: its ``zoo/`` holds network.safetensors,
     zoo.json and embeddings.safetensors) as a version of its group's model; ``added_from``: the fine-tuned version
     it is. Idempotent: a version already added from ``added_from`` is returned as it is. Returns (model name,
-    version, created now). The version is created last, in one call: a failure before leaves nothing registered."""
+    version, created now). The version is created last, in one call: a failure before leaves nothing registered (a
+model created for it is deleted again)."""
     name = zoo_model_name(header["group"])
     if C.get_model(name) is not None:
         for v in C.versions(name):
             if v.tags.get("tans.added_from") == added_from:
                 return name, int(v.version), False
-    else:
-        _create_model(name, header)
+        return name, _standalone_version(run, header, row, f_emb, added_from, name), True
+    _create_model(name, header)
+    try:
+        return name, _standalone_version(run, header, row, f_emb, added_from, name), True
+    except BaseException:  # the model made for it goes too: nothing half-written (an empty model) is left
+        try:
+            C.client().delete_registered_model(name)
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            pass
+        raise
+
+
+def _standalone_version(run, header: dict, row: dict, f_emb: np.ndarray, added_from: str, name: str) -> int:
     run_id = run.info.run_id
     zoo_uri = f"{run.info.artifact_uri}/zoo"
     with tempfile.TemporaryDirectory() as scratch:
@@ -306,7 +318,7 @@ def register_standalone(run, header: dict, row: dict, f_emb: np.ndarray, added_f
                                                        "tans.added_from": added_from, "tans.standalone": "true"}
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{REGISTRY_DIR}/n0", run_id=run_id,
                                           tags=tags, description=model_card(header, row, name))
-    return name, int(version.version), True
+    return int(version.version)
 
 
 def _create_model(name: str, header: dict) -> None:
