@@ -267,6 +267,7 @@ def test_a_reported_dataset_never_reaches_the_zoo_the_base_the_backbone_or_the_e
     assert enc_run["val_datasets_used"] == "cells"                      # selection: a zoo dataset, not 'faces'
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_on_the_reported_dataset_and_an_outside_archive(bench_pipeline, tmp_path):
     """`tans bench` over the build's holdout and an archive from outside at two seeds: every method, both
     budgets, the validation-picked oracle and the upper bound, the floors, the regrets, the scorers'
@@ -558,9 +559,9 @@ def test_bench_chain_runs_the_whole_chain_on_the_quick_profile_then_resumes_it(t
     rec = json.loads(res.stdout)
     assert set(rec["stage_seconds"]) == {"zoo_build", "zoo_register", "transfer_table", "encoders_train", "index_build",
                                          "bench"}
-    # the transfer table: each of the 4 training datasets a task, 6 starts (the quick profile's generalist's and 5
+    # the transfer table: each of the 4 training datasets a task, 4 starts (the quick profile's generalist's and 3
     # of the other 3 groups'), both budgets
-    assert rec["facts"]["transfer_table"] == {"tasks": 4, "records": 48, "written": 48}
+    assert rec["facts"]["transfer_table"] == {"tasks": 4, "records": 32, "written": 32}
     assert all(v > 0 for v in rec["stage_seconds"].values())
     assert rec["facts"]["zoo"]["holdout"] == ["glyphs"] and rec["facts"]["zoo"]["built"] == 4
     assert set(rec["bench"]["datasets"]) == {"glyphs"}

@@ -66,12 +66,19 @@ def run_chain(cfg: ChainConfig) -> ChainRecord:
     reg = timed("zoo_register", lambda: register_zoo(RegisterConfig(**common)))
     facts["registered"] = reg.created
     table = timed("transfer_table", lambda: build_table(TransferConfig(  # at the benchmark's budgets
-        epochs=cfg.epochs, resume=cfg.resume, data_dir=cfg.data_dir, workers=cfg.workers, device=cfg.device, **common)))
+        epochs=cfg.epochs, resume=cfg.resume, data_dir=cfg.data_dir, workers=cfg.workers, device=cfg.device,
+        executor=cfg.executor, ray_address=cfg.ray_address, **common)))
     facts["transfer_table"] = {"tasks": len(table.tasks), "records": table.records, "written": table.written}
     wd, _ = tracking.setup(cfg.work_dir)
-    # the encoders are kept on --resume only when this chain trained the champion on this very zoo
+    # the encoders are kept on --resume only when this chain trained the champion on this very zoo ...
     runs = store.finished_group_runs(tracking.experiment_id("zoo", wd))
-    zoo_key = hashlib.sha256(",".join(sorted(r.info.run_id for r in runs.values())).encode()).hexdigest()[:20]
+    from ..training.config import EncoderTrainConfig as _E
+    from ..transfer.records import read_records
+
+    texp = tracking.experiment_id("transfer", wd)  # ... and on the transfer records the encoders learn from
+    learned = sorted(r["key"] for src in _E.transfer_sources for r in read_records(texp, src))
+    zoo_key = hashlib.sha256((",".join(sorted(r.info.run_id for r in runs.values())) + "|" + ",".join(learned))
+                             .encode()).hexdigest()[:20]
     marker = wd / CHAIN_MARKER
     done = json.loads(marker.read_text()) if marker.is_file() else {}
     champ = load_champion(required=False)

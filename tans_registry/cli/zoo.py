@@ -148,14 +148,16 @@ def zoo_list(work_dir, dataset, max_params, as_json):
 @click.option("--max-test", type=OrDefault(INT), default=default(TransferConfig, "max_test"), show_default=True,
               help="Test images per task (stratified).")
 @click.option("--workers", type=OrDefault(INT), default=None,
-              help="Starts fine-tuned at once, each in its own process [default: one per core].")
+              help="Starts fine-tuned at once, each in its own process [default: one per core; Ray: a task's "
+                   "starts at once, as the cluster's CPUs allow].")
+@executor_options
 @device_option
 @click.option("--resume", is_flag=True, help="Keep the records already written for the same task, start and settings.")
 @click.option("--seed", type=OrDefault(INT), default=default(TransferConfig, "seed"), show_default=True,
               help="Seed of each task's sample, its validation split, the heads and the choice of starts.")
 @as_json_option
-def zoo_transfer(work_dir, data_dir, starts, datasets, epochs, max_train, max_test, workers, device, resume, seed,
-                 as_json):
+def zoo_transfer(work_dir, data_dir, starts, datasets, epochs, max_train, max_test, workers, executor, ray_address,
+                 device, resume, seed, as_json):
     """Fine-tune zoo networks on the zoo's other datasets and keep every result (the transfer table).
 
     Each training dataset of the zoo is a task, loaded as `tans bench` loads a query; networks of the other
@@ -169,7 +171,8 @@ def zoo_transfer(work_dir, data_dir, starts, datasets, epochs, max_train, max_te
 
     rec = build_table(TransferConfig(**given(starts=starts, epochs=epochs, max_train=max_train, max_test=max_test,
                                              workers=workers, seed=seed),
-                                     datasets=split(datasets), resume=resume, device=device, work_dir=work_dir,
+                                     datasets=split(datasets), resume=resume, device=device, executor=executor,
+                                     ray_address=ray_address, work_dir=work_dir,
                                      data_dir=data_dir))
     if as_json:
         click.echo(json.dumps(rec.to_dict()))

@@ -129,5 +129,6 @@ def read_records(exp_id: str, source: str | None = None) -> list[dict]:
                     "val_history": json.loads(t.get("tans.val_history", "[]")), "kept": t.get("tans.kept", "finetuned"),
                     "val_accuracy": m.get("final_val_accuracy"), "test_accuracy": m.get("test_accuracy"),
                     "probe_test_accuracy": m.get("probe_test_accuracy"), "seconds": m.get("seconds"),
-                    "task_embedding": t.get("tans.task_embedding"), "task_encoder": t.get("tans.task_encoder")})
+                    "task_embedding": t.get("tans.task_embedding"), "task_encoder": t.get("tans.task_encoder"),
+                    "head_first": r.data.params.get("head_first")})  # the recipe ("True"/"False"; None: not logged)
     return out

@@ -11,6 +11,7 @@ benchmark's reported datasets are in no build, so its figures carry no such adva
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import zlib
@@ -23,7 +24,7 @@ from .. import tracking
 from ..data import load_dataset, resolve_data_dir
 from ..device import resolve as resolve_device
 from ..errors import ConfigError, TansError
-from ..executor import Executor, parallel_map, shared_pool
+from ..executor import Executor, parallel_map, ray_session, shared_pool, task_device
 from ..finetune.config import FinetuneSettings
 from ..finetune.starts import finetune_start
 from ..registry.index import load_index
@@ -81,14 +82,22 @@ def build_table(cfg: TransferConfig) -> TransferRecord:
     # as the benchmark fine-tunes a start: the fine-tuned network's figures (the probe is recorded beside them)
     settings = asdict(FinetuneSettings(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, keep_probe=False))
     budgets = cfg.budgets
+    executor = Executor(cfg.executor, cfg.ray_address)
     cores = os.cpu_count() or 1
-    workers = cfg.workers or cores
-    threads = max(1, cores // workers)
+    # Ray: cfg.workers tasks at once (default: one per start of a task, as the cluster's CPUs allow), one thread each
+    workers = cfg.workers or (cfg.starts if executor.is_ray else cores)
+    threads = 1 if executor.is_ray else max(1, cores // workers)
     data_dir = resolve_data_dir(cfg.data_dir)
     written = kept = total = 0
     bar = tqdm(total=len(names) * cfg.starts, desc="transfer table", unit="start", disable=not cfg.progress)
     try:
-        with shared_pool(workers, Executor()):
+        with (ray_session(cfg.ray_address) if executor.is_ray else contextlib.nullcontext()), \
+                shared_pool(workers, executor):
+            gpus = 0.0
+            run_settings = settings  # the records' keys keep the settings as asked (--resume across executors)
+            if executor.is_ray:  # Ray hides the GPUs from a task that asks for none
+                device, gpus = task_device(cfg.device)
+                run_settings = settings | {"device": device}
             for name in names:
                 bar.set_postfix_str(name)
                 ds = load_dataset(name, data_dir=data_dir, seed=cfg.seed, max_train=cfg.max_train, max_test=cfg.max_test)
@@ -102,9 +111,10 @@ def build_table(cfg: TransferConfig) -> TransferRecord:
                 total += len(starts) * len(budgets)
                 bar.update(len(starts) - len(todo))
                 jobs = [{"start": {"kind": "zoo", "uri": s["uri"]}, "classes": list(ds.classes), "x_train": ds.x_train,
-                         "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test, "settings": settings,
+                         "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test, "settings": run_settings,
                          "budgets": budgets, "tracking_uri": uri, "threads": threads} for s in todo]
-                for s, res in zip(todo, parallel_map(finetune_start, jobs, workers, Executor(), threads=threads)):
+                results = parallel_map(finetune_start, jobs, workers, executor, threads=threads, gpus=gpus)
+                for s, res in zip(todo, results):
                     for b, k in zip(budgets, keys[s["uri"]]):
                         if k not in have:  # (a budget kept from an earlier run was counted above)
                             write_record(exp, task, s, b, outcome_of(res, b), settings, "table")
