@@ -90,7 +90,8 @@ def bench_query(work: Path, data: str, data_dir, rows: int) -> dict:
     big = big_index(idx, rows)
     ds = load_dataset(data, data_dir=data_dir)
     x200 = ds.x_train[np.random.default_rng(0).permutation(len(ds.x_train))[:200]]
-    cfg = RankConfig(data=data, top_k=5, work_dir=str(work), data_dir=data_dir, log_run=False)
+    cfg = RankConfig(data=data, top_k=5, rerank="predictor", work_dir=str(work), data_dir=data_dir,
+                     log_run=False)  # the predictor re-rank these timings name (not the default, none)
 
     def embed():
         feats = extract_features(champ.backbone, x200)

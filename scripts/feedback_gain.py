@@ -24,6 +24,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tans_registry import tracking  # noqa: E402
 
 
+def concat(parts: list):
+    """One set of examples from several (their task indices offset); None when none is usable."""
+    import torch
+
+    from tans_registry.training.transfer_fit import Examples
+
+    parts = [e for e in parts if e is not None and len(e)]
+    if not parts:
+        return None
+    offsets = np.cumsum([0] + [len(e.q) for e in parts[:-1]])
+    return Examples(task=np.concatenate([e.task + o for e, o in zip(parts, offsets)]),
+                    q=torch.cat([e.q for e in parts]), datasets=[d for e in parts for d in e.datasets],
+                    m=torch.cat([e.m for e in parts]), topology=torch.cat([e.topology for e in parts]),
+                    log_params=torch.cat([e.log_params for e in parts]), source=torch.cat([e.source for e in parts]),
+                    source_acc=torch.cat([e.source_acc for e in parts]),
+                    target=np.concatenate([e.target for e in parts]), skipped=sum(e.skipped for e in parts))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", required=True)
@@ -33,6 +51,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from tans_registry.bench.metrics import paired_bootstrap
+    from tans_registry.data import report_datasets
+    from tans_registry.finetune.config import FinetuneSettings
     from tans_registry.retrieval.embed import load_champion, query_sets
     from tans_registry.training.stage import _starts
     from tans_registry.training.transfer_fit import VARIANTS, gather, mean_regret, mean_tau, train_variant
@@ -49,9 +69,19 @@ def main() -> None:
                    if loss == enc.cfg.transfer_loss and src == enc.cfg.transfer_source)
     exp = tracking.experiment_id("transfer", wd)
     table = read_records(exp, "table") + read_records(exp, "query")
-    bench = read_records(exp, "bench")
+    # the reported datasets' benchmark records only (never a selection run's), of one recipe: the product's
+    reported = set(report_datasets(args.data_dir))
+    if not reported:
+        raise SystemExit(f"{args.data_dir} has no MANIFEST.json naming `report` datasets: the measurement is over the "
+                         "reported datasets; pass the data directory the benchmark ran on")
+    bench = [r for r in read_records(exp, "bench") if r["task_dataset"] in reported]
+    recipe = str(FinetuneSettings().head_first)
+    if len({r["head_first"] for r in bench}) > 1:
+        print(f"benchmark records of both recipes: keeping the default's (head_first={recipe})")
+        bench = [r for r in bench if r["head_first"] == recipe]
     if not bench:
-        raise SystemExit("no benchmark records in tans/transfer: run `tans bench` on this work directory first")
+        raise SystemExit("no benchmark records of the reported datasets in tans/transfer: run `tans bench` (or "
+                         "`tans bench-chain`) on this work directory first")
     groups = load_meta_groups(tracking.experiment_id("zoo", wd), args.data_dir)
     feats = query_sets(champ.run_id)
     for g in groups:  # the query sets the champion was trained with (no second backbone pass)
@@ -59,13 +89,22 @@ def main() -> None:
     groups = [g for g in groups if g.features is not None]
     starts = _starts(groups, {k: v for k, v in feats.items() if k not in {g.name for g in groups}},
                      tracking.experiment_id("zoo", wd))
+
+    def by_dataset(records: list[dict]) -> dict:
+        """Each task dataset's examples, gathered once (each gather loads its tasks and embeds them)."""
+        out = {}
+        for d in sorted({r["task_dataset"] for r in records}):
+            out[d] = gather(enc, [r for r in records if r["task_dataset"] == d], starts, champ.backbone,
+                            args.data_dir, enc.cfg.k_per_class, args.seed)
+        return out
+
+    table_ex, bench_ex = by_dataset(table), by_dataset(bench)
     rows = []
-    for name in sorted({r["task_dataset"] for r in bench}):
-        own = [r for r in bench if r["task_dataset"] == name]
-        others = [r for r in bench if r["task_dataset"] != name]
-        held = gather(enc, own, starts, champ.backbone, args.data_dir, enc.cfg.k_per_class, args.seed)
-        base = gather(enc, table, starts, champ.backbone, args.data_dir, enc.cfg.k_per_class, args.seed)
-        more = gather(enc, table + others, starts, champ.backbone, args.data_dir, enc.cfg.k_per_class, args.seed)
+    for name in sorted(bench_ex):
+        held = bench_ex[name]
+        # a dataset's own records never train the predictor scored on it (table or benchmark)
+        base = concat([e for d, e in table_ex.items() if d != name])
+        more = concat([e for d, e in table_ex.items() if d != name] + [e for d, e in bench_ex.items() if d != name])
         if held is None or base is None or more is None:
             print(f"{name}: records not usable (data or starts not found); skipped")
             continue
