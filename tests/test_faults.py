@@ -384,6 +384,7 @@ def indexed_work(trained_work, tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 def test_kill_9_during_index_build_fine_tuning_and_export_then_rerun_equals_uninterrupted_runs(
         trained_work, tiny_data_dir, tmp_path):
     """Each stage killed (its whole process group, SIGKILL) half-way, then run again, leaves the registry a
@@ -504,6 +505,7 @@ def test_postgresql_restarted_during_registration_then_rerun_registers_everythin
         assert all((Path(v.source.replace("file://", "")) / "MLmodel").is_file() for v in vs)
 
 
+@pytest.mark.slow
 def test_queries_answer_while_new_networks_await_embedding_and_a_garbled_version_is_skipped(
         indexed_work, tiny_data_dir, tmp_path):
     """Queries answer while `tans zoo register` writes a new group; afterwards its networks, not embedded

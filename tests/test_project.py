@@ -24,14 +24,16 @@ def _quickstart():
 def test_readme_quickstart_has_exactly_two_commands():
     setup, tests = _quickstart()
     assert "python3 -m venv .venv" in setup and "pip install" in setup and "tans zoo build" in setup
-    assert "pytest" in tests
+    assert "pytest" in tests and '-m "not slow"' in tests  # .ci/run runs the slow ones after it
 
 
-def test_ci_runs_the_readme_commands_and_nothing_else():
-    """CI starts PostgreSQL when it is down and runs the README's two commands; all other set-up (the
-    browser included) is in the first command, so a new user's fresh machine gets it too."""
+def test_ci_runs_the_readme_commands_then_the_slow_tests_and_nothing_else():
+    """CI starts PostgreSQL when it is down, runs the README's two commands, then the slow tests the second
+    leaves out (so every test runs); all other set-up (the browser included) is in the first command, so a
+    new user's fresh machine gets it too."""
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/quickstart.py" in ci and "pg_ctlcluster" in ci
+    assert ".venv/bin/python -m pytest -m slow" in ci
     assert "install_browser" not in ci and "apt-get" not in ci and "pip install" not in ci
     setup, _ = _quickstart()
     assert "scripts/install_browser.sh" in setup
@@ -155,6 +157,7 @@ def test_the_launcher_says_what_to_do_without_tans(tmp_path):
     assert out.returncode == 127 and "source .venv/bin/activate" in out.stderr and "TANS_BIN" in out.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     """The README's "Python API" example, run as written (in a fresh work directory)."""
     readme = (ROOT / "README.md").read_text()
