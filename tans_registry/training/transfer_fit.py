@@ -159,6 +159,7 @@ def mean_tau(model: TransferPredictor, ex: Examples) -> float:
     return float(np.mean(taus)) if taus else float("nan")
 
 
+@torch.no_grad()
 def mean_regret(model: TransferPredictor, ex: Examples) -> float:
     """Mean top-1 regret in points, over the tasks of ``ex``: a task's best fine-tuned test accuracy among its
     records minus that of the record the model scores highest (ties: the first)."""
