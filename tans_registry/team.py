@@ -84,15 +84,23 @@ def read_secret(folder: str | Path, name: str) -> str:
     return value
 
 
-def auth_config(path: Path, database_uri: str) -> Path:
-    """MLflow's basic-auth configuration: no permission unless granted, the users in ``database_uri``."""
+AUTH_CACHE_SECONDS = 60
+
+
+def auth_config(path: Path, database_uri: str, cache_seconds: int = AUTH_CACHE_SECONDS) -> Path:
+    """MLflow's basic-auth configuration: no permission unless granted, the users in ``database_uri``; a
+    verified (user, password) pair is trusted for ``cache_seconds`` in each server worker (0: every request
+    pays the password hash: scrypt, ~0.1 s of CPU on a 2-core EPYC, for each of a build's hundreds of requests)."""
+    if cache_seconds < 0:
+        raise ConfigError(f"the credential cache's lifetime must be >= 0 seconds; got {cache_seconds}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:  # configparser reads it: a % must be doubled
         f.write("[mlflow]\n"
                 "default_permission = NO_PERMISSIONS\n"
                 f"database_uri = {database_uri.replace('%', '%%')}\n"
                 "admin_username = admin\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                f"auth_cache_ttl_seconds = {int(cache_seconds)}\n")
     return path
 
 
@@ -169,7 +177,7 @@ def provision(uri: str, secrets_dir: str | Path) -> Provisioned:
 def run_server(backend_store_uri: str, artifacts_destination: str, secrets_dir: str | Path, host: str = "127.0.0.1",
                port: int = 5000, workers: int | None = None, allowed_hosts: tuple[str, ...] = (),
                auth_database_uri: str | None = None, mlflow_exe: str | None = None, ready_timeout_s: float = 180.0,
-               log=print) -> int:
+               auth_cache_seconds: int = AUTH_CACHE_SECONDS, log=print) -> int:
     """Run the authenticated tracking server until it stops (or SIGTERM/SIGINT stops it): write the auth
     configuration beside the secrets, start ``mlflow server`` with the auth options, wait for its health
     check, provision the accounts, then wait. The database password goes to the server as ``PGPASSWORD``
@@ -190,7 +198,8 @@ def run_server(backend_store_uri: str, artifacts_destination: str, secrets_dir: 
     env = dict(os.environ)
     private = Path(tempfile.mkdtemp(prefix="tans-team-"))  # 0700; the secrets folder may be read-only
     try:
-        env.update(server_env(secrets_dir, auth_config(private / AUTH_CONFIG, auth_database_uri or backend_store_uri)))
+        env.update(server_env(secrets_dir, auth_config(private / AUTH_CONFIG, auth_database_uri or backend_store_uri,
+                                                         auth_cache_seconds)))
         if (secrets_dir / "postgres_password").is_file() and backend_store_uri.startswith("postgresql") \
                 and "PGPASSWORD" not in os.environ:
             env["PGPASSWORD"] = read_secret(secrets_dir, "postgres_password")

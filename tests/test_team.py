@@ -360,3 +360,25 @@ def test_a_zoo_version_whose_group_weights_changed_is_refused_by_the_loaders(tea
     finally:
         for p, data in originals.items():
             p.write_bytes(data)
+
+
+def test_the_auth_configuration_caches_verified_credentials_for_the_given_seconds(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from mlflow.server.auth.config import read_auth_config
+
+    from tans_registry.cli import main
+    from tans_registry.errors import ConfigError
+    from tans_registry.team import AUTH_CACHE_SECONDS, auth_config
+
+    for seconds in (AUTH_CACHE_SECONDS, 0):  # MLflow's own reader sees what the server will use
+        path = auth_config(tmp_path / f"auth{seconds}.ini", "sqlite:///" + str(tmp_path / "users.db"), seconds)
+        monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+        cfg = read_auth_config()
+        assert cfg.auth_cache_ttl_seconds == seconds and cfg.default_permission == "NO_PERMISSIONS"
+        assert path.stat().st_mode & 0o077 == 0
+    with pytest.raises(ConfigError, match="must be >= 0 seconds; got -1"):
+        auth_config(tmp_path / "bad.ini", "sqlite:///x.db", -1)
+    assert not (tmp_path / "bad.ini").exists()
+    res = CliRunner().invoke(main, ["team", "server", "--backend-store-uri", "sqlite:///x.db", "--artifacts-destination",
+                                    str(tmp_path), "--secrets", str(tmp_path), "--auth-cache-seconds", "-1"])
+    assert res.exit_code == 2 and "--auth-cache-seconds" in res.output

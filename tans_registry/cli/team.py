@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..team import AUTH_CACHE_SECONDS
 from .options import INT, handles_errors
 
 
@@ -43,9 +44,13 @@ def secrets(folder):
 @click.option("--workers", type=INT, default=None, help="uvicorn worker processes [default: MLflow's].")
 @click.option("--allowed-hosts", default="", help="Host headers the server accepts, comma-separated (e.g. "
               "mlflow,mlflow:* for a compose service name) [default: MLflow's: loopback and private addresses].")
+@click.option("--auth-cache-seconds", type=click.IntRange(min=0), default=AUTH_CACHE_SECONDS, show_default=True,
+              help="How long each server worker trusts a verified account and password before hashing it again "
+                   "(0: on every request). A password changed or an account deleted through another worker is "
+                   "refused there only after this long.")
 @handles_errors
 def server(backend_store_uri, artifacts_destination, secrets_dir, auth_database_uri, host, port, workers,
-           allowed_hosts):
+           allowed_hosts, auth_cache_seconds):
     """Run the team's MLflow tracking server with authentication until stopped (SIGTERM, Ctrl-C).
 
     The admin account is created from the admin_password secret on the first start; the writer and reader
@@ -58,4 +63,4 @@ def server(backend_store_uri, artifacts_destination, secrets_dir, auth_database_
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip())
     sys.exit(run_server(backend_store_uri, artifacts_destination, secrets_dir, host=host, port=port, workers=workers,
                         allowed_hosts=hosts, auth_database_uri=auth_database_uri,
-                        log=lambda m: click.echo(m, err=True)))
+                        auth_cache_seconds=auth_cache_seconds, log=lambda m: click.echo(m, err=True)))
