@@ -100,6 +100,14 @@ def task_device(name: str | None) -> tuple[str, float]:
     return "cpu", 0.0
 
 
+def on_task_device(jobs: list[dict], name: str | None) -> tuple[list[dict], float]:
+    """Under Ray: ``jobs`` with the device their tasks run on (:func:`task_device`) written where a job names
+    one (its ``device`` and its ``settings``' device), and the GPUs each task asks for."""
+    device, gpus = task_device(name)
+    return [j | ({"device": device} if "device" in j else {})
+            | ({"settings": j["settings"] | {"device": device}} if "settings" in j else {}) for j in jobs], gpus
+
+
 def _run_task(fn: Callable, job):
     """A Ray task: ``fn(job)`` with what the driver's `tracking.setup` sets (a joined cluster's workers do
     not inherit the driver's environment): MLflow's run URLs would reach the driver's stdout."""

@@ -108,6 +108,27 @@ def test_query_fine_tunes_its_candidates_as_ray_tasks(local_pipeline, tiny_data_
     assert model.get_raw_model() is not None
 
 
+def test_the_transfer_table_runs_its_starts_as_ray_tasks_and_writes_the_local_records(local_pipeline, tiny_data_dir,
+                                                                                      tmp_path):
+    """`tans zoo transfer --executor ray`: one Ray task a start; the same records (keys: task, start, budget,
+    settings as asked) as the local executor writes, so that --resume carries across executors."""
+    from tans_registry.transfer.config import TransferConfig
+    from tans_registry.transfer.stage import build_table
+
+    work = local_pipeline
+    cmd = [sys.executable, "-m", "tans_registry.cli", "zoo", "transfer", "--starts", "2", "--epochs", "1", "--max-train",
+           "60", "--max-test", "30", "--executor", "ray", "--data-dir", str(tiny_data_dir), "--work-dir", str(work),
+           "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"RAY_ADDRESS": ""}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rec = json.loads(done.stdout)
+    assert rec["written"] == rec["records"] == 4 and rec["kept"] == 0
+    # the local executor, resuming, finds every record the Ray tasks wrote and writes none again
+    local = build_table(TransferConfig(starts=2, epochs=1, max_train=60, max_test=30, workers=1, resume=True,
+                                       work_dir=str(work), data_dir=str(tiny_data_dir), progress=False))
+    assert local.written == 0 and local.kept == 4
+
+
 def test_cuda_is_refused_where_no_device_answers(tiny_data_dir, tmp_path):
     """Asking for CUDA where none answers is one clear line before anything is written; auto takes the CPU
     there (every run above recorded `cpu`: the CPU path is the device path with `cpu` chosen)."""
@@ -136,7 +157,7 @@ def test_a_failing_task_raises_our_error_and_tasks_see_the_clusters_device(monke
     results come back in the jobs' order; the tasks' device is the cluster's (Ray hides GPUs from a task that
     asks for none)."""
     from tans_registry.errors import ConfigError, TansError
-    from tans_registry.executor import Executor, parallel_map, ray_session, task_device
+    from tans_registry.executor import Executor, on_task_device, parallel_map, ray_session, task_device
 
     monkeypatch.setenv("RAY_ADDRESS", "")
 
@@ -154,6 +175,10 @@ def test_a_failing_task_raises_our_error_and_tasks_see_the_clusters_device(monke
             list(parallel_map(_fails, [1, "bad", 2], 2, Executor("ray")))
         assert err.value.code == "ZOO_ARTIFACTS" and str(err.value) == "group g cannot be built: its artifacts are gone"
         assert task_device("cpu") == ("cpu", 0.0)
+        # the jobs' device is written where a job names one (its own and its settings'), nowhere else
+        jobs, gpus = on_task_device([{"device": "auto", "n": 1}, {"settings": {"device": "auto", "seed": 0}}, {"n": 3}],
+                                    "cpu")
+        assert gpus == 0.0 and jobs == [{"device": "cpu", "n": 1}, {"settings": {"device": "cpu", "seed": 0}}, {"n": 3}]
         if resources.get("GPU", 0) < 1:
             assert task_device("auto") == ("cpu", 0.0)
             with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):

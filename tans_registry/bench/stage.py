@@ -32,7 +32,7 @@ from ..data.manifest import SELECTION_DATASETS
 from ..data.stats import image_hashes
 from ..errors import ConfigError, TansError
 from ..device import resolve as resolve_device
-from ..executor import Executor, parallel_map, ray_session, shared_pool, task_device
+from ..executor import Executor, on_task_device, parallel_map, ray_session, shared_pool
 from ..finetune.config import FinetuneSettings
 from ..registry.index import load_index
 from ..registry.names import model_uri
@@ -352,9 +352,7 @@ def _map(fn, jobs: list[dict], workers: int, cfg: BenchConfig):
     if not executor.is_ray:
         yield from parallel_map(fn, jobs, workers, executor, threads=jobs[0]["threads"] if jobs else 1)
         return
-    device, gpus = task_device(cfg.device)  # Ray hides GPUs from tasks that ask for none
-    jobs = [j | {"device": device} | ({"settings": j["settings"] | {"device": device}} if "settings" in j else {})
-            for j in jobs]
+    jobs, gpus = on_task_device(jobs, cfg.device)  # Ray hides GPUs from tasks that ask for none
     yield from parallel_map(fn, jobs, cfg.workers or len(jobs), executor, threads=jobs[0]["threads"] if jobs else 1,
                             gpus=gpus)
 

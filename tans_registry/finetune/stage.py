@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from .. import tracking
 from ..errors import TansError
-from ..executor import Executor, parallel_map, ray_session, task_device
+from ..executor import Executor, on_task_device, parallel_map, ray_session
 from ..registry import models as registry_models
 from .candidate import finetune_candidate
 from .config import CandidateResult, FinetuneSettings
@@ -58,8 +58,7 @@ def _run_jobs(jobs: list[dict], workers: int, executor: Executor) -> list[dict]:
     if not executor.is_ray:
         return list(parallel_map(_candidate_or_error, jobs, workers))
     with ray_session(executor.ray_address):
-        device, gpus = task_device(jobs[0]["settings"].get("device"))
-        jobs = [j | {"settings": j["settings"] | {"device": device}} for j in jobs]
+        jobs, gpus = on_task_device(jobs, jobs[0]["settings"].get("device"))
         outs = list(parallel_map(_candidate_anywhere, jobs, workers, executor, threads=jobs[0]["threads"], gpus=gpus))
     for job, out in zip(jobs, outs):
         if "weights" in out:

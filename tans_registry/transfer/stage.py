@@ -24,7 +24,7 @@ from .. import tracking
 from ..data import load_dataset, resolve_data_dir
 from ..device import resolve as resolve_device
 from ..errors import ConfigError, TansError
-from ..executor import Executor, parallel_map, ray_session, shared_pool, task_device
+from ..executor import Executor, on_task_device, parallel_map, ray_session, shared_pool
 from ..finetune.config import FinetuneSettings
 from ..finetune.starts import finetune_start
 from ..registry.index import load_index
@@ -93,11 +93,6 @@ def build_table(cfg: TransferConfig) -> TransferRecord:
     try:
         with (ray_session(cfg.ray_address) if executor.is_ray else contextlib.nullcontext()), \
                 shared_pool(workers, executor):
-            gpus = 0.0
-            run_settings = settings  # the records' keys keep the settings as asked (--resume across executors)
-            if executor.is_ray:  # Ray hides the GPUs from a task that asks for none
-                device, gpus = task_device(cfg.device)
-                run_settings = settings | {"device": device}
             for name in names:
                 bar.set_postfix_str(name)
                 ds = load_dataset(name, data_dir=data_dir, seed=cfg.seed, max_train=cfg.max_train, max_test=cfg.max_test)
@@ -110,9 +105,13 @@ def build_table(cfg: TransferConfig) -> TransferRecord:
                 kept += sum(k in have for s in starts for k in keys[s["uri"]])
                 total += len(starts) * len(budgets)
                 bar.update(len(starts) - len(todo))
+                # the records' keys keep the settings as asked (--resume across executors); the jobs, the device
                 jobs = [{"start": {"kind": "zoo", "uri": s["uri"]}, "classes": list(ds.classes), "x_train": ds.x_train,
-                         "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test, "settings": run_settings,
+                         "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test, "settings": settings,
                          "budgets": budgets, "tracking_uri": uri, "threads": threads} for s in todo]
+                gpus = 0.0
+                if executor.is_ray:  # Ray hides the GPUs from a task that asks for none
+                    jobs, gpus = on_task_device(jobs, cfg.device)
                 results = parallel_map(finetune_start, jobs, workers, executor, threads=threads, gpus=gpus)
                 for s, res in zip(todo, results):
                     for b, k in zip(budgets, keys[s["uri"]]):
