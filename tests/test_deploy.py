@@ -171,16 +171,16 @@ def test_parity_allows_a_head_s_own_float32_rounding_and_still_refuses_a_broken_
 
 # ------------------------------------------------------------------------------- the real pipeline
 @pytest.fixture(scope="module")
-def deployed(tiny_data_dir, tmp_path_factory):
-    """A tiny zoo, encoders, index, and one `tans query digits --finetune 2` through the CLI."""
+def deployed(tiny_data_dir, tiny_templates, tmp_path_factory):
+    """A copy of the session's tiny pipeline (zoo, encoders, index), and one `tans query digits --finetune 2`
+    through the CLI."""
     from click.testing import CliRunner
 
-    from conftest import tiny_pipeline
+    from conftest import tiny_work
 
     from tans_registry.cli import main
 
-    work = tmp_path_factory.mktemp("deploy-work")
-    tiny_pipeline(work, tiny_data_dir, index=True)
+    work = tiny_work(tiny_templates, "indexed", tmp_path_factory.mktemp("deploy-work") / "work")
     res = CliRunner().invoke(main, ["query", "digits", "--finetune", "2", "--epochs", "2", "--top-k", "3",
                                     "--work-dir", str(work), "--data-dir", str(tiny_data_dir), "--json"])
     assert res.exit_code == 0, res.output
@@ -197,7 +197,9 @@ def test_the_query_fine_tunes_registers_and_exports_with_lineage(deployed, tiny_
     assert w["val_accuracy"] == best["val_accuracy"] and w["parent"] == best["parent"] and w["champion"]
     assert w["model_uri"] == "models:/tans-finetuned.digits/1"
     assert 0 <= w["test_accuracy"] <= 1 and out["onnx"]["model_uri"] == "models:/tans-onnx.digits/1"
-    assert out["onnx"]["max_abs_diff"] <= 1e-4 and out["onnx"]["top1_agreement"] == 1.0
+    # the parity gate: 1e-4, or four times PyTorch's own float32 error where larger (a folded probe head)
+    assert out["onnx"]["max_abs_diff"] <= out["onnx"]["allowed_abs_diff"] <= 1e-2
+    assert out["onnx"]["allowed_abs_diff"] >= 1e-4 and out["onnx"]["top1_agreement"] == 1.0
     assert {"finetune", "export", "embed", "search", "rerank"} <= set(out["timings"])
     assert all(f["model_uri"] == f"runs:/{f['run_id']}/finetuned" for f in out["finetuned"])
     assert mlflow.pyfunc.load_model(out["finetuned"][0]["model_uri"]).predict(
@@ -241,13 +243,16 @@ def test_the_onnx_champion_matches_its_fine_tuned_parent_through_mlflow(deployed
     parent = mlflow.pyfunc.load_model("models:/tans-finetuned.digits@champion").predict(x)
     exported = mlflow.pyfunc.load_model("models:/tans-onnx.digits@champion").predict(x)
     assert set(parent) == {"logits", "probabilities"} and set(exported) == {"logits", "probabilities"}
-    for name in ("logits", "probabilities"):
+    # the export's parity gate (out["onnx"]["allowed_abs_diff"]) holds on its own parity images; these are others,
+    # so twice it on the logits, and half that on the probabilities (softmax moves them at most half as far)
+    tol = 2 * max(out["onnx"]["allowed_abs_diff"], 1e-4)
+    for name, atol in (("logits", tol), ("probabilities", tol / 2)):
         assert parent[name].shape == exported[name].shape == (20, 10)
-        # the export's parity gate is 1e-4 on its own parity images; these are others
-        np.testing.assert_allclose(exported[name], parent[name], atol=2e-4)
+        np.testing.assert_allclose(exported[name], parent[name], atol=atol)
     np.testing.assert_allclose(parent["probabilities"], softmax(parent["logits"]), atol=1e-6)
     onnx_model = OnnxModel.load("models:/tans-onnx.digits@champion", device="cpu")
-    np.testing.assert_allclose(softmax(onnx_model.logits(x)), parent["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(softmax(onnx_model.logits(x)), exported["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(softmax(onnx_model.logits(x)), parent["probabilities"], atol=tol / 2)
     classes = list(load_dataset("digits", data_dir=tiny_data_dir).classes)
     assert onnx_model.classes == classes
     for uri in ("models:/tans-onnx.digits@champion", "models:/tans-finetuned.digits@champion"):

@@ -212,11 +212,12 @@ def test_split_rejects_unknown_validation_datasets():
 
 # ------------------------------------------------------------------------------ the real pipeline
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, tmp_path_factory):
-    from conftest import tiny_pipeline
+def trained(tiny_templates, tmp_path_factory):
+    """A copy of the session's tiny pipeline: registered, encoders trained, no index yet."""
+    from conftest import tiny_work, trained_record
 
-    work = tmp_path_factory.mktemp("enc-work")
-    return work, tiny_pipeline(work, tiny_data_dir)
+    work = tiny_work(tiny_templates, "trained", tmp_path_factory.mktemp("enc-work") / "work")
+    return work, trained_record(tiny_templates)
 
 
 def test_training_is_tracked_and_registered(trained):

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import clone_work_dir, tiny_work
+
 
 TANS = [sys.executable, "-m", "tans_registry.cli"]
 
@@ -31,21 +33,6 @@ def _free_port() -> int:
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_"))}
     return env | {"PYTHONUNBUFFERED": "1"} | extra
-
-
-def clone_work_dir(src: Path, dst: Path) -> Path:
-    """A copy of an embedded work directory whose store points at its own artifacts (SQLite rows rewritten)."""
-    shutil.copytree(src, dst)
-    db = sqlite3.connect(dst / "mlflow.db")
-    tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
-    for t in tables:
-        for _, col, typ, *_ in db.execute(f"pragma table_info('{t}')").fetchall():
-            if "CHAR" in typ.upper() or "TEXT" in typ.upper():
-                db.execute(f'update "{t}" set "{col}" = replace("{col}", ?, ?) where "{col}" like ?',
-                           (str(src), str(dst), f"%{src}%"))
-    db.commit()
-    db.close()
-    return dst
 
 
 def registry_dump(work: Path) -> dict:
@@ -97,14 +84,9 @@ def _kill_when(cmd: list[str], ready, timeout: float = 240.0) -> int:
 
 
 @pytest.fixture(scope="module")
-def built_zoo(tmp_path_factory, tiny_data_dir):
-    """A tiny real zoo (4 groups x 3 networks), built once and not registered."""
-    from tans_registry import ZooConfig, build_zoo
-
-    work = tmp_path_factory.mktemp("faults") / "zoo"
-    build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
-                        data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
-    return work
+def built_zoo(tmp_path_factory, tiny_templates):
+    """A tiny real zoo (4 groups x 3 networks), not registered: a copy of the session's."""
+    return tiny_work(tiny_templates, "built", tmp_path_factory.mktemp("faults") / "zoo")
 
 
 def test_kill_9_during_zoo_register_then_rerun_equals_an_uninterrupted_run(built_zoo, tmp_path):
@@ -168,6 +150,7 @@ def _build_into(uri: str, data_dir: Path, work: Path) -> None:
             os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_four_writers_registering_the_same_zoo_at_once_register_each_network_once(tiny_data_dir, tmp_path,
                                                                                    pg_database):
@@ -297,6 +280,7 @@ def test_nothing_from_the_registry_or_from_users_is_unpickled():
     assert loads >= 4                                                    # archives, snapshots, index, query sets
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_password_in_the_store_uri_never_reaches_output_tags_params_or_artifacts(tiny_data_dir, tmp_path,
                                                                                      pg_database):
@@ -367,21 +351,15 @@ def _ok(cmd: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained_work(tmp_path_factory, tiny_data_dir):
-    """The tiny pipeline up to trained, registered encoders (no index yet)."""
-    from conftest import tiny_pipeline
-
-    work = tmp_path_factory.mktemp("faults-trained") / "work"
-    tiny_pipeline(work, tiny_data_dir, index=False)
-    return work
+def trained_work(tmp_path_factory, tiny_templates):
+    """The tiny pipeline up to trained, registered encoders (no index yet): a copy of the session's."""
+    return tiny_work(tiny_templates, "trained", tmp_path_factory.mktemp("faults-trained") / "work")
 
 
 @pytest.fixture(scope="module")
-def indexed_work(trained_work, tmp_path_factory):
-    """:func:`trained_work` with its index built (latencies measured once, in its cache)."""
-    work = clone_work_dir(trained_work, tmp_path_factory.mktemp("faults-indexed") / "work")
-    _ok(TANS + ["index", "build", "--work-dir", str(work)])
-    return work
+def indexed_work(tmp_path_factory, tiny_templates):
+    """The tiny pipeline with its index built (latencies measured once, in its cache): a copy of the session's."""
+    return tiny_work(tiny_templates, "indexed", tmp_path_factory.mktemp("faults-indexed") / "work")
 
 
 @pytest.mark.slow
@@ -455,6 +433,7 @@ def private_postgres():
         subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_postgresql_restarted_during_registration_then_rerun_registers_everything_once(tiny_data_dir, tmp_path,
                                                                                        private_postgres):
@@ -592,6 +571,7 @@ def test_two_commands_creating_an_experiment_at_once_both_use_the_one_created(tm
     assert MlflowClient().get_experiment(created[0]).lifecycle_stage == "active"
 
 
+@pytest.mark.slow
 def test_two_fine_tuning_queries_at_once_both_land_and_the_champion_is_the_better(indexed_work, tiny_data_dir,
                                                                                   tmp_path):
     import mlflow
@@ -616,6 +596,7 @@ def test_two_fine_tuning_queries_at_once_both_land_and_the_champion_is_the_bette
     assert len(c.search_model_versions("name = 'tans-onnx.cells'")) == 2
 
 
+@pytest.mark.slow
 def test_a_candidate_whose_artifacts_are_missing_is_skipped_and_the_query_goes_on(indexed_work, tiny_data_dir,
                                                                                   tmp_path):
     import mlflow
@@ -687,6 +668,7 @@ def test_names_with_quotes_spaces_and_non_ascii_and_huge_or_tiny_images_go_throu
     assert sorted(network["classes"]) == sorted(["chat 'noir'", "café crème", "日本"])
 
 
+@pytest.mark.slow
 def test_a_real_tracking_server_that_stops_is_a_clear_error_within_seconds(tiny_data_dir, tmp_path):
     """`mlflow server` (SQLite, served artifacts) on loopback: the zoo builds and lists through it; once the
     server is stopped, the next command fails in seconds with one line naming it."""

@@ -9,8 +9,8 @@ import mlflow
 import numpy as np
 from click.testing import CliRunner
 
-from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, ZooConfig, build_index,
-                           build_zoo, register_zoo, train_encoders, tracking)
+from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, build_index, register_zoo,
+                           train_encoders, tracking)
 from tans_registry.bench.stage import _best_average
 from tans_registry.cli import main
 from tans_registry.registry import client as C
@@ -22,10 +22,10 @@ from tans_registry.zoo.generalist import GROUP as GENERALIST
 from tans_registry.zoo.meta import load_generalist_data, load_meta_groups
 
 
-def test_the_generalist_is_registered_embedded_searched_and_shown(tiny_data_dir, tmp_path):
-    work = tmp_path / "w"
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=3, epochs=1, groups=4, base_epochs=0.5,
-                        data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
+def test_the_generalist_is_registered_embedded_searched_and_shown(tiny_data_dir, tiny_base_zoo, tmp_path):
+    from conftest import clone_work_dir
+
+    work = clone_work_dir(tiny_base_zoo, tmp_path / "w")  # built with a base supernet (0.5 epochs), 3 subnets, 4 groups
     reg = register_zoo(RegisterConfig(work_dir=str(work), progress=False))
     name = zoo_model_name(GENERALIST)
     assert reg.models[name] == 3 and len(reg.models) == 5  # 4 groups and the generalist

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_pipeline
+from conftest import tiny_work
 
 pytestmark = pytest.mark.ray
 
@@ -42,11 +42,9 @@ def _build(work, data_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def local_pipeline(tiny_data_dir, tmp_path_factory):
-    """The tiny pipeline built with the local executor (zoo, registry, encoders, index)."""
-    work = tmp_path_factory.mktemp("local")
-    tiny_pipeline(work, tiny_data_dir, index=True)
-    return work
+def local_pipeline(tiny_templates, tmp_path_factory):
+    """The session's tiny pipeline, built with the local executor (zoo, registry, encoders, index): a copy."""
+    return tiny_work(tiny_templates, "indexed", tmp_path_factory.mktemp("local") / "work")
 
 
 def test_ray_builds_the_same_networks_as_local(local_pipeline, tiny_data_dir, tmp_path):

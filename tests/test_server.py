@@ -96,6 +96,7 @@ def tracking_server(backend_uri: str, artifacts: Path, cwd: Path):
             stop_process_group(proc)
 
 
+@pytest.mark.slow
 def test_the_whole_pipeline_runs_against_a_tracking_server_on_postgresql_with_served_artifacts(
         pg_database, tiny_data_dir, tmp_path, monkeypatch):
     import mlflow

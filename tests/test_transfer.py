@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, ZooConfig, build_index,
-                           build_zoo, register_zoo, train_encoders, tracking)
+from tans_registry import (EncoderConfig, EncoderTrainConfig, IndexConfig, RegisterConfig, build_index, register_zoo,
+                           train_encoders, tracking)
 from tans_registry.cli import main
 from tans_registry.errors import ConfigError
 from tans_registry.registry.codec import decode_embedding
@@ -35,11 +35,11 @@ def test_pick_starts_leaves_the_task_dataset_out_and_takes_one_generalist():
 
 
 @pytest.fixture(scope="module")
-def work(tiny_data_dir, tmp_path_factory):
-    """A tiny pipeline with a base supernet (so a generalist), encoders and index."""
-    work = tmp_path_factory.mktemp("transfer-work")
-    build_zoo(ZooConfig(profile="quick", datasets=("digits", "cells"), subnets=2, epochs=1, groups=4, base_epochs=0.5,
-                        data_dir=str(tiny_data_dir), work_dir=str(work), progress=False))
+def work(tiny_data_dir, tiny_base_zoo, tmp_path_factory):
+    """A tiny pipeline with a base supernet (so a generalist; the session's zoo, copied), encoders and index."""
+    from conftest import clone_work_dir
+
+    work = clone_work_dir(tiny_base_zoo, tmp_path_factory.mktemp("transfer-work") / "work")
     register_zoo(RegisterConfig(work_dir=str(work), progress=False))
     train_encoders(EncoderTrainConfig(encoder=EncoderConfig(k_per_class=4), steps=4, eval_every=2,
                                       val_datasets=("cells",), backbone_epochs=0.5, work_dir=str(work),

@@ -88,7 +88,7 @@ def test_loaded_network_reproduces_its_recorded_accuracy(built, tiny_data_dir):
 
 def test_resume_after_an_interrupted_build(tiny_data_dir, tmp_path, monkeypatch):
     work = tmp_path / "w"
-    first = build_zoo(tiny(tiny_data_dir, work, datasets=("digits",)))
+    first = build_zoo(tiny(tiny_data_dir, work, subnets=2, datasets=("digits",)))
     digits_run = first.groups[0].run_id
 
     real = build_mod._measure_all
@@ -100,7 +100,7 @@ def test_resume_after_an_interrupted_build(tiny_data_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(build_mod, "_measure_all", crash_on_cells)
     with pytest.raises(KeyboardInterrupt):
-        build_zoo(tiny(tiny_data_dir, work, resume=True))
+        build_zoo(tiny(tiny_data_dir, work, subnets=2, resume=True))
     tracking.setup(work)
     client = mlflow.MlflowClient()
     exp_id = tracking.experiment_id("zoo", work)
@@ -110,7 +110,7 @@ def test_resume_after_an_interrupted_build(tiny_data_dir, tmp_path, monkeypatch)
     assert {n.group for n in list_networks(exp_id)} == {"digits"}  # nothing half-written is listed
 
     monkeypatch.setattr(build_mod, "_measure_all", real)
-    again = build_zoo(tiny(tiny_data_dir, work, resume=True))
+    again = build_zoo(tiny(tiny_data_dir, work, subnets=2, resume=True))
     status = {g.group: (g.status, g.run_id) for g in again.groups}
     assert status["digits"] == ("skipped", digits_run)
     assert status["cells"][0] == "built"
@@ -119,8 +119,8 @@ def test_resume_after_an_interrupted_build(tiny_data_dir, tmp_path, monkeypatch)
 
 def test_resume_rebuilds_a_group_whose_settings_changed(tiny_data_dir, tmp_path):
     work = tmp_path / "w"
-    build_zoo(tiny(tiny_data_dir, work, datasets=("cells",)))
-    rec = build_zoo(tiny(tiny_data_dir, work, datasets=("cells",), resume=True, seed=1))
+    build_zoo(tiny(tiny_data_dir, work, datasets=("cells",), subnets=2))
+    rec = build_zoo(tiny(tiny_data_dir, work, datasets=("cells",), subnets=2, resume=True, seed=1))
     assert rec.groups[0].status == "built"
 
 

@@ -154,7 +154,7 @@ def test_gradient_clipping_bounds_each_update():
     from tans_registry.zoo.train import train_supernet
 
     rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 64)
+    x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 16)
 
     def moved(clip):
         torch.manual_seed(0)
@@ -196,12 +196,12 @@ def test_long_schedules_train_with_jitter_and_label_smoothing():
     from tans_registry.zoo.train import train_supernet
 
     rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 64)
+    x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 16)
 
     def weights(**kw):
         torch.manual_seed(0)
         net = build_supernet(SPEC)
-        cfg = TrainConfig(epochs=1, batch_size=32, warmup_fraction=1.0, eval_images=0, steps_per_class=1, **kw)
+        cfg = TrainConfig(epochs=1, batch_size=8, warmup_fraction=1.0, eval_images=0, steps_per_class=1, **kw)
         out = train_supernet(net, SPEC, x, y, cfg, DEFAULT_MEAN, DEFAULT_STD)
         assert out["steps"] == 5 and out["long_schedule"] == 1.0  # 5 classes x 1 > 1 pass of 2 steps
         return torch.cat([p.detach().flatten() for p in net.parameters()])
