@@ -79,6 +79,7 @@ def test_readme_stays_short_and_links_only_to_files_that_exist():
 
     readme = (ROOT / "README.md").read_text()
     assert len(readme.encode()) <= 15 * 1024
+    assert len((ROOT / "BENCHMARKS.md").read_bytes()) <= 25 * 1024
     for path in DOCS:
         for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
             if not target.startswith(("http://", "https://")):

@@ -146,7 +146,7 @@ def team(tmp_path_factory, tiny_data_dir):
             time.sleep(0.5)
         assert t.password("admin") not in log.read_text(errors="replace"), "the admin password was printed"
         data = ["--data-dir", str(tiny_data_dir)]
-        for args in (["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "digits,cells", "--subnets", "3", "--epochs",
+        for args in (["zoo", "build", "--profile", "quick", "--base-epochs", "0", "--datasets", "digits,cells", "--subnets", "2", "--epochs",
                       "1", "--groups", "3", *data], ["zoo", "register"],
                      ["encoders", "train", "--steps", "6", "--k-per-class", "4", "--val-datasets", "cells", *data],
                      ["index", "build"],
