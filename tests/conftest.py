@@ -30,17 +30,6 @@ TESTS = Path(__file__).resolve().parent
 PG_URL = os.environ.get("TANS_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
 
 
-# The longest files first (longest-processing-time-first): with `--dist loadfile` each file runs whole on one
-# worker, and test_team.py (~4 min, collected near the end) would otherwise run alone while the other worker idles.
-HEAVY_FIRST = ("test_team.py", "test_zoo_build.py", "test_ray.py", "test_transfer.py", "test_faults.py",
-               "test_encoders.py", "test_deploy.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
-
-
 def _save(ds, path):
     np.savez_compressed(path, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
                         classes=np.array(ds.classes), source=np.array(ds.source),

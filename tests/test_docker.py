@@ -257,6 +257,7 @@ def _status(url: str, host: str, auth: str | None = None) -> int:
         return exc.code
 
 
+@pytest.mark.slow
 def test_the_compose_server_command_started_for_real_asks_for_an_account_and_accepts_the_services_host_header(tmp_path):
     """The compose's mlflow command with only its store, artifacts folder, secrets, address and port made local
     (SQLite, tmp folders, loopback, a free port): without an account a call gets 401; the writer's call with

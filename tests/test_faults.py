@@ -89,6 +89,7 @@ def built_zoo(tmp_path_factory, tiny_templates):
     return tiny_work(tiny_templates, "built", tmp_path_factory.mktemp("faults") / "zoo")
 
 
+@pytest.mark.slow
 def test_kill_9_during_zoo_register_then_rerun_equals_an_uninterrupted_run(built_zoo, tmp_path):
     straight = clone_work_dir(built_zoo, tmp_path / "straight")
     killed = clone_work_dir(built_zoo, tmp_path / "killed")
@@ -634,6 +635,7 @@ def test_a_store_error_while_reading_a_champion_is_an_error_not_no_champion(tmp_
         champion("tans-encoders")
 
 
+@pytest.mark.slow
 def test_names_with_quotes_spaces_and_non_ascii_and_huge_or_tiny_images_go_through_a_whole_query(
         indexed_work, tiny_data_dir, tmp_path):
     """An image folder named `mes données "v2" l'été` with classes `chat 'noir'`, `café crème` and `日本`,
