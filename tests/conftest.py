@@ -105,18 +105,8 @@ def pg_database():
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def tiny_pipeline(work, data_dir, index: bool = False):
-    """A real tiny pipeline in ``work``: 4 zoo groups (three class-subset tasks of digits, cells whole)
-    x 3 networks, registered, encoders trained (cells held out), and with ``index`` the index built.
-    Returns the encoders' training record. (Modules that only need it as it is copy :func:`tiny_templates`.)"""
-    build_stage(work, data_dir)
-    rec = train_stage(work, data_dir)
-    if index:
-        index_stage(work)
-    return rec
-
-
 def build_stage(work, data_dir) -> None:
+    """The tiny zoo: 4 groups (three class-subset tasks of digits, cells whole) x 3 networks, no base supernet."""
     from tans_registry import ZooConfig, build_zoo
 
     build_zoo(ZooConfig(profile="quick", base_epochs=0, datasets=("digits", "cells"), subnets=3, epochs=1, groups=4,
@@ -132,6 +122,7 @@ def base_build_stage(work, data_dir) -> None:
 
 
 def train_stage(work, data_dir):
+    """The zoo registered and the encoders trained (cells held out for validation); returns the training record."""
     from tans_registry import EncoderConfig, EncoderTrainConfig, RegisterConfig, register_zoo, train_encoders
 
     register_zoo(RegisterConfig(work_dir=str(work), progress=False))
@@ -172,7 +163,7 @@ TEMPLATE_STAGES = ("built", "trained", "indexed")
 
 @pytest.fixture(scope="session")
 def tiny_templates(tmp_path_factory, worker_id, tiny_data_dir) -> Path:
-    """The tiny pipeline of :func:`tiny_pipeline`, built once for the session at three stages: ``built`` (the
+    """The tiny pipeline (:func:`build_stage`, :func:`train_stage`, :func:`index_stage`), built once for the session at three stages: ``built`` (the
     zoo), ``trained`` (registered, encoders trained; its record in ``trained.json``) and ``indexed``. Each
     stage runs in a process of its own (MLflow caches artifact locations by run id, and a stage's copy has
     the previous stage's run ids). Never use a stage in place: :func:`tiny_work` copies it."""
@@ -222,7 +213,7 @@ def tiny_work(templates: Path, stage: str, dst: Path) -> Path:
 
 
 def trained_record(templates: Path):
-    """The encoders' training record of the ``trained`` stage (as :func:`tiny_pipeline` returns it)."""
+    """The encoders' training record of the ``trained`` stage (as :func:`train_stage` returns it)."""
     from tans_registry.training.config import EncoderTrainRecord
 
     d = json.loads((templates / "trained.json").read_text())

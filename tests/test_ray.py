@@ -48,7 +48,7 @@ def local_pipeline(tiny_templates, tmp_path_factory):
 
 
 def test_ray_builds_the_same_networks_as_local(local_pipeline, tiny_data_dir, tmp_path):
-    """tiny_pipeline's build and this one: same profile, datasets, groups, subnets, epochs and seed."""
+    """conftest.build_stage's build and this one: same profile, datasets, groups, subnets, epochs and seed."""
     import torch
 
     ray = _build(tmp_path / "ray", tiny_data_dir, "--executor", "ray")
