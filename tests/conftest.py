@@ -163,12 +163,13 @@ TEMPLATE_STAGES = ("built", "trained", "indexed")
 
 @pytest.fixture(scope="session")
 def tiny_templates(tmp_path_factory, worker_id, tiny_data_dir) -> Path:
-    """The tiny pipeline (:func:`build_stage`, :func:`train_stage`, :func:`index_stage`), built once for the session at three stages: ``built`` (the
-    zoo), ``trained`` (registered, encoders trained; its record in ``trained.json``) and ``indexed``. Each
-    stage runs in a process of its own (MLflow caches artifact locations by run id, and a stage's copy has
-    the previous stage's run ids). Never use a stage in place: :func:`tiny_work` copies it."""
-    root = shared_root(tmp_path_factory, worker_id) / "pipeline"
-    with once(shared_root(tmp_path_factory, worker_id), "pipeline") as first:
+    """The tiny pipeline (:func:`build_stage`, :func:`train_stage`, :func:`index_stage`), built once for the
+    session at three stages: ``built`` (the zoo), ``trained`` (registered, encoders trained; its record in
+    ``trained.json``) and ``indexed``. Each stage runs in a process of its own (MLflow caches artifact
+    locations by run id, and a stage's copy has the previous stage's run ids). Never use a stage in place: :func:`tiny_work` copies it."""
+    shared = shared_root(tmp_path_factory, worker_id)
+    root = shared / "pipeline"
+    with once(shared, "pipeline") as first:
         if first:
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir()
@@ -193,13 +194,20 @@ def tiny_base_zoo(tmp_path_factory, worker_id, tiny_data_dir) -> Path:
     return work
 
 
+def run_stage(stage: str, work: str, data_dir: str) -> None:
+    """One stage of a shared pipeline in ``work`` (``_stage`` runs it in a process of its own); the ``trained``
+    stage writes its record beside ``work`` as JSON."""
+    if stage == "trained":
+        Path(work + ".json").write_text(json.dumps(train_stage(work, data_dir).to_dict()))
+    elif stage == "indexed":
+        index_stage(work)
+    else:
+        {"built": build_stage, "based": base_build_stage}[stage](work, data_dir)
+
+
 def _stage(stage: str, work: Path, data_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TANS_"))}
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import conftest as c; "
-            "stage, work, data = sys.argv[2:5]; "
-            "c.build_stage(work, data) if stage == 'built' else c.index_stage(work) if stage == 'indexed' else "
-            "c.base_build_stage(work, data) if stage == 'based' else "
-            "open(work + '.json', 'w').write(json.dumps(c.train_stage(work, data).to_dict()))")
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import conftest; conftest.run_stage(*sys.argv[2:5])"
     done = subprocess.run([sys.executable, "-c", code, str(TESTS), stage, str(work), str(data_dir)], env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, f"the tiny pipeline's {stage} stage failed:\n{done.stderr[-4000:]}"
